@@ -1,0 +1,3 @@
+from vlm_app.cli import main
+
+raise SystemExit(main())

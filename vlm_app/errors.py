@@ -1,0 +1,28 @@
+"""User-facing errors. Every message says what was wrong and what to do about it.
+
+The CLI prints these without a traceback and exits with status 2; anything else is a bug.
+"""
+
+
+class VlmAppError(Exception):
+    """Base class for errors caused by the user's input or environment, not by a bug."""
+
+
+class SourceError(VlmAppError):
+    """The input could not be found or fetched (missing file, bad URL, HTTP error, timeout)."""
+
+
+class DecodeError(VlmAppError):
+    """The input was found but is not a decodable video or image (corrupt, audio-only, empty)."""
+
+
+class LimitError(VlmAppError):
+    """The input or request is over an explicit limit (file size, duration, frames, pixels, tokens)."""
+
+
+class OptionsError(VlmAppError):
+    """Options contradict each other or are out of range (fps with nframes, min > max, ...)."""
+
+
+class ModelLoadError(VlmAppError):
+    """A model could not be found or loaded (unknown name, offline hub id, missing folder)."""
