@@ -1,14 +1,24 @@
 """The adapter interface every model family implements, and its result types.
 
 Data flow: messages -> `prepare` (media pipeline + processor) -> `Prepared` -> `forward` / `generate` / `stream`.
-Inputs and outputs are plain dicts of tensors and small dataclasses; nothing here knows about Gradio or the CLI.
+A family implements only loading hooks (`load_model`, `load_processor`, when the Auto classes do not fit) and
+`prepare`; forward, generate and stream live here, once. Nothing here knows about Gradio or the CLI.
+
+Streaming: `adapter.stream(prepared, cancel=event, ...)` returns a `Stream`. Iterating it yields text pieces as
+they are decoded; when iteration ends (or after `stream.close()`), `stream.generation` holds the finished
+`Generation` (text, token ids, timings, cancelled). Setting `cancel` (or closing the stream) stops the model
+within one token: a stopping criterion checks the event after every decoding step.
 """
 
 from __future__ import annotations
 
+import queue
+import resource
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 
@@ -21,6 +31,9 @@ class TokenCounts:
     @property
     def total(self) -> int:
         return self.text + self.visual
+
+    def as_dict(self) -> dict[str, int]:
+        return {"text": self.text, "visual": self.visual, "total": self.total}
 
 
 @dataclass
@@ -40,26 +53,55 @@ class VisualMap:
     tile_index: torch.Tensor
     timestamp: torch.Tensor
 
+    COLUMNS: ClassVar[tuple[str, ...]] = ("positions", "media_index", "frame_index", "tile_index", "timestamp")
+
     def __len__(self) -> int:
         return int(self.positions.numel())
 
     def rows(self) -> list[dict[str, Any]]:
         """The map as JSON-ready rows, one per visual token."""
-        columns = {name: getattr(self, name).tolist() for name in
-                   ("positions", "media_index", "frame_index", "tile_index", "timestamp")}
+        columns = {name: getattr(self, name).tolist() for name in self.COLUMNS}
         return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self.COLUMNS}
+
+    @classmethod
+    def from_spans(cls, input_ids: torch.Tensor, spans: list[dict[str, Any]]) -> "VisualMap":
+        """Build the map from per-media spans, in message order. Each span is a dict with
+        `token_id`, `media_index`, `frame_index`, `tile_index`, `timestamp` (lists, one entry per visual token).
+        The tokens of each span are the next unused occurrences of its token id in `input_ids[0]`."""
+        ids = input_ids[0]
+        next_use: dict[int, int] = {}
+        rows = {name: [] for name in cls.COLUMNS}
+        for span in spans:
+            occurrences = (ids == span["token_id"]).nonzero().flatten()
+            start = next_use.get(span["token_id"], 0)
+            count = len(span["frame_index"])
+            if start + count > len(occurrences):
+                raise ValueError(f"prompt has fewer visual tokens than media item {span['media_index']} needs")
+            next_use[span["token_id"]] = start + count
+            rows["positions"] += occurrences[start:start + count].tolist()
+            for name in ("media_index", "frame_index", "tile_index", "timestamp"):
+                value = span[name]
+                rows[name] += value if isinstance(value, list) else [value] * count
+        order = sorted(range(len(rows["positions"])), key=rows["positions"].__getitem__)
+        dtypes = {"timestamp": torch.float64}
+        return cls(**{name: torch.tensor([values[i] for i in order], dtype=dtypes.get(name, torch.long))
+                      for name, values in rows.items()})
 
 
 @dataclass
 class Prepared:
     """Everything a model call needs, plus what the model was shown.
 
-    inputs:     the dict the model's forward/generate takes (input_ids (1, L), attention_mask (1, L), pixel tensors, grids)
+    inputs:     the dict the model's forward/generate takes (input_ids (1, L), attention_mask (1, L), pixel tensors,
+                grids), already on the model's device
     visual_map: which token came from which media item / frame / timestamp
     num_tokens: text and visual token counts of the prompt
     media:      the SampledVideo / SampledImage objects actually shown, in message order
-    prompt:     the prompt text after the chat template (before visual-token expansion where the processor expands)
-    timings:    seconds spent, e.g. {"decode": ..., "processor": ..., "preprocess": ...}
+    prompt:     the prompt text after the chat template (before the processor expands visual placeholders)
+    timings:    seconds spent: {"media_s": decoding+sampling, "processor_s": ..., "preprocess_s": both}
     """
 
     inputs: dict[str, torch.Tensor]
@@ -83,16 +125,17 @@ class ForwardOutput:
         """Hidden states of the visual tokens at `layer`: (num_visual_tokens, D)."""
         if self.hidden_states is None:
             raise ValueError("forward was called without output_hidden_states=True")
-        return self.hidden_states[layer][0, self.visual_positions]
+        return self.hidden_states[layer][0, self.visual_positions.to(self.hidden_states[layer].device)]
 
 
 @dataclass
 class Timings:
-    """Seconds unless named otherwise. peak_memory_bytes is the CUDA allocator peak on GPU, the process RSS peak on CPU."""
+    """Seconds unless named otherwise. peak_memory_bytes is the CUDA allocator peak of the call on GPU, the
+    process's peak RSS (ru_maxrss, since process start) on CPU."""
 
     preprocess_s: float = 0.0
     prefill_s: float = 0.0           # time to first token
-    decode_s: float = 0.0
+    decode_s: float = 0.0            # first token -> last token
     new_tokens: int = 0
     peak_memory_bytes: int = 0
 
@@ -114,23 +157,237 @@ class Generation:
     cancelled: bool = False
 
 
+@dataclass
+class ModelInfo:
+    """Where a loaded model came from and how it runs: the reproducibility record of every result."""
+
+    model_id: str                 # what the user asked for (short name, hub id or folder)
+    path: str                     # the local folder the files were read from
+    family: str
+    revision: str | None = None   # hub commit of the cached snapshot, None for plain folders
+    device: str = "cpu"
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    quantization: str | None = None
+    lora_adapter: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _TokenRecorder:
+    """A `generate` streamer (duck-typed BaseStreamer) that timestamps every new token and optionally queues it."""
+
+    def __init__(self, pieces: queue.Queue | None = None):
+        self.token_ids: list[int] = []
+        self.token_times: list[float] = []
+        self._pieces = pieces
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate first pushes the prompt
+            self._prompt_seen = True
+            return
+        self.token_times.append(time.perf_counter())
+        new = value.flatten().tolist()
+        self.token_ids += new
+        if self._pieces is not None:
+            self._pieces.put(new)
+
+    def end(self) -> None:
+        if self._pieces is not None:
+            self._pieces.put(None)
+
+
+class _CancelOnEvent:
+    """Stopping criterion: stop every sequence as soon as the event is set (checked after each token)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class Stream:
+    """Text pieces of one generation running in a background thread; `.generation` once finished."""
+
+    def __init__(self, adapter: "Adapter", prepared: Prepared, cancel: threading.Event | None, options: dict):
+        self.cancel = cancel or threading.Event()
+        self.generation: Generation | None = None
+        self.error: BaseException | None = None
+        self._adapter = adapter
+        self._pieces: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, args=(prepared, options), daemon=True)
+        self._thread.start()
+
+    def _run(self, prepared: Prepared, options: dict) -> None:
+        try:
+            self.generation = self._adapter._generate(prepared, options, self.cancel, self._pieces)
+        except BaseException as error:  # surfaced to the consumer in __iter__
+            self.error = error
+            self._pieces.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        tokenizer = self._adapter.tokenizer
+        ids: list[int] = []
+        shown = ""
+        try:
+            while (new := self._pieces.get()) is not None:
+                ids += new
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+                    continue
+                if len(text) > len(shown):
+                    yield text[len(shown):]
+                    shown = text
+        finally:
+            self.close()
+        if self.error is not None:
+            raise self.error
+        final = self.generation.text if self.generation else shown
+        if len(final) > len(shown) and final.startswith(shown):
+            yield final[len(shown):]
+
+    def close(self) -> None:
+        """Stop generating (if still running) and wait for the worker to finish."""
+        self.cancel.set()
+        self._thread.join()
+
+    @property
+    def timings(self) -> Timings | None:
+        return self.generation.timings if self.generation else None
+
+
+def peak_memory_start(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+
 class Adapter:
-    """One model family behind one small interface. Subclasses implement `_load_model` and `prepare`;
-    forward, generate and stream are shared."""
+    """One model family behind one small interface.
 
-    family: str = ""
+    Subclasses set `family` and `policy` (the media sampling policy name), may override `load_model` /
+    `load_processor`, and implement `prepare`. Construct with `Adapter.load(...)` or `vlm_app.load(...)`.
+    """
 
+    family: ClassVar[str] = ""
+    policy: ClassVar[str] = ""
+
+    def __init__(self, model, processor, info: ModelInfo):
+        self.model = model
+        self.processor = processor
+        self.info = info
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_id_or_path: str, device: str = "auto", dtype: str = "auto", attn: str = "auto",
+             **options) -> "Adapter":
+        """Load through the runtime (device/dtype/attention choice, offline checks, quantization, LoRA)."""
+        from vlm_app.runtime import load_adapter
+
+        return load_adapter(model_id_or_path, device=device, dtype=dtype, attn=attn, adapter_class=cls, **options)
+
+    @classmethod
+    def load_model(cls, path: str, **from_pretrained_kwargs):
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText.from_pretrained(path, **from_pretrained_kwargs)
+
+    @classmethod
+    def load_processor(cls, path: str):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path)
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def num_layers(self) -> int:
+        config = self.model.config
+        return getattr(config, "text_config", config).num_hidden_layers
+
+    # ---- inputs --------------------------------------------------------------------------------------------
     def prepare(self, messages: list[dict], **sampling_overrides) -> Prepared:
         raise NotImplementedError
 
+    def _to_device(self, inputs) -> dict[str, torch.Tensor]:
+        return {key: value.to(self.device) if isinstance(value, torch.Tensor) else value
+                for key, value in dict(inputs).items()}
+
+    # ---- model calls ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
     def forward(self, prepared: Prepared, output_hidden_states: bool = True,
                 output_attentions: bool = False) -> ForwardOutput:
-        raise NotImplementedError
+        """One forward pass over the prompt. Attention weights need eager attention, so the model switches to it
+        for this call only."""
+        previous = self.model.config._attn_implementation
+        if output_attentions and previous != "eager":
+            self.model.set_attn_implementation("eager")
+        try:
+            out = self.model(**prepared.inputs, output_hidden_states=output_hidden_states,
+                             output_attentions=output_attentions, return_dict=True)
+        finally:
+            if self.model.config._attn_implementation != previous:
+                self.model.set_attn_implementation(previous)
+        return ForwardOutput(logits=out.logits, hidden_states=out.hidden_states if output_hidden_states else None,
+                             attentions=out.attentions if output_attentions else None,
+                             visual_positions=prepared.visual_map.positions)
 
-    def generate(self, prepared: Prepared, max_new_tokens: int = 256, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> Generation:
-        raise NotImplementedError
+    def generate(self, prepared: Prepared, max_new_tokens: int = 256, do_sample: bool | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 cancel: threading.Event | None = None, **generate_kwargs) -> Generation:
+        """Generate a reply. Greedy unless `do_sample` (or a temperature > 0) asks for sampling."""
+        options = self._generate_options(max_new_tokens, do_sample, temperature, top_p, seed, generate_kwargs)
+        return self._generate(prepared, options, cancel, None)
 
-    def stream(self, prepared: Prepared, cancel: threading.Event | None = None,
-               **generate_options) -> Iterator[str]:
-        raise NotImplementedError
+    def stream(self, prepared: Prepared, cancel: threading.Event | None = None, max_new_tokens: int = 256,
+               do_sample: bool | None = None, temperature: float = 0.0, top_p: float = 1.0,
+               seed: int | None = None, **generate_kwargs) -> Stream:
+        """Like `generate`, but returns a `Stream` of text pieces; `cancel.set()` stops it within one token."""
+        options = self._generate_options(max_new_tokens, do_sample, temperature, top_p, seed, generate_kwargs)
+        return Stream(self, prepared, cancel, options)
+
+    @staticmethod
+    def _generate_options(max_new_tokens, do_sample, temperature, top_p, seed, extra) -> dict:
+        sample = temperature > 0 if do_sample is None else do_sample
+        options = {"max_new_tokens": max_new_tokens, "do_sample": sample, **extra}
+        if sample:
+            options.update(temperature=temperature or 1.0, top_p=top_p)
+        options["_seed"] = seed
+        return options
+
+    @torch.inference_mode()
+    def _generate(self, prepared: Prepared, options: dict, cancel: threading.Event | None,
+                  pieces: queue.Queue | None) -> Generation:
+        options = dict(options)
+        seed = options.pop("_seed", None)
+        if seed is not None:
+            torch.manual_seed(seed)
+        recorder = _TokenRecorder(pieces)
+        if cancel is not None:
+            options["stopping_criteria"] = [_CancelOnEvent(cancel)]
+        peak_memory_start(self.device)
+        start = time.perf_counter()
+        self.model.generate(**prepared.inputs, streamer=recorder, **options)
+        times = recorder.token_times
+        timings = Timings(preprocess_s=prepared.timings.get("preprocess_s", 0.0),
+                          prefill_s=(times[0] - start) if times else time.perf_counter() - start,
+                          decode_s=(times[-1] - times[0]) if times else 0.0,
+                          new_tokens=len(recorder.token_ids), peak_memory_bytes=peak_memory_bytes(self.device))
+        text = self.tokenizer.decode(recorder.token_ids, skip_special_tokens=True)
+        return Generation(text=text, token_ids=recorder.token_ids, timings=timings,
+                          cancelled=bool(cancel is not None and cancel.is_set()))
