@@ -1,0 +1,139 @@
+"""Test videos generated with PyAV: several codecs, containers, frame rates, sizes, rotation, VFR and broken files.
+
+Every frame carries its own index as a row of black/white blocks (`FRAME_ID_BITS` of them, read back with
+`read_frame_id`), on top of a moving colour gradient so that resizing has real detail to work on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+FRAME_ID_BITS = 12
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    name: str
+    codec: str = "libx264"
+    container: str = "mp4"
+    fps: Fraction = Fraction(24)
+    num_frames: int = 48
+    width: int = 96
+    height: int = 64
+    rotation: int = 0  # display-matrix rotation in degrees (counter-clockwise, as FFmpeg stores it)
+    bframes: int = 0
+    frame_durations: tuple[float, ...] = field(default=())  # seconds per frame, for VFR; empty means CFR
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.{self.container}"
+
+
+def frame_image(index: int, width: int, height: int) -> np.ndarray:
+    """An RGB frame: a moving gradient with the frame index written as blocks along the top."""
+    y, x = np.mgrid[0:height, 0:width]
+    red = (x * 255 // max(width - 1, 1) + index * 7) % 256
+    green = (y * 255 // max(height - 1, 1) + index * 3) % 256
+    blue = ((x + y + index * 5) * 4) % 256
+    image = np.stack([red, green, blue], axis=-1).astype(np.uint8)
+    band = max(height // 6, 8)
+    block = width // FRAME_ID_BITS
+    image[:band] = 0
+    for bit in range(FRAME_ID_BITS):
+        if index >> bit & 1:
+            image[: band, bit * block + 1 : (bit + 1) * block - 1] = 255
+    return image
+
+
+def read_frame_id(frame_hwc: np.ndarray) -> int:
+    """The index written by `frame_image` modulo 2**FRAME_ID_BITS, read from an (H, W, 3) uint8 frame at its encoded size."""
+    height, width = frame_hwc.shape[:2]
+    band = max(height // 6, 8)
+    block = width // FRAME_ID_BITS
+    rows = frame_hwc[1 : band - 1].astype(np.float32).mean(axis=(0, 2))
+    bits = [rows[bit * block + block // 2] > 127 for bit in range(FRAME_ID_BITS)]
+    return sum(1 << bit for bit, on in enumerate(bits) if on)
+
+
+def write_video(path: Path, spec: VideoSpec) -> Path:
+    """Encode `spec` to `path` with PyAV. Rotation is stored as display-matrix side data, as phones do."""
+    options = {"bf": str(spec.bframes)} if spec.codec in ("mpeg4", "mpeg2video") else {}
+    if spec.codec == "libx264":
+        options = {"preset": "ultrafast", "bf": str(spec.bframes)}
+    elif spec.codec == "libx265":
+        options = {"preset": "ultrafast", "x265-params": "log-level=error"}
+    elif spec.codec == "libvpx-vp9":
+        options = {"deadline": "realtime", "cpu-used": "8"}
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(spec.codec, rate=spec.fps, options=options)
+        stream.width, stream.height = spec.width, spec.height
+        # 4:2:0 needs even sizes; odd-sized clips use 4:4:4 like screen recordings do.
+        stream.pix_fmt = "yuv420p" if spec.width % 2 == 0 and spec.height % 2 == 0 else "yuv444p"
+        if spec.codec in ("mpeg4", "mpeg2video"):
+            stream.bit_rate = 2_000_000
+        if spec.frame_durations:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        if spec.rotation:
+            stream.set_display_rotation(spec.rotation)
+        elapsed = 0.0
+        for index in range(spec.num_frames):
+            frame = av.VideoFrame.from_ndarray(frame_image(index, spec.width, spec.height), format="rgb24")
+            if spec.frame_durations:
+                frame.pts = round(elapsed * 1000)
+                frame.time_base = Fraction(1, 1000)
+                elapsed += spec.frame_durations[index]
+            else:
+                frame.pts = index
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        samples = int(16000 * seconds)
+        tone = (np.sin(np.arange(samples) / 10) * 0.3).astype(np.float32)[None, :]
+        frame = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_truncated(path: Path, source: Path, keep_fraction: float = 0.4) -> Path:
+    data = source.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep_fraction)])
+    return path
+
+
+# decord 0.6 returns 4-channel garbage for 48-pixel-wide frames, so no clip here is 48 wide (after rotation).
+# The parity set: codecs, frame rates, odd sizes, durations from 1 s to minutes, rotation, B-frames.
+PARITY_SPECS = [
+    VideoSpec("h264_24fps_2s", fps=Fraction(24), num_frames=48),
+    VideoSpec("h264_25fps_odd", fps=Fraction(25), num_frames=63, width=97, height=59),
+    VideoSpec("h264_2997fps_bframes", fps=Fraction(30000, 1001), num_frames=150, bframes=2),
+    VideoSpec("h264_60fps_1s", fps=Fraction(60), num_frames=60, width=80, height=48),
+    VideoSpec("h264_30fps_tall", fps=Fraction(30), num_frames=37, width=50, height=130),
+    VideoSpec("hevc_30fps", codec="libx265", fps=Fraction(30), num_frames=45, width=96, height=64),
+    VideoSpec("vp9_24fps", codec="libvpx-vp9", container="webm", fps=Fraction(24), num_frames=40),
+    VideoSpec("mpeg4_avi_bframes", codec="mpeg4", container="avi", fps=Fraction(25), num_frames=75, bframes=2),
+    VideoSpec("h264_rotated90", fps=Fraction(24), num_frames=24, width=96, height=64, rotation=90),
+    VideoSpec("h264_rotated270", fps=Fraction(30), num_frames=30, width=80, height=64, rotation=270),
+    VideoSpec("h264_24fps_long", fps=Fraction(24), num_frames=24 * 200, width=64, height=40),
+]
+
+# 60 frames at 30 fps then 30 frames at 10 fps: 2 s + 3 s.
+VFR_SPEC = VideoSpec("h264_vfr", fps=Fraction(30), num_frames=90, frame_durations=(1 / 30,) * 60 + (1 / 10,) * 30)
+MPEG2_SPEC = VideoSpec("mpeg2_ps", codec="mpeg2video", container="mpg", fps=Fraction(25), num_frames=50, bframes=2)
+ONE_FRAME_SPEC = VideoSpec("h264_one_frame", num_frames=1)
+THREE_FRAME_SPEC = VideoSpec("h264_three_frames", num_frames=3)

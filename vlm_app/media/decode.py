@@ -1,0 +1,252 @@
+"""Probing and decoding videos.
+
+Frame `i` always means the i-th frame of a sequential decode in display order. The probe demuxes the stream
+once (no decoding) with PyAV to count frames and read every frame's presentation time, like decord and
+torchcodec's exact mode do; that is what makes frame counts, VFR detection and seeking trustworthy.
+
+Backends:
+- `pyav` (default): one threaded sequential decode, converting only the wanted frames to RGB and stopping after
+  the last one. When the first wanted frame is far in, it seeks to the keyframe before it and checks the first
+  decoded frame's timestamp against the probe; any mismatch falls back to decoding from the start.
+- `decord`, `torchcodec` (when installed): their random access (`get_batch`, `get_frames_at`) in small chunks.
+  Random access is known to return neighbouring frames on AVI/MPEG-4 B-frame files; prefer `pyav` there.
+Every backend returns frames with the display rotation applied (PyAV does not rotate by itself, so we do).
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.util
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Iterator
+
+import av
+import torch
+
+from vlm_app.errors import DecodeError, LimitError, OptionsError
+from vlm_app.media.limits import Limits
+
+BACKENDS = ("pyav", "decord", "torchcodec")
+SEEK_AHEAD_SECONDS = 10.0  # decoding through less than this is cheaper than a seek
+VFR_TOLERANCE = 0.1  # frame intervals spreading more than this (relative) mark a variable-frame-rate clip
+RANDOM_ACCESS_CHUNK = 16  # frames per decord/torchcodec call, to bound memory
+
+
+@dataclass(frozen=True)
+class VideoMetadata:
+    """What the source video is, as displayed (width/height after rotation)."""
+
+    num_frames: int
+    fps: float  # average frame rate, as FFmpeg (and decord, torchcodec) report it
+    duration: float  # seconds, first frame start to last frame end
+    width: int
+    height: int
+    rotation: int  # degrees counter-clockwise applied to the decoded frames
+    codec: str
+    source: str
+    is_vfr: bool = False
+    frame_pts: tuple[int, ...] = field(default=(), repr=False)  # every frame's pts, display order
+    time_base: Fraction = field(default=Fraction(1), repr=False)
+
+    def frame_time(self, index: int) -> float:
+        """Presentation time of frame `index`, seconds from the first frame."""
+        return float((self.frame_pts[index] - self.frame_pts[0]) * self.time_base)
+
+    def frame_times(self) -> list[float]:
+        return [self.frame_time(index) for index in range(self.num_frames)]
+
+
+def available_backends() -> list[str]:
+    return [name for name in BACKENDS if name == "pyav" or importlib.util.find_spec(name) is not None]
+
+
+def resolve_backend(name: str | None) -> str:
+    if name in (None, "auto"):
+        return "pyav"
+    if name not in BACKENDS:
+        raise OptionsError(f"unknown video backend {name!r}; choose auto, {', '.join(BACKENDS)}")
+    if name not in available_backends():
+        raise OptionsError(f"the {name} backend is not installed; `pip install {name}` or use backend pyav")
+    return name
+
+
+def check_deadline(deadline: float, limits: Limits) -> None:
+    if time.monotonic() > deadline:
+        raise LimitError(f"decoding took longer than the {limits.decode_seconds:g} s limit; use a shorter clip "
+                         "(or video_start/video_end) or raise Limits.decode_seconds")
+
+
+def _open(path: str, label: str):
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except av.FFmpegError as error:
+        raise DecodeError(f"{label} is not a readable video ({error.strerror}); check that the file is a complete "
+                          "video (mp4, mkv, webm, avi, mov, mpg)") from None
+
+
+def probe(path: str, label: str, limits: Limits, deadline: float) -> VideoMetadata:
+    """Count frames and read their presentation times by demuxing once; decode just the first frame for its
+    rotation. Raises DecodeError for non-video, audio-only, empty or undecodable files, LimitError over limits."""
+    with _open(path, label) as container:
+        if not container.streams.video:
+            raise DecodeError(f"{label} has no video stream (audio-only or not a video); give a video file")
+        stream = container.streams.video[0]
+        if container.duration and container.duration / av.time_base > limits.max_duration_seconds:
+            raise LimitError(f"{label} lasts {container.duration / av.time_base:.0f} s, over the "
+                             f"{limits.max_duration_seconds:g} s limit; cut it or raise Limits.max_duration_seconds")
+        frame_pts, end_pts, first_frame = [], None, None
+        try:
+            for packet in container.demux(stream):
+                check_deadline(deadline, limits)
+                pts = packet.pts if packet.pts is not None else packet.dts
+                if packet.size == 0 or pts is None:
+                    continue
+                frame_pts.append(pts)
+                end_pts = max(end_pts or pts, pts + (packet.duration or 0))
+                if len(frame_pts) > limits.max_source_frames:
+                    raise LimitError(f"{label} has more than {limits.max_source_frames} frames; cut it or raise "
+                                     "Limits.max_source_frames")
+                if first_frame is None:
+                    first_frame = next(iter(_decode_packet(stream, packet)), None)
+        except av.FFmpegError:
+            pass  # a truncated tail: keep the frames demuxed so far
+        if first_frame is None:
+            first_frame = next(iter(_decode_packet(stream, None)), None)
+        if not frame_pts or first_frame is None:
+            raise DecodeError(f"{label} contains no decodable video frames (empty, truncated or corrupt); "
+                              "re-export or re-download it")
+        return _metadata(stream, label, sorted(frame_pts), end_pts, first_frame, limits)
+
+
+def _decode_packet(stream, packet) -> list:
+    try:
+        return stream.decode(packet)
+    except av.FFmpegError:
+        return []
+
+
+def _metadata(stream, label: str, frame_pts: list[int], end_pts: int, first_frame, limits: Limits) -> VideoMetadata:
+    time_base = stream.time_base
+    span = float((frame_pts[-1] - frame_pts[0]) * time_base)
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate else (len(frame_pts) - 1) / span if span > 0 else 1.0
+    duration = max(float((end_pts - frame_pts[0]) * time_base), span + 1 / fps)
+    if duration > limits.max_duration_seconds:
+        raise LimitError(f"{label} lasts {duration:.0f} s, over the {limits.max_duration_seconds:g} s limit; cut it "
+                         "or raise Limits.max_duration_seconds")
+    rotation = int(first_frame.rotation or 0) % 360
+    width, height = first_frame.width, first_frame.height
+    if width * height > limits.max_frame_pixels:
+        raise LimitError(f"{label} frames are {width}x{height}, over the {limits.max_frame_pixels} pixel limit; "
+                         "downscale it or raise Limits.max_frame_pixels")
+    if rotation in (90, 270):
+        width, height = height, width
+    intervals = [later - earlier for earlier, later in zip(frame_pts, frame_pts[1:])]
+    is_vfr = bool(intervals) and max(intervals) - min(intervals) > max(2, VFR_TOLERANCE * sorted(intervals)[len(intervals) // 2])
+    return VideoMetadata(num_frames=len(frame_pts), fps=fps, duration=duration, width=width, height=height,
+                         rotation=rotation, codec=stream.codec_context.name, source=label, is_vfr=is_vfr,
+                         frame_pts=tuple(frame_pts), time_base=time_base)
+
+
+def decode_frames(path: str, metadata: VideoMetadata, indices: list[int], backend: str, limits: Limits,
+                  deadline: float) -> Iterator[tuple[int, float, torch.Tensor]]:
+    """Yield (index, seconds, uint8 CHW frame with rotation applied) for each of the sorted unique `indices`.
+    Stops after the last one; a truncated file may end early (the caller checks what came)."""
+    reader = {"pyav": _decode_pyav, "decord": _decode_decord, "torchcodec": _decode_torchcodec}[backend]
+    return reader(path, metadata, indices, limits, deadline)
+
+
+def _decode_pyav(path, metadata, indices, limits, deadline):
+    wanted = set(indices)
+    with _open(path, metadata.source) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        next_index = _seek_before(container, stream, metadata, indices[0])
+        try:
+            for frame in container.decode(stream):
+                check_deadline(deadline, limits)
+                if next_index is None:  # after a seek: place the frame by its timestamp, or start over
+                    next_index = _index_after_seek(metadata, frame.pts, indices[0])
+                    if next_index is None:
+                        yield from _decode_pyav_from_start(container, stream, metadata, indices, limits, deadline)
+                        return
+                if next_index in wanted:
+                    yield next_index, _frame_seconds(metadata, frame, next_index), _to_tensor(frame, metadata.rotation)
+                if next_index >= indices[-1]:
+                    return
+                next_index += 1
+        except av.FFmpegError:
+            return  # corrupt or truncated data: stop here
+
+
+def _decode_pyav_from_start(container, stream, metadata, indices, limits, deadline):
+    container.seek(0, stream=stream)
+    wanted = set(indices)
+    try:
+        for index, frame in enumerate(container.decode(stream)):
+            check_deadline(deadline, limits)
+            if index in wanted:
+                yield index, _frame_seconds(metadata, frame, index), _to_tensor(frame, metadata.rotation)
+            if index >= indices[-1]:
+                return
+    except av.FFmpegError:
+        return
+
+
+def _seek_before(container, stream, metadata, first_index) -> int | None:
+    """Seek to the keyframe before `first_index` when it is far in; returns 0 (no seek) or None (index unknown)."""
+    if metadata.frame_time(first_index) < SEEK_AHEAD_SECONDS:
+        return 0
+    container.seek(metadata.frame_pts[first_index], stream=stream, backward=True)
+    return None
+
+
+def _index_after_seek(metadata, pts, first_index) -> int | None:
+    if pts is None:
+        return None
+    index = bisect.bisect_left(metadata.frame_pts, pts)
+    exact = index < metadata.num_frames and metadata.frame_pts[index] == pts
+    return index if exact and index <= first_index else None
+
+
+def _frame_seconds(metadata, frame, index) -> float:
+    if frame.pts is None:
+        return metadata.frame_time(index)
+    return float((frame.pts - metadata.frame_pts[0]) * metadata.time_base)
+
+
+def _to_tensor(frame, rotation: int) -> torch.Tensor:
+    image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+    return torch.rot90(image, rotation // 90, dims=(1, 2)) if rotation else image
+
+
+def _decode_decord(path, metadata, indices, limits, deadline):
+    import decord  # optional dependency
+
+    reader = decord.VideoReader(path)
+    if len(reader) != metadata.num_frames:
+        raise DecodeError(f"decord counts {len(reader)} frames in {metadata.source} where the stream has "
+                          f"{metadata.num_frames}; use backend pyav for this file")
+    for start in range(0, len(indices), RANDOM_ACCESS_CHUNK):
+        check_deadline(deadline, limits)
+        chunk = indices[start : start + RANDOM_ACCESS_CHUNK]
+        batch = torch.from_numpy(reader.get_batch(chunk).asnumpy()).permute(0, 3, 1, 2)
+        for index, image in zip(chunk, batch):
+            yield index, metadata.frame_time(index), image
+
+
+def _decode_torchcodec(path, metadata, indices, limits, deadline):
+    from torchcodec.decoders import VideoDecoder  # optional dependency
+
+    decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=0)
+    if decoder.metadata.num_frames != metadata.num_frames:
+        raise DecodeError(f"torchcodec counts {decoder.metadata.num_frames} frames in {metadata.source} where the "
+                          f"stream has {metadata.num_frames}; use backend pyav for this file")
+    for start in range(0, len(indices), RANDOM_ACCESS_CHUNK):
+        check_deadline(deadline, limits)
+        chunk = indices[start : start + RANDOM_ACCESS_CHUNK]
+        batch = decoder.get_frames_at(indices=chunk)
+        for index, image, seconds in zip(chunk, batch.data, batch.pts_seconds.tolist()):
+            yield index, seconds - metadata.frame_pts[0] * float(metadata.time_base), image

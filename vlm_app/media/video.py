@@ -1,0 +1,215 @@
+"""`load_video(source, policy, **options) -> SampledVideo`: probe, choose frames, decode once, resize as they come.
+
+Memory stays bounded by the sampled output: only the wanted frames are converted to RGB, each is resized as soon
+as it is decoded, and decoding stops after the last wanted frame.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlm_app.errors import DecodeError, LimitError, OptionsError
+from vlm_app.media import sampling
+from vlm_app.media.decode import VideoMetadata, decode_frames, probe, resolve_backend
+from vlm_app.media.image import open_rgb_image
+from vlm_app.media.limits import DEFAULT_LIMITS, Limits
+from vlm_app.media.policies import SamplingPolicy, get_policy, policy_notes
+from vlm_app.media.sources import local_file
+
+OPTION_NAMES = ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
+                "resized_height", "resized_width", "video_start", "video_end", "backend")
+FRAME_LIST_IGNORED = ("nframes", "min_frames", "max_frames", "video_start", "video_end", "backend")
+
+
+@dataclass
+class SampledVideo:
+    frames: torch.Tensor  # uint8 (T, C, H, W)
+    frames_indices: list[int]  # display-order indices into the source's frames
+    timestamps: list[float]  # seconds, each sampled frame's presentation time
+    sample_fps: float
+    metadata: VideoMetadata
+    backend: str
+    policy: SamplingPolicy
+    notes: list[str] = field(default_factory=list)
+    decode_seconds: float = 0.0
+
+    @property
+    def resized_height(self) -> int:
+        return self.frames.shape[2]
+
+    @property
+    def resized_width(self) -> int:
+        return self.frames.shape[3]
+
+
+def load_video(source, policy: str | SamplingPolicy = "qwen2_5_vl", *, limits: Limits | None = None,
+               **options) -> SampledVideo:
+    """Sample `source` (path, file://, http(s)://, data: URI, or a list of frames) the way `policy` says."""
+    policy = get_policy(policy) if isinstance(policy, str) else policy
+    limits = limits or DEFAULT_LIMITS
+    check_options(options, policy)
+    started = time.perf_counter()
+    if isinstance(source, (list, tuple)):
+        video = _load_frame_list(source, policy, options, limits)
+    else:
+        with local_file(source, limits) as (path, label):
+            video = _load_file(path, label, policy, options, limits)
+    video.notes = policy_notes(policy) + video.notes
+    video.decode_seconds = time.perf_counter() - started
+    return video
+
+
+def check_options(options: dict, policy: SamplingPolicy) -> None:
+    """Reject unknown, out-of-range and contradictory options before any work."""
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise OptionsError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(OPTION_NAMES)}")
+    if options.get("fps") is not None and options.get("nframes") is not None:
+        raise OptionsError("give either fps or nframes, not both")
+    for name in ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
+                 "resized_height", "resized_width"):
+        if options.get(name) is not None and not options[name] > 0:
+            raise OptionsError(f"{name} must be positive, got {options[name]}")
+    for low, high in (("min_frames", "max_frames"), ("min_pixels", "max_pixels"), ("video_start", "video_end")):
+        if options.get(low) is not None and options.get(high) is not None and options[low] > options[high]:
+            raise OptionsError(f"{low} ({options[low]}) is greater than {high} ({options[high]}); swap or fix them")
+    if (options.get("resized_height") is None) != (options.get("resized_width") is None):
+        raise OptionsError("give resized_height and resized_width together")
+    if options.get("video_start") is not None and options["video_start"] < 0:
+        raise OptionsError(f"video_start must be >= 0 seconds, got {options['video_start']}")
+    resizing = ("min_pixels", "max_pixels", "total_pixels", "resized_height", "resized_width")
+    if policy.factor is None and any(options.get(name) is not None for name in resizing):
+        raise OptionsError(f"the {policy.name} policy does not resize (its processor does); pixel options apply "
+                           "to qwen2_5_vl")
+
+
+def _load_file(path: str, label: str, policy: SamplingPolicy, options: dict, limits: Limits) -> SampledVideo:
+    backend = resolve_backend(options.get("backend"))
+    deadline = time.monotonic() + limits.decode_seconds
+    metadata = probe(path, label, limits, deadline)
+    indices, fps_sampled, notes = choose_frames(metadata, policy, options)
+    if len(indices) > limits.max_sampled_frames:
+        raise LimitError(f"{len(indices)} frames requested, over the {limits.max_sampled_frames} limit; lower "
+                         "fps/nframes or raise Limits.max_sampled_frames")
+    size = output_size(metadata.height, metadata.width, len(indices), policy, options)
+    decoded = {}
+    for index, seconds, image in decode_frames(path, metadata, sorted(set(indices)), backend, limits, deadline):
+        decoded[index] = (seconds, resize_frame(image, size))
+    if not decoded:
+        raise DecodeError(f"{label} contains no decodable video frames (truncated or corrupt); re-export it")
+    indices, notes = _fill_missing(indices, decoded, metadata, notes)
+    return SampledVideo(frames=torch.stack([decoded[index][1] for index in indices]), frames_indices=indices,
+                        timestamps=[decoded[index][0] for index in indices], sample_fps=fps_sampled,
+                        metadata=metadata, backend=backend, policy=policy, notes=notes)
+
+
+def choose_frames(metadata: VideoMetadata, policy: SamplingPolicy, options: dict) -> tuple[list[int], float, list[str]]:
+    """(frame indices, sample fps, notes on deliberate differences) for a probed video."""
+    notes = []
+    if metadata.is_vfr:
+        first, last, count = _time_range(metadata, options.get("video_start"), options.get("video_end"))
+        notes.append("variable frame rate: frames sampled evenly in presentation time (qwen-vl-utils samples by "
+                     "index)")
+    else:
+        first, last, count = sampling.frame_range(metadata.num_frames, metadata.fps, options.get("video_start"),
+                                                  options.get("video_end"))
+    fps = options.get("fps", policy.fps)
+    if policy.index_rule == "smolvlm":
+        duration = metadata.duration if count == metadata.num_frames else count / metadata.fps
+        picked = sampling.smolvlm_indices(count, metadata.fps, duration, fps=fps,
+                                          max_frames=options.get("max_frames", policy.max_frames),
+                                          skip_secs=policy.skip_secs)
+        indices = [first + index for index in picked]
+        return indices, sampling.sample_fps(len(indices), count, metadata.fps), notes
+    if count < policy.frame_factor and options.get("nframes") is None:
+        notes.append(f"the clip has {count} frame(s); repeated to {policy.frame_factor} because {policy.name} "
+                     "needs frame pairs (qwen-vl-utils raises an error here)")
+        return [first] * policy.frame_factor, metadata.fps, notes
+    nframes = sampling.smart_nframes(count, metadata.fps, fps=options.get("fps") if options.get("nframes") is None
+                                     else None, nframes=options.get("nframes"),
+                                     min_frames=options.get("min_frames", policy.min_frames),
+                                     max_frames=options.get("max_frames"), frame_factor=policy.frame_factor,
+                                     default_fps=policy.fps, default_max_frames=policy.max_frames)
+    if metadata.is_vfr:
+        indices = sampling.time_uniform_indices(metadata.frame_times(), first, last, nframes)
+    else:
+        indices = sampling.linspace_indices(first, last, nframes)
+    return indices, sampling.sample_fps(nframes, count, metadata.fps), notes
+
+
+def _time_range(metadata: VideoMetadata, video_start, video_end) -> tuple[int, int, int]:
+    """Frame range by presentation time, for VFR clips where index/fps is not a time."""
+    times = metadata.frame_times()
+    first = next((i for i, t in enumerate(times) if video_start is None or t >= video_start - 1e-6), len(times))
+    last = max((i for i, t in enumerate(times) if video_end is None or t <= video_end + 1e-6), default=-1)
+    if video_start is not None or video_end is not None:
+        if first >= last:
+            raise OptionsError(f"the time range start={video_start} end={video_end} s holds fewer than two frames "
+                               f"of a {metadata.duration:.2f} s clip; widen the range")
+    return first, last, last - first + 1
+
+
+def output_size(height: int, width: int, nframes: int, policy: SamplingPolicy, options: dict) -> tuple[int, int]:
+    """The (height, width) every frame is resized to; the native size for policies that do not resize."""
+    if policy.factor is None:
+        return height, width
+    if options.get("resized_height") is not None:
+        return sampling.smart_resize(options["resized_height"], options["resized_width"], policy.factor)
+    min_pixels = options.get("min_pixels", policy.min_pixels)
+    max_pixels = sampling.video_max_pixels(nframes, policy.factor, min_pixels,
+                                           options.get("total_pixels", policy.total_pixels),
+                                           policy.max_tokens_per_frame, policy.frame_factor,
+                                           options.get("max_pixels", policy.max_pixels))
+    return sampling.smart_resize(height, width, policy.factor, min_pixels, max_pixels)
+
+
+def resize_frame(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic antialiased resize in float32, clamped and rounded back to uint8, as torchvision's tensor resize
+    (and so qwen-vl-utils) does. Same size is the identity."""
+    if tuple(image.shape[1:]) == tuple(size):
+        return image.contiguous()
+    resized = F.interpolate(image[None].float(), size=size, mode="bicubic", align_corners=False, antialias=True)
+    return resized[0].clamp_(0, 255).round_().to(torch.uint8)
+
+
+def _fill_missing(indices, decoded, metadata, notes):
+    """A truncated file can end before the frames its index promised: reuse the last decoded frame."""
+    last_decoded = max(decoded)
+    if all(index in decoded for index in indices):
+        return indices, notes
+    notes = notes + [f"decoding stopped at frame {last_decoded} of {metadata.num_frames} (truncated or corrupt "
+                     "file); later samples repeat that frame"]
+    return [index if index in decoded else last_decoded for index in indices], notes
+
+
+def _load_frame_list(frames, policy: SamplingPolicy, options: dict, limits: Limits) -> SampledVideo:
+    """A pre-sampled list of frames (paths, URLs or PIL images) taken at `fps` (default: the policy's fps).
+
+    Unlike qwen-vl-utils 0.0.14 (which snaps each frame to multiples of 56 and then resizes again), every frame is
+    resized once, straight to the video size a file with these frames would get."""
+    if not frames:
+        raise OptionsError("the frame list is empty; give at least one frame")
+    ignored = [name for name in FRAME_LIST_IGNORED if options.get(name) is not None]
+    if ignored:
+        raise OptionsError(f"{', '.join(ignored)} do not apply to a list of frames (they are already sampled)")
+    images = [torch.from_numpy(np.asarray(open_rgb_image(frame, limits))).permute(2, 0, 1) for frame in frames]
+    fps = float(options.get("fps", policy.fps))
+    count = sampling.ceil_by_factor(len(images), policy.frame_factor)
+    indices = list(range(len(images))) + [len(images) - 1] * (count - len(images))
+    notes = [] if count == len(images) else [f"{len(images)} frames padded to {count} by repeating the last one"]
+    height, width = images[0].shape[1:]
+    size = output_size(height, width, count, policy, options)
+    resized = [resize_frame(image, size) for image in images]
+    metadata = VideoMetadata(num_frames=len(images), fps=fps, duration=len(images) / fps, width=width, height=height,
+                             rotation=0, codec="images", source="frame list",
+                             frame_pts=tuple(range(len(images))), time_base=1 / Fraction(fps).limit_denominator())
+    return SampledVideo(frames=torch.stack([resized[index] for index in indices]), frames_indices=indices,
+                        timestamps=[index / fps for index in indices], sample_fps=fps, metadata=metadata,
+                        backend="images", policy=policy, notes=notes)
+
