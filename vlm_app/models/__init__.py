@@ -1,0 +1,1 @@
+"""Model ports that current transformers does not ship (see `deepseek_vl2`)."""
