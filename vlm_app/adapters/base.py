@@ -22,6 +22,8 @@ from typing import Any, ClassVar, Iterator
 
 import torch
 
+from vlm_app.messages import media_items, media_options
+
 
 @dataclass
 class TokenCounts:
@@ -323,6 +325,27 @@ class Adapter:
     # ---- inputs --------------------------------------------------------------------------------------------
     def prepare(self, messages: list[dict], **sampling_overrides) -> Prepared:
         raise NotImplementedError
+
+    def sampling_defaults(self) -> dict:
+        """Video options this checkpoint sets on top of the family policy (e.g. its processor's frame cap)."""
+        return {}
+
+    def load_media(self, messages: list[dict], sampling_overrides: dict) -> list:
+        """Sample every image/video item with this family's policy; already sampled items pass through.
+        Precedence: per-item options > call overrides > checkpoint defaults > policy."""
+        from vlm_app.media import SampledImage, SampledVideo, load_image, load_video
+
+        shown = []
+        for item in media_items(messages):
+            source = item[item["type"]]
+            if isinstance(source, (SampledVideo, SampledImage)):
+                shown.append(source)
+            elif item["type"] == "video":
+                shown.append(load_video(source, policy=self.policy,
+                                         **{**self.sampling_defaults(), **sampling_overrides, **media_options(item)}))
+            else:
+                shown.append(load_image(source, policy=self.policy, **media_options(item)))
+        return shown
 
     def _to_device(self, inputs) -> dict[str, torch.Tensor]:
         return {key: value.to(self.device) if isinstance(value, torch.Tensor) else value

@@ -34,9 +34,9 @@ QWEN_CHAT_TEMPLATE = (
     "{%- set counts = namespace(image=0, video=0) -%}"
     "{%- for message in messages -%}"
     "{%- if loop.first and message.role != 'system' -%}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>system{{ '\\n' }}You are a helpful assistant.<|im_end|>{{ '\\n' }}"
     "{%- endif -%}"
-    "<|im_start|>{{ message.role }}\n"
+    "<|im_start|>{{ message.role }}{{ '\\n' }}"
     "{%- if message.content is string -%}{{ message.content }}"
     "{%- else -%}{%- for item in message.content -%}"
     "{%- if item.type == 'image' or 'image' in item -%}{%- set counts.image = counts.image + 1 -%}"
@@ -47,9 +47,9 @@ QWEN_CHAT_TEMPLATE = (
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{%- elif item.type == 'text' -%}{{ item.text }}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "<|im_end|>\n"
+    "<|im_end|>{{ '\\n' }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
 )
 
 SMOLVLM_CHAT_TEMPLATE = (
@@ -63,7 +63,7 @@ SMOLVLM_CHAT_TEMPLATE = (
     "{%- elif item.type == 'image' -%}<image>"
     "{%- elif item.type == 'video' -%}<video>"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "<end_of_utterance>\n"
+    "<end_of_utterance>{{ '\\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}Assistant:{%- endif -%}"
 )

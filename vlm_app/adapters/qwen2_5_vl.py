@@ -1,0 +1,78 @@
+"""Qwen2.5-VL: our frames (qwen-vl-utils sampling and resizing) go to the HF processor as they are, with their
+video metadata, so `second_per_grid_ts` = temporal_patch_size / sample_fps and mRoPE sees absolute time.
+
+Without the metadata transformers 5 assumes 24 fps (0.083 s per grid instead of 1 s at fps 2), and the
+model card's `fps=[...]` keyword is rejected outright; this is the fix, done once here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from vlm_app.adapters.base import Adapter, Prepared, TokenCounts, VisualMap
+from vlm_app.messages import for_template, normalize
+
+
+def hf_video_metadata(video):
+    """transformers' VideoMetadata for one of our SampledVideos: the source fps, the chosen indices, and the
+    frame count of the sampled range (so that len(indices) / total * fps is our sample fps)."""
+    from transformers.video_utils import VideoMetadata
+
+    source = video.metadata
+    in_range = max(len(video.frames_indices), round(len(video.frames_indices) * source.fps / video.sample_fps))
+    return VideoMetadata(total_num_frames=in_range, fps=source.fps, duration=source.duration, width=source.width,
+                         height=source.height, frames_indices=list(video.frames_indices))
+
+
+class Qwen2_5_VLAdapter(Adapter):
+    family = "qwen2_5_vl"
+    policy = "qwen2_5_vl"
+
+    def prepare(self, messages: list[dict], **sampling_overrides) -> Prepared:
+        from vlm_app.media import SampledVideo
+
+        messages = normalize(messages)
+        started = time.perf_counter()
+        media = self.load_media(messages, sampling_overrides)
+        media_done = time.perf_counter()
+        videos = [item for item in media if isinstance(item, SampledVideo)]
+        images = [item.image for item in media if not isinstance(item, SampledVideo)]
+        prompt = self.processor.apply_chat_template(for_template(messages), tokenize=False,
+                                                    add_generation_prompt=True)
+        inputs = self.processor(
+            text=[prompt], images=images or None, videos=[video.frames for video in videos] or None,
+            video_metadata=[hf_video_metadata(video) for video in videos] or None,
+            do_resize=False, do_sample_frames=False, cap_pixels_per_frame=False, return_tensors="pt")
+        done = time.perf_counter()
+        visual_map = self._visual_map(inputs, media)
+        length = inputs["input_ids"].shape[1]
+        return Prepared(inputs=self._to_device(inputs), visual_map=visual_map,
+                        num_tokens=TokenCounts(text=length - len(visual_map), visual=len(visual_map)),
+                        media=media, prompt=prompt,
+                        timings={"media_s": media_done - started, "processor_s": done - media_done,
+                                 "preprocess_s": done - started})
+
+    def _visual_map(self, inputs, media: list) -> VisualMap:
+        """Per media item, its tokens in order: videos are (temporal pair, merged row, merged col) in row-major
+        order, so token k belongs to pair k // (tokens per pair); images are one view."""
+        from vlm_app.media import SampledVideo
+
+        merge = self.processor.video_processor.merge_size ** 2
+        video_grids = iter(inputs.get("video_grid_thw", []))
+        image_grids = iter(inputs.get("image_grid_thw", []))
+        spans = []
+        for media_index, item in enumerate(media):
+            if isinstance(item, SampledVideo):
+                t, h, w = (int(v) for v in next(video_grids))
+                per_pair = h * w // merge
+                frames = [min(2 * (k // per_pair), len(item.timestamps) - 1) for k in range(t * per_pair)]
+                spans.append({"token_id": self.model.config.video_token_id, "media_index": media_index,
+                              "frame_index": frames, "tile_index": 0,
+                              "timestamp": [item.timestamps[f] for f in frames]})
+            else:
+                t, h, w = (int(v) for v in next(image_grids))
+                count = t * h * w // merge
+                spans.append({"token_id": self.model.config.image_token_id, "media_index": media_index,
+                              "frame_index": [-1] * count, "tile_index": 0, "timestamp": math.nan})
+        return VisualMap.from_spans(inputs["input_ids"], spans)

@@ -1,0 +1,110 @@
+"""SmolVLM2: our pipeline samples frames the way SmolVLM's video processor would (fps 1, at most 64 frames,
+skipping the ends of long clips); the HF processors resize and normalise them, and the prompt says each frame's
+real "Frame from MM:SS" time and the video's duration.
+
+The media placeholders are expanded here, one media item at a time, with the processor's own expansion: the
+stock call reads a video's frame count from the padded batch, so a short video next to a long one would be
+announced with the long one's count.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+
+import torch
+
+from vlm_app.adapters.base import Adapter, Prepared, TokenCounts, VisualMap
+from vlm_app.errors import OptionsError
+from vlm_app.messages import for_template, normalize
+
+PLACEHOLDER = re.compile(r"(<image>|<video>)")
+
+
+def hf_video_metadata(video):
+    """transformers' VideoMetadata for one of our SampledVideos: source frame count, fps, duration, indices."""
+    from transformers.video_utils import VideoMetadata
+
+    source = video.metadata
+    return VideoMetadata(total_num_frames=source.num_frames, fps=source.fps, duration=source.duration,
+                         width=source.width, height=source.height, frames_indices=list(video.frames_indices))
+
+
+class SmolVLM2Adapter(Adapter):
+    family = "smolvlm2"
+    policy = "smolvlm2"
+
+    def sampling_defaults(self) -> dict:
+        video_processor = self.processor.video_processor
+        return {"fps": video_processor.fps, "max_frames": video_processor.num_frames}
+
+    def prepare(self, messages: list[dict], **sampling_overrides) -> Prepared:
+        from vlm_app.media import SampledVideo
+
+        messages = normalize(messages)
+        started = time.perf_counter()
+        media = self.load_media(messages, sampling_overrides)
+        media_done = time.perf_counter()
+        videos = [item for item in media if isinstance(item, SampledVideo)]
+        if videos and len(videos) != len(media):
+            raise OptionsError("SmolVLM2 takes either images or videos in one conversation, not both")
+        prompt = self.processor.apply_chat_template(for_template(messages), tokenize=False,
+                                                    add_generation_prompt=True)
+        pixels, expansions = self._process_videos(videos) if videos else self._process_images(media)
+        views = [expansion.count(self.processor.image_token) // self.processor.image_seq_len
+                 for expansion in expansions]
+        pending = iter(expansions)
+        text = "".join(next(pending) if piece in ("<image>", "<video>") else piece
+                       for piece in PLACEHOLDER.split(prompt))
+        inputs = {**self.processor.tokenizer(text, return_tensors="pt"), **pixels}
+        done = time.perf_counter()
+        visual_map = self._visual_map(inputs["input_ids"], media, views)
+        length = inputs["input_ids"].shape[1]
+        return Prepared(inputs=self._to_device(inputs), visual_map=visual_map,
+                        num_tokens=TokenCounts(text=length - len(visual_map), visual=len(visual_map)),
+                        media=media, prompt=prompt,
+                        timings={"media_s": media_done - started, "processor_s": done - media_done,
+                                 "preprocess_s": done - started})
+
+    def _process_videos(self, videos: list) -> tuple[dict, list[str]]:
+        video_processor = self.processor.video_processor
+        metadata = [hf_video_metadata(video) for video in videos]
+        batch = video_processor(videos=[video.frames for video in videos], video_metadata=metadata,
+                                do_sample_frames=False, return_metadata=True, return_tensors="pt")
+        expansions = []
+        for index, video in enumerate(videos):
+            own = {"pixel_values": batch["pixel_values"][index:index + 1, :len(video.frames_indices)],
+                   "video_metadata": [batch["video_metadata"][index]]}
+            expansions.append(self.processor.replace_video_token(own, 0))
+        return {"pixel_values": batch["pixel_values"], "pixel_attention_mask": batch["pixel_attention_mask"]}, \
+            expansions
+
+    def _process_images(self, images: list) -> tuple[dict, list[str]]:
+        if not images:
+            return {}, []
+        batch = self.processor.image_processor(images=[[item.image for item in images]], return_row_col_info=True,
+                                               return_tensors="pt")
+        expansions = [self.processor.replace_image_token(batch, index) for index in range(len(images))]
+        return {"pixel_values": batch["pixel_values"], "pixel_attention_mask": batch["pixel_attention_mask"]}, \
+            expansions
+
+    def _visual_map(self, input_ids: torch.Tensor, media: list, views: list[int]) -> VisualMap:
+        """Every frame, or image view, is `image_seq_len` <image> tokens. A split image lists its tiles row by
+        row and its global view last: tiles get 1..n, the global view 0. `views`: views per media item."""
+        from vlm_app.media import SampledVideo
+
+        per_view = self.processor.image_seq_len
+        token_id = self.processor.image_token_id
+        spans = []
+        for media_index, item in enumerate(media):
+            if isinstance(item, SampledVideo):
+                frames = [k // per_view for k in range(len(item.frames_indices) * per_view)]
+                spans.append({"token_id": token_id, "media_index": media_index, "frame_index": frames,
+                              "tile_index": 0, "timestamp": [item.timestamps[f] for f in frames]})
+            else:
+                count = views[media_index]
+                tiles = [(k // per_view + 1) % count for k in range(count * per_view)]
+                spans.append({"token_id": token_id, "media_index": media_index, "frame_index": [-1] * len(tiles),
+                              "tile_index": tiles, "timestamp": math.nan})
+        return VisualMap.from_spans(input_ids, spans)
