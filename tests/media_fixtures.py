@@ -12,6 +12,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 FRAME_ID_BITS = 12
 
@@ -137,3 +138,30 @@ VFR_SPEC = VideoSpec("h264_vfr", fps=Fraction(30), num_frames=90, frame_duration
 MPEG2_SPEC = VideoSpec("mpeg2_ps", codec="mpeg2video", container="mpg", fps=Fraction(25), num_frames=50, bframes=2)
 ONE_FRAME_SPEC = VideoSpec("h264_one_frame", num_frames=1)
 THREE_FRAME_SPEC = VideoSpec("h264_three_frames", num_frames=3)
+
+
+@pytest.fixture(scope="session")
+def media_videos(tmp_path_factory) -> dict[str, Path]:
+    """Every spec above, encoded once per test session: {spec name: path}."""
+    directory = tmp_path_factory.mktemp("media_videos")
+    specs = PARITY_SPECS + [VFR_SPEC, MPEG2_SPEC, ONE_FRAME_SPEC, THREE_FRAME_SPEC]
+    return {spec.name: write_video(directory / spec.filename, spec) for spec in specs}
+
+
+@pytest.fixture(scope="session")
+def broken_media(tmp_path_factory, media_videos) -> dict[str, Path]:
+    """Files that are not usable videos: {kind: path}."""
+    directory = tmp_path_factory.mktemp("broken_media")
+    random_bytes = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    (directory / "corrupt.mp4").write_bytes(random_bytes)
+    (directory / "notes.txt").write_text("this is not a video\n" * 100)
+    (directory / "empty.mp4").write_bytes(b"")
+    (directory / "folder").mkdir()
+    return {
+        "audio_only": write_audio_only(directory / "audio_only.m4a"),
+        "truncated": write_truncated(directory / "truncated.mp4", media_videos["h264_24fps_2s"]),
+        "corrupt": directory / "corrupt.mp4",
+        "text": directory / "notes.txt",
+        "empty": directory / "empty.mp4",
+        "directory": directory / "folder",
+    }

@@ -1,0 +1,131 @@
+"""load_video against qwen-vl-utils 0.0.14 (decord backend) on generated videos: indices, resized size and sample fps
+identical, pixels within one level. Also frame identity against a sequential decode, VFR, rotation and backends."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from media_fixtures import MPEG2_SPEC, PARITY_SPECS, VFR_SPEC, read_frame_id
+from qwen_vl_utils import fetch_video
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as tvF
+
+from vlm_app.errors import OptionsError
+from vlm_app.media import get_policy, load_video
+
+# decord's random access returns neighbouring frames on these containers (fact sheet §7), so qwen-vl-utils' pixels
+# there are not the frames its indices name; we compare our pixels with the reference resize of the right frames.
+RANDOM_ACCESS_WRONG = {"mpeg4_avi_bframes", MPEG2_SPEC.name}
+
+OPTION_SETS = [{}, {"fps": 1.0}, {"fps": 4.5}, {"nframes": 6}, {"nframes": 7}, {"min_frames": 8}, {"max_frames": 4},
+               {"fps": 3, "min_frames": 6, "max_frames": 10}, {"min_pixels": 3136, "max_pixels": 50176},
+               {"max_pixels": 200000}, {"total_pixels": 1_000_000}, {"min_pixels": 200704},
+               {"video_start": 0.5, "video_end": 1.5}, {"video_start": 0.3}, {"video_end": 0.9},
+               {"resized_height": 100, "resized_width": 150}, {"nframes": 1000}]
+SHORT_SPECS = [spec.name for spec in PARITY_SPECS if spec.num_frames < 1000] + [MPEG2_SPEC.name]
+LONG_OPTION_SETS = [{}, {"nframes": 6}, {"video_start": 100.0, "video_end": 130.0}, {"fps": 0.1}]
+
+
+def qwen_reference(path, options):
+    """(frames float32, metadata, sample fps) from qwen-vl-utils, or None where it fails (it would fall back to
+    torchvision's removed read_video)."""
+    logging.getLogger("qwen_vl_utils.vision_process").setLevel(logging.ERROR)
+    try:
+        (frames, metadata), sample_fps = fetch_video({"video": str(path), **options}, return_video_sample_fps=True,
+                                                     return_video_metadata=True)
+    except AttributeError as error:
+        assert "read_video" in str(error)
+        return None
+    except AssertionError:  # max_pixels < min_pixels, raised outside its backend try-block
+        return None
+    return frames, metadata, sample_fps
+
+
+def sequential_frames(path, indices):
+    """The frames at `indices` from a plain sequential decode (display order), rotation applied."""
+    import av
+
+    wanted, frames = set(indices), {}
+    with av.open(str(path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index in wanted:
+                image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                frames[index] = torch.rot90(image, (frame.rotation or 0) // 90, dims=(1, 2))
+    return torch.stack([frames[index] for index in indices])
+
+
+def assert_parity(media_videos, name, options):
+    path = media_videos[name]
+    reference = qwen_reference(path, options)
+    if reference is None:
+        with pytest.raises(OptionsError):
+            load_video(path, **options)
+        return
+    frames, metadata, sample_fps = reference
+    ours = load_video(path, **options)
+    assert ours.frames_indices == metadata["frames_indices"]
+    assert ours.frames.shape == frames.shape
+    assert ours.sample_fps == pytest.approx(sample_fps, rel=1e-12)
+    assert ours.frames.dtype == torch.uint8
+    if name in RANDOM_ACCESS_WRONG:
+        source = sequential_frames(path, ours.frames_indices)
+        frames = tvF.resize(source, list(frames.shape[2:]), interpolation=InterpolationMode.BICUBIC,
+                            antialias=True).float()
+    assert (ours.frames.float() - frames).abs().max() <= 1
+
+
+@pytest.mark.parametrize("options", OPTION_SETS, ids=str)
+@pytest.mark.parametrize("name", SHORT_SPECS)
+def test_parity_with_qwen_vl_utils(media_videos, name, options):
+    assert_parity(media_videos, name, options)
+
+
+@pytest.mark.parametrize("options", LONG_OPTION_SETS, ids=str)
+def test_parity_on_a_200_second_clip(media_videos, options):
+    assert_parity(media_videos, "h264_24fps_long", options)
+
+
+@pytest.mark.parametrize("name", SHORT_SPECS + ["h264_24fps_long"])
+def test_sampled_frames_are_the_frames_their_indices_name(media_videos, name):
+    native = get_policy("qwen2_5_vl").with_overrides(factor=None)
+    options = {"video_start": 120.0, "video_end": 140.0} if name == "h264_24fps_long" else {"nframes": 8}
+    video = load_video(media_videos[name], native, **options)
+    upright = torch.rot90(video.frames, -video.metadata.rotation // 90, dims=(2, 3))  # ids are written unrotated
+    ids = [read_frame_id(frame.permute(1, 2, 0).numpy()) for frame in upright]
+    assert ids == [index % 4096 for index in video.frames_indices]
+    assert video.timestamps == pytest.approx([index / video.metadata.fps for index in video.frames_indices], abs=2e-3)
+
+
+def test_decord_backend_matches_reference(media_videos):
+    for name in ["h264_24fps_2s", "h264_rotated90", "vp9_24fps"]:
+        ours = load_video(media_videos[name], backend="decord")
+        frames, metadata, _ = qwen_reference(media_videos[name], {})
+        assert ours.backend == "decord" and ours.frames_indices == metadata["frames_indices"]
+        assert (ours.frames.float() - frames).abs().max() <= 1
+
+
+def test_rotation_is_applied_before_resizing(media_videos):
+    video = load_video(media_videos["h264_rotated90"])
+    assert (video.metadata.width, video.metadata.height, video.metadata.rotation) == (64, 96, 90)
+    assert video.resized_height > video.resized_width
+
+
+def test_vfr_samples_are_evenly_spaced_in_time(media_videos):
+    video = load_video(media_videos[VFR_SPEC.name])
+    targets = np.linspace(0, video.metadata.frame_times()[-1], len(video.timestamps))
+    assert np.abs(np.array(video.timestamps) - targets).max() <= 0.1  # the longest source frame interval
+    assert any("variable frame rate" in note for note in video.notes)
+    native = load_video(media_videos[VFR_SPEC.name], get_policy("qwen2_5_vl").with_overrides(factor=None))
+    true_times = np.cumsum((0,) + VFR_SPEC.frame_durations)
+    for frame, index, seconds in zip(native.frames, native.frames_indices, native.timestamps):
+        assert read_frame_id(frame.permute(1, 2, 0).numpy()) == index
+        assert seconds == pytest.approx(true_times[index], abs=1e-3)
+    # qwen-vl-utils samples by index, so its picks bunch up in the fast first 2 s
+    _, metadata, _ = qwen_reference(media_videos[VFR_SPEC.name], {})
+    assert sum(index < 60 for index in metadata["frames_indices"]) > sum(t < 2 for t in video.timestamps)
+
+
+def test_vfr_time_range_uses_presentation_time(media_videos):
+    video = load_video(media_videos[VFR_SPEC.name], video_start=2.5, video_end=4.5)
+    assert min(video.timestamps) >= 2.5 - 1e-6 and max(video.timestamps) <= 4.5 + 1e-6
