@@ -206,9 +206,11 @@ class _CancelOnEvent:
 
     def __init__(self, event: threading.Event):
         self.event = event
+        self.fired = False  # whether it stopped generation (a stream sets the event again when it closes)
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        self.fired = self.fired or self.event.is_set()
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
 
 
 class Stream:
@@ -401,8 +403,8 @@ class Adapter:
         if seed is not None:
             torch.manual_seed(seed)
         recorder = _TokenRecorder(pieces)
-        if cancel is not None:
-            options["stopping_criteria"] = [_CancelOnEvent(cancel)]
+        stopper = _CancelOnEvent(cancel or threading.Event())
+        options["stopping_criteria"] = [stopper]
         peak_memory_start(self.device)
         start = time.perf_counter()
         self.model.generate(**prepared.inputs, streamer=recorder, **options)
@@ -413,4 +415,4 @@ class Adapter:
                           new_tokens=len(recorder.token_ids), peak_memory_bytes=peak_memory_bytes(self.device))
         text = self.tokenizer.decode(recorder.token_ids, skip_special_tokens=True)
         return Generation(text=text, token_ids=recorder.token_ids, timings=timings,
-                          cancelled=bool(cancel is not None and cancel.is_set()))
+                          cancelled=stopper.fired)
