@@ -60,6 +60,8 @@ def _add_bench(sub) -> None:
     parser = sub.add_parser("bench", help="benchmarks that print ratios against references measured in the same run")
     benches = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     _add_bench_sampling(benches)
+    _add_bench_adapter(benches)
+    _add_bench_model(benches)
 
 
 def _add_bench_sampling(benches) -> None:
@@ -74,11 +76,162 @@ def _run_bench_sampling(args: argparse.Namespace) -> int:
     return run_sampling_benchmark(args.videos)
 
 
+def _add_ui(sub) -> None:
+    parser = sub.add_parser("ui", help="start the web app (chat and compare over videos)")
+    parser.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                        help="models on offer: short names, hub ids or checkpoint folders (default: smolvlm2-256m)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    parser.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload")
+    parser.add_argument("--max-duration", type=float, default=600.0, help="longest accepted video, seconds")
+    parser.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
+                        help="a folder whose files may be named by path or file:// URL (repeatable)")
+    parser.add_argument("--votes", default="vlm_app_votes.jsonl", help="JSONL log of blind-comparison votes")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--memory-budget-gb", type=float, default=None,
+                        help="unload least recently used models beyond this (default: 90%% of GPU / half of RAM)")
+    parser.set_defaults(handler=_run_ui)
+
+
+def _run_ui(args: argparse.Namespace) -> int:
+    from vlm_app.ui.app import serve
+
+    return serve(args)
+
+
+def _add_model_options(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    group = parser.add_argument_group("model loading")
+    if not many:
+        group.add_argument("--model", default="smolvlm2-256m",
+                           help="short name, hub id or local checkpoint folder (default: smolvlm2-256m)")
+    group.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    group.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
+    group.add_argument("--attn", default="auto", help="auto (flash_attention_2 if installed on CUDA, else sdpa)")
+    group.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="bitsandbytes loading (CUDA)")
+    group.add_argument("--adapter", dest="lora_adapter", metavar="PATH", help="a peft LoRA adapter folder (not merged)")
+    group.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    return {"device": args.device, "dtype": args.dtype, "attn": args.attn, "quantization": args.quantize,
+            "lora_adapter": args.lora_adapter, "revision": args.revision}
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation")
+    group.add_argument("--prompt", default=None, help="the question or instruction (default: 'Describe this video.')")
+    group.add_argument("--template", default=None,
+                       help="prompt template: describe, summarize, timeline, qa (fills {question} from --prompt), or a file")
+    group.add_argument("--max-new-tokens", type=int, default=256)
+    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    group.add_argument("--top-p", type=float, default=1.0)
+    group.add_argument("--seed", type=int, default=None)
+
+
+def generation_options(args: argparse.Namespace) -> dict:
+    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+            "seed": args.seed}
+
+
+def _add_describe(sub) -> None:
+    parser = sub.add_parser("describe", help="describe a video, URL or folder of videos with a model")
+    parser.add_argument("source", help="video file, file:// or http(s):// URL, or a folder (recursive)")
+    _add_model_options(parser)
+    _add_generation_options(parser)
+    _add_sampling_options(parser)
+    parser.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per video")
+    parser.add_argument("--out", metavar="JSONL", help="append one JSON line per video to this file")
+    parser.add_argument("--resume", action="store_true", help="skip videos already described in --out")
+    parser.add_argument("--dump-features", metavar="SAFETENSORS",
+                        help="also save hidden states of every layer and the visual-token map (single video)")
+    parser.set_defaults(handler=_run_describe)
+
+
+def _run_describe(args: argparse.Namespace) -> int:
+    from vlm_app.describer import run_describe_command
+
+    return run_describe_command(args, model_options(args), sampling_options(args), generation_options(args))
+
+
+def _add_compare(sub) -> None:
+    parser = sub.add_parser("compare", help="run several models on one video and compare answers and costs")
+    parser.add_argument("source", help="video file or URL")
+    parser.add_argument("--models", required=True, help="comma-separated model names, hub ids or folders")
+    _add_model_options(parser, many=True)
+    _add_generation_options(parser)
+    _add_sampling_options(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per model")
+    parser.set_defaults(handler=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from vlm_app.describer import run_compare_command
+
+    return run_compare_command(args, model_options(args), sampling_options(args), generation_options(args))
+
+
+def _add_tiny(sub) -> None:
+    parser = sub.add_parser("tiny", help="write a tiny random-weight checkpoint (offline, deterministic)")
+    parser.add_argument("--family", required=True, choices=["qwen2_5_vl", "smolvlm2", "deepseek_vl2"])
+    parser.add_argument("--out", required=True, help="folder to write (hub layout)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_run_tiny)
+
+
+def _run_tiny(args: argparse.Namespace) -> int:
+    from vlm_app.testing.tiny import build_tiny
+
+    print(build_tiny(args.family, args.out, seed=args.seed))
+    return 0
+
+
+def _add_bench_adapter(benches) -> None:
+    parser = benches.add_parser("adapter", help="our adapter vs the plain transformers calls (overhead ratio)")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated checkpoints (default: tiny Qwen2.5-VL and SmolVLM2 built on the spot)")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.set_defaults(handler=_run_bench_adapter)
+
+
+def _run_bench_adapter(args: argparse.Namespace) -> int:
+    from vlm_app.bench.adapter import run_adapter_benchmark
+
+    return run_adapter_benchmark(args.models, repeats=args.repeats, max_new_tokens=args.max_new_tokens)
+
+
+def _add_bench_model(benches) -> None:
+    parser = benches.add_parser("model", help="prefill/decode speed and peak memory of a real-size model")
+    parser.add_argument("--family", required=True, choices=["qwen2_5_vl", "smolvlm2"])
+    parser.add_argument("--size", required=True, help="e.g. 256m, 500m, 2.2b (SmolVLM2); 3b, 7b, 32b, 72b (Qwen)")
+    parser.add_argument("--random-weights", action="store_true", required=True,
+                        help="build from the published config with random weights (no download)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--frames", type=int, default=8, help="frames in the synthetic video prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=_run_bench_model)
+
+
+def _run_bench_model(args: argparse.Namespace) -> int:
+    from vlm_app.bench.model import run_model_benchmark
+
+    return run_model_benchmark(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vlm_app", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_inspect(sub)
+    _add_describe(sub)
+    _add_compare(sub)
+    _add_tiny(sub)
     _add_bench(sub)
+    _add_ui(sub)
     return parser
 
 

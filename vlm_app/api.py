@@ -1,0 +1,37 @@
+"""The Python API: `load` a model into its adapter, `describe` a video or a folder.
+
+    from vlm_app import load, describe
+    adapter = load("smolvlm2-256m")                       # or a hub id, or a local checkpoint folder
+    record = describe("clip.mp4", model=adapter, prompt="What happens?", fps=1)
+    prepared = adapter.prepare([{"role": "user", "content": [{"type": "video", "video": "clip.mp4"},
+                                                             {"type": "text", "text": "Describe."}]}])
+    out = adapter.forward(prepared, output_hidden_states=True)   # logits, hidden states, visual_hidden(layer)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlm_app.adapters.registry import DEFAULT_MODEL
+from vlm_app.describer import DEFAULT_PROMPT, describe_folder, describe_video
+
+
+def load(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", attn: str = "auto",
+         quantization: str | None = None, lora_adapter: str | None = None, revision: str | None = None):
+    """Load a model (short name, hub id or folder) into its family's adapter."""
+    from vlm_app.runtime import load_adapter
+
+    return load_adapter(name_or_path, device=device, dtype=dtype, attn=attn, quantization=quantization,
+                        lora_adapter=lora_adapter, revision=revision)
+
+
+def describe(source, model=DEFAULT_MODEL, prompt: str = DEFAULT_PROMPT, out: str | None = None,
+             resume: bool = False, generation: dict | None = None, **sampling) -> dict | list[dict]:
+    """Describe a video (returns its record) or every video in a folder (returns the records; with `out`, also
+    appends them to that JSONL). `model` is a name/path (loaded once, kept in the runtime cache) or an adapter."""
+    from vlm_app.runtime import CACHE
+
+    adapter = CACHE.get(model) if isinstance(model, str) else model
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        return describe_folder(adapter, source, out, prompt, sampling, generation, resume=resume, progress=False)
+    return describe_video(adapter, source, prompt, sampling, generation)

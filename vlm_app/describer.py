@@ -1,0 +1,243 @@
+"""Describe videos: one video -> one record; a folder -> JSONL with a progress bar and resume.
+
+`describe_video(adapter, source, prompt, sampling, generation)` is the unit of work (a Ray engine reuses it);
+`build_record` is the one place the record's fields are defined. Every record carries what is needed to
+reproduce it: model id and revision, dtype, device, sampling options, generation options and seed, the frame
+indices and timestamps actually shown, token counts and timings.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from vlm_app.errors import OptionsError, VlmAppError
+from vlm_app.messages import conversation
+
+DEFAULT_PROMPT = "Describe this video."
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
+GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
+
+
+def prompt_templates() -> dict[str, Path]:
+    return {path.stem: path for path in sorted(PROMPTS_DIR.glob("*.txt"))}
+
+
+def resolve_prompt(prompt: str | None = None, template: str | None = None) -> str:
+    """The prompt text from --prompt and/or --template (a name in prompts/ or a file). A template with a
+    {question} slot takes --prompt as the question."""
+    if template is None:
+        return prompt or DEFAULT_PROMPT
+    templates = prompt_templates()
+    path = templates.get(template) or Path(template)
+    if not path.is_file():
+        raise OptionsError(f"unknown prompt template {template!r}; use one of {', '.join(templates)} or a file path")
+    text = path.read_text().strip()
+    if "{question}" in text:
+        if not prompt:
+            raise OptionsError(f"template {template!r} needs a question: pass it with --prompt")
+        return text.replace("{question}", prompt)
+    if prompt:
+        raise OptionsError(f"template {template!r} has no {{question}} slot; pass --prompt or --template, not both")
+    return text
+
+
+def build_record(adapter, source: Any, prompt: str, sampling: dict, generation: dict, prepared=None,
+                 result=None, error: str | None = None) -> dict:
+    """The JSON-ready record of one video (also for failures: then `error` is set and the rest may be empty)."""
+    video = prepared.media[0] if prepared is not None and prepared.media else None
+    return {
+        "source": str(source),
+        "model": adapter.info.model_id,
+        "answer": result.text if result is not None else None,
+        "error": error,
+        "prompt": prompt,
+        "frames_indices": list(video.frames_indices) if video is not None else [],
+        "timestamps": [round(t, 6) for t in video.timestamps] if video is not None else [],
+        "sample_fps": video.sample_fps if video is not None else None,
+        "num_visual_tokens": prepared.num_tokens.visual if prepared is not None else 0,
+        "num_tokens": prepared.num_tokens.as_dict() if prepared is not None else None,
+        "timings": result.timings.as_dict() if result is not None else None,
+        "cancelled": result.cancelled if result is not None else False,
+        "model_info": adapter.info.as_dict(),
+        "sampling": {"policy": adapter.policy, **{**adapter.sampling_defaults(), **sampling}},
+        "generation": {key: generation.get(key) for key in GENERATION_KEYS},
+    }
+
+
+def describe_video(adapter, source: Any, prompt: str = DEFAULT_PROMPT, sampling: dict | None = None,
+                   generation: dict | None = None, on_text: Callable[[str], None] | None = None) -> dict:
+    """Run one video through `adapter` and return its record. User-caused failures (missing or broken file,
+    bad options, over a limit) become the record's `error`; bugs propagate."""
+    sampling, generation = dict(sampling or {}), dict(generation or {})
+    prepared = None
+    try:
+        prepared = adapter.prepare(conversation(prompt, video=source), **sampling)
+        if on_text is None:
+            result = adapter.generate(prepared, **generation)
+        else:
+            stream = adapter.stream(prepared, **generation)
+            for piece in stream:
+                on_text(piece)
+            result = stream.generation
+    except VlmAppError as error:
+        return build_record(adapter, source, prompt, sampling, generation, prepared, error=str(error))
+    return build_record(adapter, source, prompt, sampling, generation, prepared, result)
+
+
+def find_videos(folder: str | Path) -> list[Path]:
+    """Video files under `folder` (recursive), by extension, in a stable order."""
+    return sorted(path for path in Path(folder).rglob("*") if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def done_sources(out_path: Path) -> set[str]:
+    """Sources already described successfully in an existing JSONL (a torn last line is ignored)."""
+    if not out_path.is_file():
+        return set()
+    done = set()
+    for line in out_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("error") is None:
+            done.add(record.get("source"))
+    return done
+
+
+def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, prompt: str = DEFAULT_PROMPT,
+                    sampling: dict | None = None, generation: dict | None = None, resume: bool = False,
+                    emit: Callable[[dict], None] | None = None, progress: bool = True) -> list[dict]:
+    """Describe every video in `folder`, appending one JSON line per video to `out_path` as it finishes.
+    With `resume`, videos already described without error in `out_path` are skipped."""
+    from tqdm import tqdm
+
+    videos = find_videos(folder)
+    if not videos:
+        raise OptionsError(f"no video files in {folder} (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
+    out = Path(out_path) if out_path else None
+    skip = done_sources(out) if out is not None and resume else set()
+    if out is not None and not resume and out.exists():
+        out.unlink()
+    records = []
+    todo = [video for video in videos if str(video) not in skip]
+    for video in tqdm(todo, desc="describe", unit="video", disable=not progress, file=sys.stderr):
+        record = describe_video(adapter, video, prompt, sampling, generation)
+        records.append(record)
+        if out is not None:
+            with out.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if emit is not None:
+            emit(record)
+    return records
+
+
+
+def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str | Path) -> Path:
+    """Save every layer's hidden states (layers+1, L, D; embeddings first), the input ids, the visual-token map
+    and the visual tokens' last-layer states to a .safetensors file, with the record's provenance as metadata."""
+    import torch
+    from safetensors.torch import save_file
+
+    prepared = adapter.prepare(conversation(prompt, video=source), **sampling)
+    output = adapter.forward(prepared, output_hidden_states=True)
+    tensors = {"hidden_states": torch.stack([h[0] for h in output.hidden_states]).float().cpu(),
+               "input_ids": prepared.inputs["input_ids"][0].cpu(),
+               "visual_hidden": output.visual_hidden(-1).float().cpu(),
+               **{f"visual_map.{name}": value for name, value in prepared.visual_map.tensors().items()}}
+    metadata = {"source": str(source), "model": adapter.info.model_id, "revision": str(adapter.info.revision),
+                "family": adapter.family, "dtype": adapter.info.dtype, "prompt": prompt,
+                "frames_indices": json.dumps(list(prepared.media[0].frames_indices)),
+                "timestamps": json.dumps(list(prepared.media[0].timestamps)), "sampling": json.dumps(sampling)}
+    path = Path(path)
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(path), metadata=metadata)
+    return path
+
+
+def _print_answer_line(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def run_describe_command(args, model_options: dict, sampling: dict, generation: dict) -> int:
+    from vlm_app.runtime import load_adapter
+
+    prompt = resolve_prompt(args.prompt, args.template)
+    source = args.source
+    is_folder = Path(source).is_dir()
+    if args.resume and not args.out:
+        raise OptionsError("--resume needs --out results.jsonl (the file to resume)")
+    if is_folder and args.dump_features:
+        raise OptionsError("--dump-features works on one video, not a folder")
+    adapter = load_adapter(args.model, **model_options)
+    if is_folder:
+        emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
+        records = describe_folder(adapter, source, args.out, prompt, sampling, generation, resume=args.resume,
+                                  emit=emit)
+        failed = [record for record in records if record["error"]]
+        print(f"described {len(records) - len(failed)} video(s), {len(failed)} failed"
+              + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
+        return 0
+    streaming = not args.json and (args.stream or sys.stdout.isatty())
+    record = describe_video(adapter, source, prompt, sampling, generation,
+                            on_text=_print_answer_line if streaming else None)
+    if args.out:
+        with open(args.out, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    if args.json:
+        print(json.dumps(record))
+    elif streaming:
+        print()
+    elif record["error"] is None:
+        print(record["answer"])
+    if record["error"] is not None:
+        raise VlmAppError(record["error"])
+    if args.dump_features:
+        print(f"features: {dump_features(adapter, source, prompt, sampling, args.dump_features)}", file=sys.stderr)
+    return 0
+
+
+COMPARE_COLUMNS = (("model", "{}"), ("frames", "{}"), ("visual tokens", "{}"), ("preprocess s", "{:.3f}"),
+                   ("first token s", "{:.3f}"), ("tokens/s", "{:.1f}"), ("peak MiB", "{:.0f}"))
+
+
+def compare_row(record: dict) -> list[str]:
+    timings = record["timings"] or {}
+    values = [record["model"], len(record["frames_indices"]), record["num_visual_tokens"],
+              timings.get("preprocess_s", 0.0), timings.get("prefill_s", 0.0), timings.get("tokens_per_s", 0.0),
+              timings.get("peak_memory_bytes", 0) / 2**20]
+    return [fmt.format(value) for (_, fmt), value in zip(COMPARE_COLUMNS, values)]
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in [header, *rows])
+
+
+def run_compare_command(args, model_options: dict, sampling: dict, generation: dict) -> int:
+    """Each model in turn: load, describe, unload (so only one model is in memory at a time)."""
+    import gc
+
+    from vlm_app.runtime import load_adapter
+
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    if len(names) < 2:
+        raise OptionsError("--models needs at least two comma-separated models to compare")
+    prompt = resolve_prompt(args.prompt, args.template)
+    records = []
+    for name in names:
+        adapter = load_adapter(name, **model_options)
+        records.append(describe_video(adapter, args.source, prompt, sampling, generation))
+        del adapter
+        gc.collect()
+    if args.json:
+        for record in records:
+            print(json.dumps(record))
+        return 0
+    print(format_table([title for title, _ in COMPARE_COLUMNS], [compare_row(r) for r in records]))
+    for record in records:
+        print(f"\n[{record['model']}]\n{record['answer'] if record['error'] is None else 'error: ' + record['error']}")
+    return 0
