@@ -1,0 +1,251 @@
+"""One model answering one conversation: chat history → messages → prepare → streamed text, stats, frames seen.
+
+Talks only to the public adapter API (`prepare`, `stream`, `Prepared`, `Generation`); nothing here imports
+Gradio, so the Chat tab, the Compare tab and the API endpoints all share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+from PIL import Image
+
+from vlm_app.errors import OptionsError, VlmAppError
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpeg", ".mpg", ".ts", ".flv", ".gif")
+ERROR_TITLE = "Error"  # assistant messages with this metadata title are notices, not model turns
+THUMBNAIL_SIDE = 320
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    """What the sidebar controls set. Unset (None) sampling values leave the model's own policy in charge."""
+
+    fps: float | None = None
+    max_frames: int | None = None
+    max_pixels: int | None = None
+    video_start: float | None = None
+    video_end: float | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    system_prompt: str = ""
+
+    MEDIA_KEYS = ("fps", "max_frames", "max_pixels", "video_start", "video_end")
+
+    def media_options(self, kind: str) -> dict[str, Any]:
+        keys = self.MEDIA_KEYS if kind == "video" else ("max_pixels",)
+        return {key: getattr(self, key) for key in keys if getattr(self, key) not in (None, 0, "")}
+
+    def generate_options(self) -> dict[str, Any]:
+        return {"max_new_tokens": int(self.max_new_tokens), "temperature": float(self.temperature),
+                "top_p": float(self.top_p), "seed": None if self.seed in (None, "") else int(self.seed)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SETTING_NAMES = tuple(Settings.__dataclass_fields__)
+
+
+def media_kind(path: str) -> str:
+    """'video' or 'image', from the file name (uploads keep their suffix)."""
+    if path.lower().endswith(VIDEO_SUFFIXES):
+        return "video"
+    mime = mimetypes.guess_type(path)[0] or ""
+    return "image" if mime.startswith("image/") else "video"
+
+
+def history_files(message: dict) -> list[str]:
+    return [item["file"]["path"] for item in message.get("content", []) if item.get("type") == "file"]
+
+
+def history_text(message: dict) -> str:
+    return "\n".join(item["text"] for item in message.get("content", []) if item.get("type") == "text").strip()
+
+
+def is_notice(message: dict) -> bool:
+    return (message.get("metadata") or {}).get("title") == ERROR_TITLE
+
+
+def to_messages(history: list[dict], settings: Settings) -> list[dict]:
+    """Gradio chat history (normalized messages with text and file blocks) → Qwen-style chat messages.
+
+    Media stay in the turn that brought them, so later turns still see them. Error notices are skipped, and
+    consecutive user turns (left by a failed or stopped turn) merge into one.
+    """
+    messages: list[dict] = []
+    if settings.system_prompt.strip():
+        messages.append({"role": "system", "content": [{"type": "text", "text": settings.system_prompt.strip()}]})
+    for message in history:
+        if is_notice(message) or message["role"] not in ("user", "assistant"):
+            continue
+        content = []
+        if message["role"] == "user":
+            for path in history_files(message):
+                kind = media_kind(path)
+                content.append({"type": kind, kind: path, **settings.media_options(kind)})
+        text = history_text(message)
+        if text:
+            content.append({"type": "text", "text": text})
+        if not content:
+            continue
+        if messages and messages[-1]["role"] == message["role"] == "user":
+            messages[-1]["content"] += content
+        else:
+            messages.append({"role": message["role"], "content": content})
+    return messages
+
+
+class AnswerRun:
+    """Iterate to stream the answer text so far; afterwards `stats()` and `seen()` describe the run.
+
+    Setting `cancel` stops generation inside the model within one token (the adapter's stopping criterion).
+    """
+
+    def __init__(self, adapter, model_name: str, messages: list[dict], settings: Settings,
+                 cancel: threading.Event | None = None):
+        self.adapter = adapter
+        self.model_name = model_name
+        self.messages = messages
+        self.settings = settings
+        self.cancel = cancel or threading.Event()
+        self.text = ""
+        self.prepared = None
+        self.generation = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.prepared = self.adapter.prepare(self.messages)
+        stream = self.adapter.stream(self.prepared, cancel=self.cancel, **self.settings.generate_options())
+        try:
+            for piece in stream:
+                self.text += piece
+                yield self.text
+        finally:
+            stream.close()
+        self.generation = stream.generation
+        if self.generation is not None:
+            self.text = self.generation.text
+        yield self.text
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.generation and self.generation.cancelled)
+
+    def duration(self) -> float | None:
+        """Length in seconds of the last video the model was shown (the one a timeline refers to)."""
+        videos = [item for item in (self.prepared.media if self.prepared else []) if hasattr(item, "metadata")]
+        return videos[-1].metadata.duration if videos else None
+
+    def stats(self) -> dict[str, Any]:
+        """What the model was shown and what the answer cost. Empty values before `prepare` ran."""
+        record: dict[str, Any] = {"model": self.model_name, "family": getattr(self.adapter, "family", "")}
+        if self.prepared is not None:
+            counts = self.prepared.num_tokens
+            record.update(frames=sum(len(frames_of(item)) for item in self.prepared.media),
+                          visual_tokens=counts.visual, text_tokens=counts.text)
+        if self.generation is not None:
+            timings = self.generation.timings
+            record.update(preprocess_s=round(timings.preprocess_s, 4), ttft_s=round(timings.prefill_s, 4),
+                          tokens_per_s=round(timings.tokens_per_s, 2), new_tokens=timings.new_tokens,
+                          peak_memory_mb=round(timings.peak_memory_bytes / 2**20, 1), stopped=self.stopped)
+        return record
+
+    def seen(self) -> list[tuple[Image.Image, str]]:
+        """The frames and images the model was shown, as (thumbnail, caption) pairs for a gallery."""
+        if self.prepared is None:
+            return []
+        tokens = tokens_per_frame(self.prepared.visual_map)
+        shown = []
+        for media_index, item in enumerate(self.prepared.media):
+            timestamps = list(getattr(item, "timestamps", []) or [])
+            for frame_index, frame in enumerate(frames_of(item)):
+                when = f" · {timestamps[frame_index]:.2f} s" if frame_index < len(timestamps) else ""
+                count = tokens.get((media_index, frame_index if timestamps else -1), 0)
+                caption = f"#{media_index + 1} frame {frame_index}{when} · {count} tokens"
+                shown.append((thumbnail(frame), caption))
+        return shown
+
+
+def frames_of(item) -> list:
+    """The uint8 (C, H, W) frames of a sampled video, or the one image of a sampled image."""
+    frames = getattr(item, "frames", None)
+    if frames is None:
+        image = getattr(item, "image", item)
+        return [image]
+    return list(frames)
+
+
+def tokens_per_frame(visual_map) -> dict[tuple[int, int], int]:
+    """Visual tokens per (media index, frame index); frame index is -1 for images."""
+    counts: dict[tuple[int, int], int] = {}
+    for media, frame in zip(visual_map.media_index.tolist(), visual_map.frame_index.tolist()):
+        counts[(media, frame)] = counts.get((media, frame), 0) + 1
+    return counts
+
+
+def thumbnail(frame) -> Image.Image:
+    image = frame if isinstance(frame, Image.Image) else Image.fromarray(frame.permute(1, 2, 0).cpu().numpy())
+    image = image.convert("RGB")
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return image
+
+
+
+def settings_from(values) -> Settings:
+    """Settings from the control values, in `SETTING_NAMES` order (blank numbers mean unset)."""
+    return settings_from_dict(dict(zip(SETTING_NAMES, values)))
+
+
+def settings_from_dict(options: dict | None) -> Settings:
+    """Settings from a {name: value} dict (the API's `options`); unknown names are a user error."""
+    raw = dict(options or {})
+    unknown = sorted(set(raw) - set(SETTING_NAMES))
+    if unknown:
+        raise OptionsError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(SETTING_NAMES)}")
+    for key in ("max_frames", "max_pixels", "max_new_tokens", "seed"):
+        if raw.get(key) not in (None, ""):
+            raw[key] = int(raw[key])
+    raw["system_prompt"] = raw.get("system_prompt") or ""
+    return Settings(**raw)
+
+
+def last_user(history: list[dict]) -> dict:
+    return next((message for message in reversed(history) if message["role"] == "user"), {"content": []})
+
+
+def answer_stream(backend, history: list[dict], model: str, settings: Settings,
+                  cancel: threading.Event) -> Iterator[tuple[str, AnswerRun | None, str | None]]:
+    """Answer the conversation with one model: yields (text so far, None, None) while streaming, then
+    (final text, run, None); or ("", None, message) when the turn failed. Failures never escape: a user mistake
+    comes back as its message, a bug as a short notice (with the traceback in the server log)."""
+    try:
+        for path in history_files(last_user(history)):
+            backend.policy.check_file(path, media_kind(path))
+        run = AnswerRun(backend.adapter(model), model, to_messages(history, settings), settings, cancel)
+        for text in run:
+            yield text, None, None
+    except VlmAppError as error:
+        yield "", None, str(error)
+        return
+    except Exception as error:  # a bug must not take the app down; show it and keep serving
+        log.exception("answer from %s failed", model)
+        yield "", None, f"internal error in {model} ({type(error).__name__}: {error}); the app keeps running"
+        return
+    yield run.text, run, None
+
+
+def stats_markdown(stats: dict[str, Any]) -> str:
+    """The stats record as a compact two-column table."""
+    labels = {"frames": "frames shown", "visual_tokens": "visual tokens", "text_tokens": "text tokens",
+              "preprocess_s": "preprocessing (s)", "ttft_s": "time to first token (s)",
+              "tokens_per_s": "tokens/s", "new_tokens": "new tokens", "peak_memory_mb": "peak memory (MiB)",
+              "stopped": "stopped"}
+    rows = [f"| {label} | {stats[key]} |" for key, label in labels.items() if key in stats]
+    return "\n".join(["| | |", "|---|---|", *rows]) if rows else ""

@@ -1,0 +1,237 @@
+"""The Gradio app: layout and event wiring. `python -m vlm_app ui` calls `launch`.
+
+Every event that runs a model (chat, regenerate, edit, compare, load) shares the "gpu" concurrency group with a
+limit of 1, so one model job runs at a time and the rest wait in the queue. Stop buttons bypass the queue.
+Named endpoints for scripts: `/chat`, `/compare`, `/stop` (see `ChatHandlers.api_chat`, `CompareHandlers.api_compare`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from gradio.utils import get_upload_folder
+
+from vlm_app.ui.answer import SETTING_NAMES
+from vlm_app.ui.backend import Backend
+from vlm_app.ui.chat import ChatHandlers, seek, toggle_subtitles
+from vlm_app.ui.compare import MAX_MODELS, TIE, CompareHandlers
+from vlm_app.ui.limits import UploadPolicy
+
+GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
+PRIVATE = {"api_visibility": "private"}
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+MEDIA_TYPES = ["video", "image"]
+MODEL_COLUMNS = ["model", "state", "family", "device", "MiB"]
+QUEUE_SIZE = 64
+
+
+def load_templates(folder: Path = PROMPTS_DIR) -> dict[str, str]:
+    """Prompt templates: one file per template (`*.md` or `*.txt`), named after the file."""
+    if not folder.is_dir():
+        return {}
+    files = sorted(list(folder.glob("*.md")) + list(folder.glob("*.txt")))
+    return {file.stem.replace("_", " "): file.read_text(encoding="utf-8").strip()
+            for file in files if file.stem.lower() != "readme"}
+
+
+def _settings_controls() -> list[gr.components.Component]:
+    """The sampling and generation controls, in `SETTING_NAMES` order."""
+    with gr.Accordion("Video sampling (blank = the model's own policy)", open=False):
+        fps = gr.Number(label="fps", value=None, minimum=0, elem_id="fps")
+        max_frames = gr.Number(label="max frames", value=None, minimum=0, precision=0, elem_id="max-frames")
+        max_pixels = gr.Number(label="max pixels per frame", value=None, minimum=0, precision=0)
+        with gr.Row():
+            start = gr.Number(label="start (s)", value=None, minimum=0)
+            end = gr.Number(label="end (s)", value=None, minimum=0)
+    with gr.Accordion("Generation", open=False):
+        max_new_tokens = gr.Slider(1, 2048, value=256, step=1, label="max new tokens", elem_id="max-new-tokens")
+        temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)")
+        top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p")
+        seed = gr.Number(label="seed (blank = random)", value=0, precision=0)
+        system_prompt = gr.Textbox(label="system prompt", lines=3)
+    controls = [fps, max_frames, max_pixels, start, end, max_new_tokens, temperature, top_p, seed, system_prompt]
+    assert len(controls) == len(SETTING_NAMES)
+    return controls
+
+
+def _model_panel(backend: Backend):
+    gr.Markdown("### Models")
+    model = gr.Dropdown(backend.models, value=backend.models[0], label="chat model", elem_id="model")
+    with gr.Row():
+        load = gr.Button("Load", size="sm", elem_id="load-model")
+        unload = gr.Button("Unload", size="sm", elem_id="unload-model")
+    table = gr.Dataframe(value=backend.models_table(), headers=MODEL_COLUMNS, interactive=False,
+                         elem_id="models-table")
+    memory = gr.Markdown(backend.memory_summary())
+
+    def status():
+        return backend.models_table(), backend.memory_summary()
+
+    def load_model(name):
+        backend.adapter(name)
+        return status()
+
+    def unload_model(name):
+        backend.unload(name)
+        return status()
+
+    load.click(load_model, model, [table, memory], **PRIVATE, **GPU)
+    unload.click(unload_model, model, [table, memory], **PRIVATE, **GPU)
+    return model, table, memory, status
+
+
+def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.Blocks:
+    templates = load_templates() if templates is None else templates
+    chat, compare = ChatHandlers(backend), CompareHandlers(backend)
+    with gr.Blocks(title="vlm_app", delete_cache=(1800, 3600)) as demo:
+        with gr.Sidebar(label="Settings", open=True):
+            model, table, memory, status = _model_panel(backend)
+            settings = _settings_controls()
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        chatbot = gr.Chatbot(label="Conversation", height=480, editable="user", allow_tags=False,
+                                             buttons=["copy", "copy_all"], elem_id="chatbot",
+                                             placeholder="Upload a video or image and ask about it.")
+                        textbox = gr.MultimodalTextbox(file_types=MEDIA_TYPES, file_count="multiple",
+                                                       sources=["upload"], show_label=False, elem_id="chat-input",
+                                                       placeholder="Ask about your video or image…")
+                        with gr.Row():
+                            urls = gr.Textbox(label="or paste video / image URLs", scale=3, elem_id="urls")
+                            template = gr.Dropdown(list(templates), value=None, label="prompt template", scale=2,
+                                                   elem_id="template")
+                        with gr.Row():
+                            stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                            regenerate = gr.Button("Regenerate", elem_id="regenerate")
+                            clear = gr.Button("Clear", elem_id="clear")
+                    with gr.Column(scale=2):
+                        with gr.Tab("What it saw"):
+                            stats = gr.Markdown(elem_id="chat-stats")
+                            seen = gr.Gallery(label="frames shown to the model", columns=4, height=300,
+                                              elem_id="seen")
+                        with gr.Tab("Timeline"):
+                            player = gr.Video(label="video", visible=False, interactive=False, elem_id="player")
+                            show_subtitles = gr.Checkbox(label="show the answer as subtitles", value=True)
+                            cues = gr.Dataset(components=[gr.Textbox(visible=False), gr.Textbox(visible=False)],
+                                              headers=["when", "what"], samples=[], type="index", visible=False,
+                                              label="timestamps in the answer (click to jump)", elem_id="cues")
+                            downloads = gr.File(label="subtitles (SRT / VTT / JSON)", visible=False,
+                                                elem_id="downloads")
+                            cue_state = gr.State([])
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    compare_models = gr.CheckboxGroup(backend.models, value=backend.models[:2], scale=3,
+                                                      label=f"models (2 to {MAX_MODELS})", elem_id="compare-models")
+                    blind = gr.Checkbox(label="blind mode (names hidden until you vote)", elem_id="blind")
+                compare_input = gr.MultimodalTextbox(file_types=MEDIA_TYPES, file_count="multiple",
+                                                     sources=["upload"], show_label=False, elem_id="compare-input",
+                                                     placeholder="One question for every model…")
+                compare_stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
+                columns, cells = [], []
+                with gr.Row():
+                    for position in range(MAX_MODELS):
+                        with gr.Column(visible=position < 2, elem_id=f"compare-col-{position}") as column:
+                            cells += [gr.Markdown(elem_id=f"compare-header-{position}"),
+                                      gr.Markdown(elem_id=f"compare-answer-{position}", min_height=80),
+                                      gr.Markdown(elem_id=f"compare-stats-{position}"),
+                                      gr.Gallery(label="what it saw", columns=4, height=200)]
+                        columns.append(column)
+                with gr.Row(visible=False) as vote_row:
+                    vote_choice = gr.Radio([TIE], label="best answer", elem_id="vote-choice")
+                    vote = gr.Button("Vote", elem_id="vote")
+                vote_status = gr.Markdown()
+                compare_state = gr.State({})
+
+        # API-only components: the named endpoints' inputs and outputs, never shown
+        with gr.Column(visible=False):
+            api_message = gr.MultimodalTextbox(file_types=MEDIA_TYPES, file_count="multiple", label="message")
+            api_history = gr.JSON(value=[], label="history")
+            api_models = gr.JSON(value=backend.models[:2], label="models")
+            api_options = gr.JSON(value={}, label="options")
+            api_answer = gr.Textbox(label="answer")
+            api_details = gr.JSON(label="details")
+            api_records = gr.JSON(label="records")
+            api_chat, api_compare, api_stop = gr.Button(), gr.Button(), gr.Button()
+
+        # ---- named endpoints for scripts (registered first so that they own their names) ----
+        api_chat.click(chat.api_chat, [api_message, api_history, model, api_options], [api_answer, api_details],
+                       api_name="chat", **GPU)
+        api_compare.click(compare.api_compare, [api_message, api_models, api_options], api_records,
+                          api_name="compare", **GPU)
+        api_stop.click(chat.stop, None, None, api_name="stop", queue=False)
+
+        # ---- chat ----
+        chat_outputs = [chatbot, seen, stats, player, cues, cue_state, downloads]
+        respond = {"fn": chat.respond, "inputs": [chatbot, model, show_subtitles, *settings],
+                   "outputs": chat_outputs, **PRIVATE, **GPU}
+        cleared = ([], [], "", gr.Video(value=None, visible=False), gr.Dataset(samples=[], visible=False), [],
+                   gr.File(value=None, visible=False))
+        textbox.submit(chat.add_turn, [textbox, urls, chatbot], [textbox, urls, chatbot], **PRIVATE,
+                       concurrency_limit=4).success(**respond).then(status, None, [table, memory], **PRIVATE)
+        regenerate.click(chat.for_regenerate, chatbot, chatbot, queue=False, **PRIVATE).then(**respond)
+        chatbot.retry(chat.for_regenerate, chatbot, chatbot, queue=False, **PRIVATE).then(**respond)
+        chatbot.edit(chat.for_edit, chatbot, chatbot, queue=False, **PRIVATE).then(**respond)
+        chatbot.undo(chat.for_undo, chatbot, chatbot, queue=False, **PRIVATE)
+        for trigger in (clear.click, chatbot.clear):
+            trigger(chat.stop, None, None, queue=False, **PRIVATE).then(lambda: cleared, None, chat_outputs,
+                                                                        queue=False, **PRIVATE)
+        stop.click(chat.stop, None, None, queue=False, **PRIVATE)
+        cues.click(seek, [cues, cue_state], player, queue=False, **PRIVATE)
+        show_subtitles.change(toggle_subtitles, [show_subtitles, cue_state], player, queue=False, **PRIVATE)
+        template.select(lambda name, current: {"text": templates.get(name, ""), "files": (current or {}).get(
+            "files", [])}, [template, textbox], textbox, queue=False, **PRIVATE)
+
+        # ---- compare ----
+        compare_input.submit(compare.run, [compare_input, compare_models, blind, *settings],
+                             [*columns, *cells, vote_row, vote_choice, compare_state, vote_status],
+                             **PRIVATE, **GPU).then(status, None, [table, memory], **PRIVATE)
+        compare_stop.click(compare.stop, None, None, queue=False, **PRIVATE)
+        vote.click(compare.vote, [vote_choice, compare_state], [*cells[::4], compare_state, vote_status],
+                   queue=False, **PRIVATE)
+
+        def end_session(request: gr.Request) -> None:
+            backend.end_session(request.session_hash)
+
+        demo.unload(end_session)
+    return demo
+
+
+def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: float = 600,
+               allow_dirs: tuple[str, ...] = (), votes_path: str = "vlm_app_votes.jsonl", device: str = "auto",
+               dtype: str = "auto", memory_budget_gb: float | None = None) -> tuple[gr.Blocks, Backend]:
+    """The app and its backend, queued (one model job at a time), not yet launched."""
+    from vlm_app.adapters.registry import resolve
+
+    for name in models:
+        resolve(name)  # unknown names and missing folders fail here, before the server starts
+    policy = UploadPolicy(max_file_mb=max_upload_mb, max_duration_s=max_duration_s,
+                          upload_dir=get_upload_folder(), allowed_dirs=tuple(allow_dirs))
+    backend = Backend(models, policy, votes_path, device=device, dtype=dtype, memory_budget_gb=memory_budget_gb)
+    demo = build_app(backend)
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    return demo, backend
+
+
+def launch_options(backend: Backend, host: str, port: int | None, share: bool) -> dict:
+    """`demo.launch` keyword arguments: uploads capped at the policy's size, scratch files servable."""
+    return {"server_name": host, "server_port": port, "share": share,
+            "max_file_size": f"{backend.policy.max_file_mb:g}mb", "allowed_paths": [str(backend.workdir)],
+            "theme": gr.themes.Soft(), "footer_links": ["api", "settings"], "show_error": True}
+
+
+def serve(args) -> int:
+    """`python -m vlm_app ui`: build, launch and block until interrupted; scratch files go with the app."""
+    from vlm_app.adapters.registry import DEFAULT_MODEL
+
+    demo, backend = create_app(args.models or [DEFAULT_MODEL], max_upload_mb=args.max_upload_mb,
+                               max_duration_s=args.max_duration, allow_dirs=tuple(args.allow_dir),
+                               votes_path=args.votes, device=args.device, dtype=args.dtype,
+                               memory_budget_gb=args.memory_budget_gb)
+    try:
+        demo.launch(**launch_options(backend, args.host, args.port, args.share))
+    finally:
+        backend.close()
+    return 0

@@ -1,0 +1,90 @@
+"""State the web app shares across browser sessions: the models on offer, the loaded-model cache (through
+`vlm_app.runtime`), one cancel flag per session, the upload policy and a scratch folder per session.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from vlm_app.ui.limits import UploadPolicy
+
+MIB = 2**20
+
+
+class Backend:
+    def __init__(self, models: list[str], policy: UploadPolicy, votes_path: str, device: str = "auto",
+                 dtype: str = "auto", memory_budget_gb: float | None = None):
+        from vlm_app.runtime import ModelCache
+
+        self.models = list(models)
+        self.workdir = Path(tempfile.mkdtemp(prefix="vlm_app_ui_"))
+        # fetched URLs and exports live in the scratch folder, which is readable like the upload folder
+        self.policy = replace(policy, allowed_dirs=(*policy.allowed_dirs, str(self.workdir)))
+        self.votes_path = Path(votes_path)
+        self.load_options = {"device": device, "dtype": dtype}
+        self.cache = ModelCache(budget_bytes=None if memory_budget_gb is None else int(memory_budget_gb * 2**30))
+        self._cancels: dict[str, threading.Event] = {}
+
+    # ---- models -----------------------------------------------------------------------------------------------
+    def adapter(self, name: str):
+        """The loaded adapter for `name`, loading it (and evicting others under the budget) when needed."""
+        return self.cache.get(name, **self.load_options)
+
+    def unload(self, name: str) -> None:
+        self.cache.unload(name)
+
+    def models_table(self) -> list[list]:
+        """One row per model on offer: name, state, family, device, memory in MiB."""
+        loaded = {entry["name"]: entry for entry in self.cache.loaded()}
+        rows = []
+        for name in self.models:
+            entry = loaded.get(name)
+            if entry is None:
+                rows.append([name, "not loaded", "", "", 0.0])
+            else:
+                rows.append([name, "loaded", entry["family"], entry["device"], round(entry["bytes"] / MIB, 1)])
+        return rows
+
+    def memory_summary(self) -> str:
+        budget = self.cache.budget_bytes
+        return (f"Loaded models use {self.cache.used_bytes / MIB:.1f} MiB of a {budget / MIB:.0f} MiB budget; "
+                "the least recently used model is unloaded when a new one would not fit.")
+
+    # ---- sessions ---------------------------------------------------------------------------------------------
+    def begin(self, session: str) -> threading.Event:
+        """A fresh cancel flag for the session's next generation."""
+        event = threading.Event()
+        self._cancels[session] = event
+        return event
+
+    def stop(self, session: str) -> None:
+        event = self._cancels.get(session)
+        if event is not None:
+            event.set()
+
+    def session_dir(self, session: str) -> Path:
+        folder = self.workdir / (session or "api")
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def end_session(self, session: str) -> None:
+        """Drop what a closed browser tab left behind: its cancel flag and its scratch files."""
+        self.stop(session)
+        self._cancels.pop(session, None)
+        shutil.rmtree(self.workdir / session, ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ---- votes ------------------------------------------------------------------------------------------------
+    def record_vote(self, record: dict) -> None:
+        """Append one blind-comparison vote to the JSONL log."""
+        self.votes_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.votes_path.open("a", encoding="utf-8") as log:
+            log.write(json.dumps({"time": time.time(), **record}, ensure_ascii=False) + "\n")

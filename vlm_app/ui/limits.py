@@ -1,0 +1,85 @@
+"""What the web app accepts: upload size and duration limits, readable folders, and guarded URL fetching.
+
+Only files inside the upload folder (where Gradio stores uploads) or in folders the operator allowed
+(`--allow-dir`) are read; anything else a client names is refused. URLs go through the same guarded fetch as
+the CLI (`vlm_app.media.sources`), with this app's size and duration limits.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from vlm_app.errors import LimitError, SourceError
+from vlm_app.media.decode import probe
+from vlm_app.media.limits import DEFAULT_LIMITS, Limits
+from vlm_app.media.sources import local_file
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class UploadPolicy:
+    max_file_mb: float = 200.0
+    max_duration_s: float = 600.0
+    upload_dir: str = ""                      # Gradio's upload cache; always readable
+    allowed_dirs: tuple[str, ...] = field(default=())
+
+    @property
+    def limits(self) -> Limits:
+        return DEFAULT_LIMITS.with_overrides(max_file_bytes=int(self.max_file_mb * MB),
+                                             max_duration_seconds=float(self.max_duration_s))
+
+    def readable_dirs(self) -> list[Path]:
+        return [Path(folder).resolve() for folder in (self.upload_dir, *self.allowed_dirs) if folder]
+
+    def check_readable(self, path: str) -> Path:
+        """The resolved path if it lies in a readable folder; SourceError otherwise."""
+        resolved = Path(path).expanduser().resolve()
+        if not any(resolved.is_relative_to(folder) for folder in self.readable_dirs()):
+            raise SourceError(f"{path} is outside the folders this app may read; upload the file instead, or start "
+                              "the app with --allow-dir pointing at its folder")
+        if not resolved.is_file():
+            raise SourceError(f"{path} does not exist or is not a file; upload it again")
+        return resolved
+
+    def check_file(self, path: str, kind: str) -> None:
+        """Raise LimitError (with the limit and how to change it) when a readable file is too big or too long."""
+        resolved = self.check_readable(path)
+        name = resolved.name
+        size = resolved.stat().st_size
+        if size > self.max_file_mb * MB:
+            raise LimitError(f"{name} is {size / MB:.1f} MB, over this app's upload limit of {self.max_file_mb:g} MB; "
+                             "upload a smaller file (or start the app with a larger --max-upload-mb)")
+        if kind != "video":
+            return
+        limits = self.limits.with_overrides(max_duration_seconds=float("inf"))
+        duration = probe(str(resolved), name, limits, time.monotonic() + limits.decode_seconds).duration
+        if duration > self.max_duration_s:
+            raise LimitError(f"{name} lasts {duration:.1f} s, over this app's limit of {self.max_duration_s:g} s; "
+                             "cut the video, or start the app with a larger --max-duration")
+
+    def fetch(self, url: str, folder: str) -> str:
+        """Download an http(s) or data: URL into `folder` through the guarded fetch; local paths must be readable."""
+        url = url.strip()
+        if not url.startswith(("http://", "https://", "data:")):
+            return str(self.check_readable(url.removeprefix("file://")))
+        target = Path(folder) / f"{uuid.uuid4().hex[:8]}_{download_name(url)}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with local_file(url, self.limits) as (path, _):
+            shutil.copyfile(path, target)
+        return str(target)
+
+
+def download_name(url: str) -> str:
+    """A file name for a fetched URL whose suffix tells video from image (videos when nothing says)."""
+    if url.startswith("data:"):
+        mime = url[5:].split(";")[0].split(",")[0]
+        return "download" + (mimetypes.guess_extension(mime) or ".mp4")
+    name = Path(urlparse(url).path).name or "download"
+    return name if "." in name else name + ".mp4"
