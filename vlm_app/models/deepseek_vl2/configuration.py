@@ -75,8 +75,11 @@ class DeepseekVLV2Config(PreTrainedConfig):
         problems = []
         if self.tile_tag != "2D":
             problems.append(f"tile_tag={self.tile_tag!r} (the official '1D' path is dead code; only '2D')")
-        if projector["projector_type"] != "downsample_mlp_gelu":
-            problems.append(f"projector_type={projector['projector_type']!r}")
+        if projector["projector_type"] != "downsample_mlp_gelu" or projector["token_pooling"]:
+            problems.append(f"projector_type={projector['projector_type']!r} (token_pooling="
+                            f"{projector['token_pooling']}); only downsample_mlp_gelu without token pooling")
+        if self.vision_config["class_token"]:
+            problems.append("a vision tower with a class token")
         if lang["rope_scaling"]:
             problems.append(f"rope_scaling={lang['rope_scaling']!r}")
         if not lang["n_routed_experts"]:
