@@ -69,13 +69,15 @@ def build_record(adapter, source: Any, prompt: str, sampling: dict, generation: 
 
 
 def describe_video(adapter, source: Any, prompt: str = DEFAULT_PROMPT, sampling: dict | None = None,
-                   generation: dict | None = None, on_text: Callable[[str], None] | None = None) -> dict:
+                   generation: dict | None = None, on_text: Callable[[str], None] | None = None,
+                   video=None) -> dict:
     """Run one video through `adapter` and return its record. User-caused failures (missing or broken file,
-    bad options, over a limit) become the record's `error`; bugs propagate."""
+    bad options, over a limit) become the record's `error`; bugs propagate. `video` is `source` already
+    sampled by `adapter.load_media` elsewhere (the Ray engine's decode workers)."""
     sampling, generation = dict(sampling or {}), dict(generation or {})
     prepared = None
     try:
-        prepared = adapter.prepare(conversation(prompt, video=source), **sampling)
+        prepared = adapter.prepare(conversation(prompt, video=source if video is None else video), **sampling)
         if on_text is None:
             result = adapter.generate(prepared, **generation)
         else:
@@ -93,8 +95,9 @@ def find_videos(folder: str | Path) -> list[Path]:
     return sorted(path for path in Path(folder).rglob("*") if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES)
 
 
-def done_sources(out_path: Path) -> set[str]:
-    """Sources already described successfully in an existing JSONL (a torn last line is ignored)."""
+def done_sources(out_path: Path, include_failed: bool = False) -> set[str]:
+    """Sources already described successfully (or at all, with `include_failed`) in an existing JSONL (a torn
+    last line is ignored)."""
     if not out_path.is_file():
         return set()
     done = set()
@@ -103,7 +106,7 @@ def done_sources(out_path: Path) -> set[str]:
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("error") is None:
+        if include_failed or record.get("error") is None:
             done.add(record.get("source"))
     return done
 
