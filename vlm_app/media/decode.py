@@ -32,6 +32,7 @@ BACKENDS = ("pyav", "decord", "torchcodec")
 SEEK_AHEAD_SECONDS = 10.0  # decoding through less than this is cheaper than a seek
 VFR_TOLERANCE = 0.1  # frame intervals spreading more than this (relative) mark a variable-frame-rate clip
 RANDOM_ACCESS_CHUNK = 16  # frames per decord/torchcodec call, to bound memory
+TEXT_FORMATS = {"tty"}  # FFmpeg renders any text file as ANSI-art "video"; that is never what a user meant
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ def probe(path: str, label: str, limits: Limits, deadline: float) -> VideoMetada
     """Count frames and read their presentation times by demuxing once; decode just the first frame for its
     rotation. Raises DecodeError for non-video, audio-only, empty or undecodable files, LimitError over limits."""
     with _open(path, label) as container:
+        if container.format.name in TEXT_FORMATS:
+            raise DecodeError(f"{label} is not a readable video (it is a text file); give a video file")
         if not container.streams.video:
             raise DecodeError(f"{label} has no video stream (audio-only or not a video); give a video file")
         stream = container.streams.video[0]

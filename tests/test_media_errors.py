@@ -1,0 +1,178 @@
+"""Bad inputs: each raises a specific vlm_app error whose message says what to do, and the CLI exits with 2."""
+
+import base64
+import http.server
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from vlm_app import cli
+from vlm_app.errors import DecodeError, LimitError, OptionsError, SourceError
+from vlm_app.media import DEFAULT_LIMITS, load_image, load_video
+
+
+def assert_cli_error(capsys, argv, message):
+    assert cli.main(["inspect", *argv, "--model", "qwen2_5_vl"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and message in captured.err
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("kind, error, message", [
+    ("audio_only", DecodeError, "has no video stream"),
+    ("truncated", DecodeError, "is not a readable video"),
+    ("corrupt", DecodeError, "is not a readable video"),
+    ("text", DecodeError, "is not a readable video"),
+    ("empty", DecodeError, "is empty (0 bytes)"),
+    ("directory", SourceError, "is a directory"),
+])
+def test_bad_files(broken_media, capsys, kind, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_video(broken_media[kind])
+    assert_cli_error(capsys, [str(broken_media[kind])], message)
+
+
+def test_missing_file(tmp_path, capsys):
+    with pytest.raises(SourceError, match="no such file"):
+        load_video(tmp_path / "nope.mp4")
+    assert_cli_error(capsys, [str(tmp_path / "nope.mp4")], "no such file")
+
+
+def test_unsupported_url_scheme(capsys):
+    with pytest.raises(SourceError, match="unsupported URL scheme 'ftp'"):
+        load_video("ftp://example.com/clip.mp4")
+    assert_cli_error(capsys, ["s3://bucket/clip.mp4"], "unsupported URL scheme 's3'")
+
+
+@pytest.mark.parametrize("argv, options, message", [
+    (["--fps", "1", "--nframes", "4"], {"fps": 1, "nframes": 4}, "either fps or nframes"),
+    (["--min-frames", "9", "--max-frames", "4"], {"min_frames": 9, "max_frames": 4},
+     "min_frames (9) is greater than max_frames (4)"),
+    (["--min-pixels", "90000", "--max-pixels", "50000"], {"min_pixels": 90000, "max_pixels": 50000},
+     "min_pixels (90000) is greater than max_pixels"),
+    (["--max-pixels", "50000"], {"max_pixels": 50000}, "smaller than min_pixels"),
+    (["--start", "1.5", "--end", "0.5"], {"video_start": 1.5, "video_end": 0.5}, "greater than video_end"),
+    (["--start", "1.0", "--end", "1.01"], {"video_start": 1.0, "video_end": 1.01}, "at least two frames"),
+    (["--nframes", "100"], {"nframes": 100}, "the clip has 48 frames"),
+    (["--fps", "-2"], {"fps": -2}, "fps must be positive"),
+])
+def test_contradictory_or_out_of_range_options(media_videos, capsys, argv, options, message):
+    path = media_videos["h264_24fps_2s"]
+    with pytest.raises(OptionsError) as caught:
+        load_video(path, **options)
+    assert message in str(caught.value)
+    assert_cli_error(capsys, [str(path), *argv], message)
+
+
+def test_unknown_option_and_backend(media_videos):
+    with pytest.raises(OptionsError, match="unknown option.*fsp"):
+        load_video(media_videos["h264_24fps_2s"], fsp=2)
+    with pytest.raises(OptionsError, match="unknown video backend"):
+        load_video(media_videos["h264_24fps_2s"], backend="ffmpeg")
+    with pytest.raises(OptionsError, match="does not resize"):
+        load_video(media_videos["h264_24fps_2s"], "smolvlm2", max_pixels=10000)
+
+
+def test_torchcodec_backend_is_detected(media_videos):
+    import importlib.util
+
+    if importlib.util.find_spec("torchcodec") is None:
+        with pytest.raises(OptionsError, match="torchcodec backend is not installed"):
+            load_video(media_videos["h264_24fps_2s"], backend="torchcodec")
+    else:
+        assert load_video(media_videos["h264_24fps_2s"], backend="torchcodec").backend == "torchcodec"
+
+
+@pytest.mark.parametrize("limit, value, message", [
+    ("max_file_bytes", 1000, "byte limit"),
+    ("max_duration_seconds", 1.0, "over the 1 s limit"),
+    ("max_frame_pixels", 1000, "pixel limit"),
+    ("max_source_frames", 10, "more than 10 frames"),
+    ("max_sampled_frames", 3, "over the 3 limit"),
+    ("decode_seconds", 0.0, "longer than the 0 s limit"),
+])
+def test_limits(media_videos, monkeypatch, capsys, limit, value, message):
+    limits = DEFAULT_LIMITS.with_overrides(**{limit: value})
+    with pytest.raises(LimitError, match=message):
+        load_video(media_videos["h264_24fps_2s"], limits=limits)
+    monkeypatch.setattr("vlm_app.media.video.DEFAULT_LIMITS", limits)
+    assert_cli_error(capsys, [str(media_videos["h264_24fps_2s"])], message)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    video = b""
+
+    def do_GET(self):
+        if self.path == "/clip.mp4":
+            self._send(200, self.video)
+        elif self.path == "/slow":
+            time.sleep(2)
+            self._send(200, self.video)
+        elif self.path == "/loop":
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.end_headers()
+        elif self.path == "/big":
+            self._send(200, b"x" * 5000)
+        else:
+            self._send(404, b"not found")
+
+    def _send(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_server(media_videos):
+    _Handler.video = media_videos["h264_24fps_2s"].read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_http_video_is_fetched_and_cleaned_up(http_server, media_videos, tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    video = load_video(f"{http_server}/clip.mp4")
+    assert video.frames_indices == load_video(media_videos["h264_24fps_2s"]).frames_indices
+    assert list(tmp_path.iterdir()) == []  # the download was removed
+
+
+@pytest.mark.parametrize("path, limits, message", [
+    ("/missing", {}, "answered HTTP 404"),
+    ("/slow", {"http_timeout_seconds": 0.5}, "timed out after 0.5 s"),
+    ("/loop", {"http_max_redirects": 3}, "redirected more than 3 times"),
+    ("/big", {"max_file_bytes": 1000}, "over the 1000 byte download limit"),
+])
+def test_http_errors(http_server, monkeypatch, capsys, path, limits, message):
+    limits = DEFAULT_LIMITS.with_overrides(**limits)
+    with pytest.raises((SourceError, LimitError), match=message):
+        load_video(http_server + path, limits=limits)
+    monkeypatch.setattr("vlm_app.media.video.DEFAULT_LIMITS", limits)
+    assert_cli_error(capsys, [http_server + path], message)
+
+
+def test_file_and_data_uris(media_videos):
+    path = media_videos["h264_24fps_2s"]
+    expected = load_video(path).frames_indices
+    assert load_video(path.as_uri()).frames_indices == expected
+    data_uri = "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+    assert load_video(data_uri).frames_indices == expected
+    with pytest.raises(SourceError, match="not valid base64"):
+        load_video("data:video/mp4;base64,@@@")
+    with pytest.raises(SourceError, match="only base64"):
+        load_video("data:video/mp4,abc")
+
+
+def test_bad_image(broken_media):
+    with pytest.raises(DecodeError, match="not a readable image"):
+        load_image(broken_media["text"])
+    with pytest.raises(OptionsError, match="unknown image option"):
+        load_image(Image.new("RGB", (10, 10)), fps=2)

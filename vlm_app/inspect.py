@@ -1,0 +1,116 @@
+"""`python -m vlm_app inspect VIDEO`: what each model family would be shown, without loading any weights.
+
+JSON shape: with `--model`, one family's report at the top level. Without it, the qwen2_5_vl report at the top
+level (so `frames_indices`, `num_visual_tokens`, ... are always there) plus `families: {name: report}` for all three.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from PIL import Image, ImageDraw
+
+from vlm_app.adapters.registry import family_of
+from vlm_app.errors import SourceError
+from vlm_app.media import load_video
+from vlm_app.media.policies import POLICIES, get_policy, smolvlm2_tokens_per_frame
+from vlm_app.media.video import SampledVideo
+
+PIXEL_OPTIONS = ("min_pixels", "max_pixels", "total_pixels", "resized_height", "resized_width")
+SHEET_THUMB_WIDTH = 200
+SHEET_LABEL_HEIGHT = 16
+
+
+def run_inspect_command(args, sampling_options: dict) -> int:
+    families = [family_of(args.model)] if args.model else list(POLICIES)
+    videos = {family: load_video(args.video, family, **_options_for(family, sampling_options, bool(args.model)))
+              for family in families}
+    reports = {family: family_report(video, args.model or family) for family, video in videos.items()}
+    if args.contact_sheet:
+        write_contact_sheet(videos[families[0]], args.contact_sheet)
+    if args.json:
+        top = reports[families[0]]
+        print(json.dumps(top if args.model else {**top, "families": reports}, indent=2))
+    else:
+        print("\n\n".join(_format(report) for report in reports.values()))
+    return 0
+
+
+def _options_for(family: str, options: dict, explicit_model: bool) -> dict:
+    """Pixel options only mean something to resizing families; when showing every family, drop them elsewhere."""
+    if explicit_model or get_policy(family).factor is not None:
+        return options
+    return {key: value for key, value in options.items() if key not in PIXEL_OPTIONS}
+
+
+def visual_tokens(video: SampledVideo, model_name: str) -> int:
+    """Visual tokens the family's model would spend on these frames."""
+    policy = video.policy
+    frames = len(video.frames_indices)
+    if policy.name == "qwen2_5_vl":
+        temporal_patches = math.ceil(frames / 2)  # an odd frame count is padded to even
+        return temporal_patches * (video.resized_height // 28) * (video.resized_width // 28)
+    if policy.name == "smolvlm2":
+        return frames * smolvlm2_tokens_per_frame(model_name)
+    return frames * policy.tokens_per_frame
+
+
+def family_report(video: SampledVideo, model_name: str) -> dict:
+    meta = video.metadata
+    notes = list(video.notes)
+    if video.policy.name == "deepseek_vl2" and len(video.frames_indices) <= 2:
+        notes.append("DeepSeek-VL2 tiles 1-2 images, so the real count is higher than 421 per frame")
+    return {
+        "family": video.policy.name,
+        "model": model_name,
+        "frames_indices": video.frames_indices,
+        "timestamps": [round(seconds, 4) for seconds in video.timestamps],
+        "num_frames": len(video.frames_indices),
+        "resized_height": video.resized_height,
+        "resized_width": video.resized_width,
+        "sample_fps": video.sample_fps,
+        "num_visual_tokens": visual_tokens(video, model_name),
+        "backend": video.backend,
+        "decode_seconds": round(video.decode_seconds, 4),
+        "notes": notes,
+        "source": {"num_frames": meta.num_frames, "fps": meta.fps, "duration": meta.duration, "width": meta.width,
+                   "height": meta.height, "rotation": meta.rotation, "codec": meta.codec,
+                   "variable_frame_rate": meta.is_vfr},
+    }
+
+
+def _format(report: dict) -> str:
+    source = report["source"]
+    lines = [
+        f"{report['family']} ({report['model']}): {report['num_frames']} frames, {report['num_visual_tokens']} visual "
+        f"tokens, backend {report['backend']}, decoded in {report['decode_seconds']:.3f} s",
+        f"  source: {source['width']}x{source['height']}, {source['num_frames']} frames at {source['fps']:.3f} fps, "
+        f"{source['duration']:.2f} s, {source['codec']}, rotation {source['rotation']}",
+        f"  resized: {report['resized_height']}x{report['resized_width']} (HxW), sample fps {report['sample_fps']:.4f}",
+        f"  indices: {report['frames_indices']}",
+        f"  timestamps (s): {' '.join(f'{seconds:.2f}' for seconds in report['timestamps'])}",
+    ]
+    lines += [f"  note: {note}" for note in report["notes"]]
+    return "\n".join(lines)
+
+
+def write_contact_sheet(video: SampledVideo, path: str) -> None:
+    """A PNG grid of the sampled frames, each labelled with its index and timestamp."""
+    count = len(video.frames_indices)
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    thumb_height = max(1, round(SHEET_THUMB_WIDTH * video.resized_height / video.resized_width))
+    cell_height = thumb_height + SHEET_LABEL_HEIGHT
+    sheet = Image.new("RGB", (columns * SHEET_THUMB_WIDTH, rows * cell_height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for position, (frame, index, seconds) in enumerate(zip(video.frames, video.frames_indices, video.timestamps)):
+        thumb = Image.fromarray(frame.permute(1, 2, 0).numpy()).resize((SHEET_THUMB_WIDTH, thumb_height))
+        left, top = position % columns * SHEET_THUMB_WIDTH, position // columns * cell_height
+        sheet.paste(thumb, (left, top))
+        draw.text((left + 4, top + thumb_height + 2), f"#{index}  {seconds:.2f} s", fill="black")
+    try:
+        sheet.save(path, format="PNG")
+    except OSError as error:
+        raise SourceError(f"cannot write the contact sheet to {path} ({error.strerror or error}); check the folder "
+                          "exists and is writable") from None
