@@ -198,7 +198,7 @@ def _load_frame_list(frames, policy: SamplingPolicy, options: dict, limits: Limi
     ignored = [name for name in FRAME_LIST_IGNORED if options.get(name) is not None]
     if ignored:
         raise OptionsError(f"{', '.join(ignored)} do not apply to a list of frames (they are already sampled)")
-    images = [torch.from_numpy(np.asarray(open_rgb_image(frame, limits))).permute(2, 0, 1) for frame in frames]
+    images = [torch.from_numpy(np.array(open_rgb_image(frame, limits))).permute(2, 0, 1) for frame in frames]
     fps = float(options.get("fps", policy.fps))
     count = sampling.ceil_by_factor(len(images), policy.frame_factor)
     indices = list(range(len(images))) + [len(images) - 1] * (count - len(images))
