@@ -1,0 +1,56 @@
+"""Adapter-area fixtures: tiny checkpoints of both families and small example clips, built once per session."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _example_module():
+    spec = importlib.util.spec_from_file_location("make_example_video", ROOT / "examples" / "make_example_video.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def make_clip():
+    """make_clip(path, seconds, fps, width, height) -> path of a libx264 clip (moving red square)."""
+    return _example_module().make_video
+
+
+@pytest.fixture(scope="session")
+def example_clip(tmp_path_factory, make_clip) -> Path:
+    """4 s at 24 fps, 320x240 (96 frames)."""
+    return make_clip(tmp_path_factory.mktemp("clips") / "example.mp4", 4.0, 24, 320, 240)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    from vlm_app.testing.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {family: build_tiny(family, root / family) for family in ("qwen2_5_vl", "smolvlm2")}
+
+
+@pytest.fixture(scope="session")
+def qwen_adapter(tiny_checkpoints):
+    from vlm_app import load
+
+    return load(str(tiny_checkpoints["qwen2_5_vl"]), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smol_adapter(tiny_checkpoints):
+    from vlm_app import load
+
+    return load(str(tiny_checkpoints["smolvlm2"]), device="cpu")
+
+
+def video_messages(source, prompt: str = "Describe this video.", **options) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "video", "video": source, **options},
+                                         {"type": "text", "text": prompt}]}]
