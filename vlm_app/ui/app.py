@@ -218,7 +218,7 @@ def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: fl
 def launch_options(backend: Backend, host: str, port: int | None, share: bool) -> dict:
     """`demo.launch` keyword arguments: uploads capped at the policy's size, scratch files servable."""
     return {"server_name": host, "server_port": port, "share": share,
-            "max_file_size": f"{backend.policy.max_file_mb:g}mb", "allowed_paths": [str(backend.workdir)],
+            "max_file_size": int(backend.policy.max_file_mb * 2**20), "allowed_paths": [str(backend.workdir)],
             "theme": gr.themes.Soft(), "footer_links": ["api", "settings"], "show_error": True}
 
 

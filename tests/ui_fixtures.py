@@ -1,0 +1,96 @@
+"""UI-area fixtures: the web app started the way a user starts it (`python -m vlm_app ui --models ...`) on two
+tiny checkpoints, once per session, with small limits so that over-limit inputs are cheap to make."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+UI_MAX_UPLOAD_MB = 2
+UI_MAX_DURATION_S = 6
+SERVER_START_TIMEOUT_S = 180
+
+
+@dataclass
+class UiServer:
+    url: str
+    pid: int
+    models: list[str]
+    votes: Path
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the ui server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the ui server did not answer within {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def ui_server(tmp_path_factory, tiny_checkpoints) -> UiServer:
+    root = tmp_path_factory.mktemp("ui_server")
+    models = [str(tiny_checkpoints["smolvlm2"]), str(tiny_checkpoints["qwen2_5_vl"])]
+    port = _free_port()
+    log = root / "server.log"
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
+           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "vlm_app", "ui", "--models", *models, "--port", str(port),
+               "--max-upload-mb", str(UI_MAX_UPLOAD_MB), "--max-duration", str(UI_MAX_DURATION_S),
+               "--votes", str(root / "votes.jsonl"), "--device", "cpu"]
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_up(url, process, log)
+        yield UiServer(url=url, pid=process.pid, models=models, votes=root / "votes.jsonl", log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def ui_clip(tmp_path_factory, make_clip) -> Path:
+    """2 s at 12 fps, 160x120: small enough for every limit."""
+    return make_clip(tmp_path_factory.mktemp("ui_clips") / "clip.mp4", 2.0, 12, 160, 120)
+
+
+@pytest.fixture(scope="session")
+def ui_long_clip(tmp_path_factory, make_clip) -> Path:
+    """Longer than the server's duration limit, tiny in bytes."""
+    return make_clip(tmp_path_factory.mktemp("ui_clips") / "long.mp4", UI_MAX_DURATION_S + 4.0, 4, 64, 48)
+
+
+@pytest.fixture
+def ui_client(ui_server):
+    from gradio_client import Client
+
+    client = Client(ui_server.url, verbose=False)
+    try:
+        yield client
+    finally:
+        client.close()
