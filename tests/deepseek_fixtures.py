@@ -51,3 +51,12 @@ def run_processor(processor, case: str):
     if len(calls) == 1:
         return processor(**calls[0], force_batchify=True)
     return processor.batchify([processor(**call, force_batchify=False) for call in calls])
+
+
+@pytest.fixture(scope="session")
+def tiny_deepseek_dirs(tmp_path_factory) -> dict:
+    """variant -> folder of a tiny DeepSeek-VL2 checkpoint built by our builder (official layout)."""
+    from vlm_app.testing.tiny_deepseek_vl2 import build_tiny_deepseek_vl2
+
+    root = tmp_path_factory.mktemp("tiny_deepseek_vl2")
+    return {variant: build_tiny_deepseek_vl2(root / variant, variant=variant) for variant in ("tiny", "small", "base")}
