@@ -1,0 +1,156 @@
+"""DeepSeek-VL2 through our transformers-5 port (`vlm_app.models.deepseek_vl2`).
+
+The model has no video input: a video becomes its sampled frames as images, each preceded by its real time
+("Frame at 00:05: <image>"). Every frame costs 421 visual tokens once a conversation holds three or more images
+(tiling is then off), so the number of frames is computed from the context (4096 tokens), the prompt's own
+tokens and the answer budget (`max_new_tokens`, default 512), never guessed; several videos share the room.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from PIL import Image
+
+from vlm_app.adapters.base import Adapter, Prepared, TokenCounts, VisualMap
+from vlm_app.errors import LimitError
+from vlm_app.media.policies import DEEPSEEK_DEFAULT_MAX_NEW_TOKENS, deepseek_max_frames
+from vlm_app.messages import normalize
+
+USER, ASSISTANT = "<|User|>", "<|Assistant|>"
+
+
+def frame_label(seconds: float) -> str:
+    """'Frame at MM:SS: ' (H:MM:SS past an hour) before each frame's <image>."""
+    whole = int(seconds)
+    hours, minutes, secs = whole // 3600, whole % 3600 // 60, whole % 60
+    clock = f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+    return f"Frame at {clock}: "
+
+
+def _frame_image(frame) -> Image.Image:
+    return Image.fromarray(frame.permute(1, 2, 0).contiguous().numpy())
+
+
+class DeepseekVL2Adapter(Adapter):
+    family = "deepseek_vl2"
+    policy = "deepseek_vl2"
+
+    @classmethod
+    def load_model(cls, path: str, **from_pretrained_kwargs):
+        from vlm_app.models.deepseek_vl2 import DeepseekVLV2ForCausalLM
+
+        model = DeepseekVLV2ForCausalLM.from_pretrained(path, **from_pretrained_kwargs)
+        # the released generation_config.json holds no stop token; the language config has it
+        if model.generation_config.eos_token_id is None:
+            model.generation_config.eos_token_id = model.config.language_config["eos_token_id"]
+        return model
+
+    @classmethod
+    def load_processor(cls, path: str):
+        from vlm_app.models.deepseek_vl2 import DeepseekVLV2Processor
+
+        return DeepseekVLV2Processor.from_pretrained(path)
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.language_config["num_hidden_layers"]
+
+    @property
+    def context_tokens(self) -> int:
+        return self.model.config.language_config["max_position_embeddings"]
+
+    # ---- prepare -------------------------------------------------------------------------------------------
+
+    def prepare(self, messages: list[dict], max_new_tokens: int = DEEPSEEK_DEFAULT_MAX_NEW_TOKENS,
+                **sampling_overrides) -> Prepared:
+        """`max_new_tokens` is the answer budget the frame count leaves room for."""
+        messages = normalize(messages)
+        started = time.perf_counter()
+        budget = self.frame_budget(messages, max_new_tokens)
+        media = self.load_media(messages, {**sampling_overrides, "max_frames": budget})
+        media_done = time.perf_counter()
+        conversation, images, owners = self._conversation(messages, media)
+        batch = self.processor(conversations=conversation, images=images, force_batchify=True)
+        done = time.perf_counter()
+        length = batch.input_ids.shape[1]
+        if length + max_new_tokens > self.context_tokens:
+            raise LimitError(f"the prompt takes {length} tokens and the answer {max_new_tokens}, over the "
+                             f"{self.context_tokens}-token context; use fewer frames (nframes/fps), fewer images, "
+                             "or a smaller max_new_tokens")
+        visual_map = self._visual_map(batch, media, owners)
+        inputs = {name: batch[name] for name in
+                  ("input_ids", "attention_mask", "images", "images_seq_mask", "images_spatial_crop")}
+        return Prepared(inputs=self._to_device(inputs), visual_map=visual_map,
+                        num_tokens=TokenCounts(text=length - len(visual_map), visual=len(visual_map)),
+                        media=media, prompt=batch.sft_format[0],
+                        timings={"media_s": media_done - started, "processor_s": done - media_done,
+                                 "preprocess_s": done - started})
+
+    def frame_budget(self, messages: list[dict], max_new_tokens: int) -> int:
+        """Frames each video may have: the context left after the prompt (with every video removed) and the
+        answer, divided by one frame's cost (421 visual tokens + its time label), shared among the videos."""
+        videos = sum(item["type"] == "video" for m in messages for item in m["content"])
+        if not videos:
+            return 0
+        without_videos = [{**m, "content": [i for i in m["content"] if i["type"] != "video"]} for m in messages]
+        images = sum(item["type"] == "image" for m in without_videos for item in m["content"])
+        conversation, _, _ = self._conversation(without_videos, [None] * images)
+        prompt_tokens = len(self.processor.encode(
+            self.processor.format_messages(conversation).replace(self.processor.image_token, ""), bos=True))
+        prompt_tokens += images * self.processor.num_image_tokens_for(1, 1)
+        label_tokens = len(self.processor.encode(frame_label(0) + "\n", bos=False))
+        frames = deepseek_max_frames(prompt_tokens, max_new_tokens, context_tokens=self.context_tokens,
+                                     tokens_per_frame=self.processor.num_image_tokens_for(1, 1),
+                                     text_tokens_per_frame=label_tokens + 1) // videos
+        if frames < 1:
+            raise LimitError(f"no video frame fits in the {self.context_tokens}-token context next to a "
+                             f"{prompt_tokens}-token prompt and a {max_new_tokens}-token answer; shorten the "
+                             "prompt or lower max_new_tokens")
+        return frames
+
+    def _conversation(self, messages: list[dict], media: list) -> tuple[list[dict], list, list]:
+        """DeepSeek conversation turns, the PIL images in order, and per image its (media index, frame index)."""
+        from vlm_app.media import SampledVideo
+
+        turns, images, owners = [], [], []
+        media_iter = iter(enumerate(media))
+        for message in messages:
+            text = ""
+            for item in message["content"]:
+                if item["type"] == "text":
+                    text += item["text"]
+                    continue
+                media_index, shown = next(media_iter)
+                if isinstance(shown, SampledVideo):
+                    for frame_index, (frame, seconds) in enumerate(zip(shown.frames, shown.timestamps)):
+                        text += frame_label(seconds) + self.processor.image_token + "\n"
+                        images.append(_frame_image(frame))
+                        owners.append((media_index, frame_index))
+                else:
+                    text += self.processor.image_token + "\n"
+                    images.append(shown.image if shown is not None else None)
+                    owners.append((media_index, -1))
+            role = {"user": USER, "assistant": ASSISTANT}.get(message["role"], message["role"])
+            turns.append({"role": role, "content": text})
+        turns.append({"role": ASSISTANT, "content": ""})
+        return turns, images, owners
+
+    def _visual_map(self, batch, media: list, owners: list[tuple[int, int]]) -> VisualMap:
+        """Per image: the global view (its newlines and the view separator included) is tile 0, then each local
+        token belongs to the tile it was cut from (a row's newline to that row's last tile)."""
+        from vlm_app.media import SampledVideo
+
+        side = self.processor.tokens_per_side
+        spans = []
+        for (media_index, frame_index), (grid_w, grid_h) in zip(owners, batch.images_spatial_crop[0].tolist()):
+            tiles = [0] * (side * (side + 1) + 1)
+            for row in range(grid_h * side):
+                columns = [min(col, grid_w * side - 1) // side for col in range(grid_w * side + 1)]
+                tiles += [1 + (row // side) * grid_w + column for column in columns]
+            item = media[media_index]
+            seconds = item.timestamps[frame_index] if isinstance(item, SampledVideo) else math.nan
+            spans.append({"token_id": self.processor.image_token_id, "media_index": media_index,
+                          "frame_index": [frame_index] * len(tiles), "tile_index": tiles, "timestamp": seconds})
+        return VisualMap.from_spans(batch.input_ids, spans)
