@@ -147,10 +147,27 @@ def _add_describe(sub) -> None:
     parser.add_argument("--resume", action="store_true", help="skip videos already described in --out")
     parser.add_argument("--dump-features", metavar="SAFETENSORS",
                         help="also save hidden states of every layer and the visual-token map (single video)")
+    _add_ray_options(parser)
     parser.set_defaults(handler=_run_describe)
 
 
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scale-out (--engine ray: a folder or a list file, needs --out)")
+    group.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local: this process; ray: a Ray Data pipeline (pip install -e \".[ray]\")")
+    group.add_argument("--address", default=None,
+                       help="Ray cluster: auto (this node's cluster) or ray://host:10001 (default: start a local Ray)")
+    group.add_argument("--decode-workers", type=int, default=None,
+                       help="CPU actors decoding videos (default: the cluster's CPUs minus one per model replica)")
+    group.add_argument("--model-replicas", type=int, default=1, help="model actors, each loads the model once")
+    group.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per model actor (0: CPU)")
+
+
 def _run_describe(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        from vlm_app.distributed import run_ray_describe_command
+
+        return run_ray_describe_command(args, model_options(args), sampling_options(args), generation_options(args))
     from vlm_app.describer import run_describe_command
 
     return run_describe_command(args, model_options(args), sampling_options(args), generation_options(args))
@@ -194,13 +211,15 @@ def _add_bench_adapter(benches) -> None:
                         help="comma-separated checkpoints (default: tiny Qwen2.5-VL and SmolVLM2 built on the spot)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads during the measurement")
     parser.set_defaults(handler=_run_bench_adapter)
 
 
 def _run_bench_adapter(args: argparse.Namespace) -> int:
     from vlm_app.bench.adapter import run_adapter_benchmark
 
-    return run_adapter_benchmark(args.models, repeats=args.repeats, max_new_tokens=args.max_new_tokens)
+    return run_adapter_benchmark(args.models, repeats=args.repeats, max_new_tokens=args.max_new_tokens,
+                                 threads=args.threads)
 
 
 def _add_bench_model(benches) -> None:

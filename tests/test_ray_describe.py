@@ -1,0 +1,104 @@
+"""`describe --engine ray`: a local Ray Data pipeline gives the sequential records, records failures, resumes."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from ray_fixtures import ray_local, ray_videos  # noqa: F401  (session fixtures)
+from vlm_app import distributed
+from vlm_app.cli import main
+from vlm_app.describer import DEFAULT_PROMPT, describe_video
+
+MAX_NEW_TOKENS = 8
+GENERATION = {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0.0, "top_p": 1.0, "seed": None}  # the CLI's defaults
+REPRODUCIBILITY = ("source", "model", "answer", "error", "prompt", "frames_indices", "timestamps", "sample_fps",
+                   "num_visual_tokens", "num_tokens", "sampling", "generation")
+
+
+def ray_describe(ray_videos, checkpoint, out, *extra) -> int:
+    return main(["describe", str(ray_videos), "--engine", "ray", "--model", str(checkpoint), "--device", "cpu",
+                 "--max-new-tokens", str(MAX_NEW_TOKENS), "--out", str(out), "--decode-workers", "1", *extra])
+
+
+def read_jsonl(path) -> dict[str, dict]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    by_source = {record["source"]: record for record in records}
+    assert len(by_source) == len(records), "a video was described twice"
+    return by_source
+
+
+@pytest.fixture(scope="module")
+def ray_run(ray_local, ray_videos, tiny_checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ray_out") / "results.jsonl"
+    assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], out) == 0
+    return out
+
+
+def test_records_equal_sequential_describe(ray_run, ray_videos, smol_adapter):
+    records = read_jsonl(ray_run)
+    videos = sorted(ray_videos.glob("*.mp4"))
+    assert set(records) == {str(video) for video in videos}
+    broken = records.pop(str(ray_videos / "broken.mp4"))
+    assert broken["answer"] is None and "broken.mp4 is not a readable video" in broken["error"]
+    answers = set()
+    for source, record in records.items():
+        expected = describe_video(smol_adapter, source, DEFAULT_PROMPT, {}, GENERATION)
+        assert record["error"] is None
+        assert {key: record[key] for key in REPRODUCIBILITY} == {key: expected[key] for key in REPRODUCIBILITY}
+        assert record["model_info"]["path"] == expected["model_info"]["path"]
+        assert record["timings"]["new_tokens"] == expected["timings"]["new_tokens"]
+        answers.add(record["answer"])
+    assert len(answers) > 1, "the clips should not all get the same answer"
+
+
+def test_resumed_run_does_no_work(ray_run, ray_videos, tiny_checkpoints, monkeypatch, capsys):
+    before = ray_run.read_text()
+    monkeypatch.setattr(distributed, "build_dataset", lambda *args: pytest.fail("a resumed run started Ray work"))
+    assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], ray_run, "--resume") == 0
+    assert ray_run.read_text() == before
+    assert "described 0 video(s), 0 failed" in capsys.readouterr().err
+
+
+def test_resume_finishes_an_interrupted_run(ray_run, ray_videos, tiny_checkpoints, tmp_path, capsys):
+    finished = ray_run.read_text().splitlines()
+    out = tmp_path / "interrupted.jsonl"
+    out.write_text("\n".join(finished[:3]) + "\n" + finished[3][:20])  # three records and a torn fourth line
+    assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], out, "--resume", "--json") == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    kept = {json.loads(line)["source"] for line in finished[:3]}
+    assert {record["source"] for record in printed} == set(read_jsonl(ray_run)) - kept
+    redone = [json.loads(line) for line in out.read_text().splitlines()[3:] if line.startswith("{") and line.endswith("}")]
+    assert {record["source"]: record["answer"] for record in redone} == \
+        {source: record["answer"] for source, record in read_jsonl(ray_run).items() if source not in kept}
+
+
+def test_parquet_output_from_a_list_file(ray_local, ray_videos, tiny_checkpoints, ray_run, tmp_path):
+    listed = [str(ray_videos / "clip0.mp4"), str(ray_videos / "broken.mp4")]
+    list_file = tmp_path / "videos.txt"
+    list_file.write_text("# two videos\n" + "\n".join(listed) + "\n\n")
+    out = tmp_path / "results.parquet"
+    assert ray_describe(list_file, tiny_checkpoints["smolvlm2"], out) == 0
+    rows = {row["source"]: row for row in distributed.read_parquet_records(out)}
+    expected = read_jsonl(ray_run)
+    assert set(rows) == set(listed)
+    assert rows[listed[0]]["answer"] == expected[listed[0]]["answer"]
+    assert json.loads(rows[listed[0]]["timings"])["new_tokens"] == expected[listed[0]]["timings"]["new_tokens"]
+    assert rows[listed[1]]["error"] == expected[listed[1]]["error"]
+
+
+def test_without_ray_says_how_to_install(ray_videos, tiny_checkpoints, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], tmp_path / "out.jsonl") == 2
+    assert 'pip install -e ".[ray]"' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--model-replicas", "0"), "--model-replicas must be at least 1"),
+    (("--stream",), "--stream and --dump-features work with --engine local"),
+])
+def test_option_mistakes_are_reported(ray_videos, tiny_checkpoints, tmp_path, capsys, extra, message):
+    assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], tmp_path / "out.jsonl", *extra) == 2
+    assert message in capsys.readouterr().err

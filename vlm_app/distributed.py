@@ -1,0 +1,329 @@
+"""Describe a collection of videos on Ray Data: the records of `describe`, computed on a laptop or a cluster.
+
+    sources --> decode workers (CPU actors: the adapter's own `load_media`, no weights)
+            --> model replicas (actors that load the model once; a GPU each when asked)
+            --> the driver appends each record to the output as it arrives (JSONL, or a Parquet folder)
+
+Both stages are actor pools, so Ray Data never fuses decoding into the model actors (it fuses a task stage into
+the next actor stage): frames are decoded while the model generates. Only uint8 frames and small metadata cross
+the object store. Records come from `describer.describe_video` / `build_record`, so they equal the sequential
+path's records, answers included. Without `address` a local Ray is started and stopped around the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlm_app.describer import build_record, describe_video, done_sources, find_videos
+from vlm_app.errors import ModelLoadError, OptionsError, SourceError, VlmAppError
+from vlm_app.messages import conversation
+
+INSTALL_HINT = 'the ray engine needs Ray Data: pip install -e ".[ray]"  (or: pip install "ray[data]>=2.40" pyarrow)'
+PARQUET_PART_ROWS = 64  # records per Parquet part file: a crash loses at most this many finished records
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every worker needs to know, shipped to each actor once."""
+
+    model: str
+    model_options: dict = field(default_factory=dict)  # load_adapter keywords: device, dtype, attn, ...
+    prompt: str = "Describe this video."
+    sampling: dict = field(default_factory=dict)
+    generation: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where to run and how wide. `decode_workers=None` means: the cluster's CPUs not taken by model replicas."""
+
+    address: str | None = None  # None: a local Ray; "auto": the cluster this node belongs to; "ray://host:10001"
+    decode_workers: int | None = None
+    model_replicas: int = 1
+    gpus_per_replica: float = 0.0
+
+    def __post_init__(self):
+        if self.decode_workers is not None and self.decode_workers < 1:
+            raise OptionsError(f"--decode-workers must be at least 1, got {self.decode_workers}")
+        if self.model_replicas < 1:
+            raise OptionsError(f"--model-replicas must be at least 1, got {self.model_replicas}")
+        if self.gpus_per_replica < 0:
+            raise OptionsError(f"--gpus-per-replica must be 0 or more, got {self.gpus_per_replica}")
+
+
+def import_ray():
+    """The `ray` module, or a VlmAppError saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the data extra, not just ray core)
+    except ImportError as error:
+        raise VlmAppError(INSTALL_HINT) from error
+    return ray
+
+
+# ---- the two stages --------------------------------------------------------------------------------------------
+class Decoder:
+    """A decode worker: samples each video exactly as the model's adapter would, without loading weights.
+    The adapter is built around the processor only, because the checkpoint's processor sets sampling defaults
+    (SmolVLM2's fps and frame cap) and `load_media` applies them with the family's policy."""
+
+    def __init__(self, job: Job):
+        from vlm_app.adapters import registry
+        from vlm_app.runtime import locate
+
+        ref = registry.resolve(job.model)
+        path, _ = locate(ref, job.model_options.get("revision"))
+        adapter_class = registry.adapter_class(ref.family)
+        self.sampler = adapter_class(None, adapter_class.load_processor(path), None)
+        self.job = job
+
+    def __call__(self, row: dict) -> dict:
+        messages = conversation(self.job.prompt, video=row["source"])
+        try:
+            video = self.sampler.load_media(messages, self.job.sampling)[0]
+        except VlmAppError as error:
+            return {"source": row["source"], "video": None, "error": str(error)}
+        return {"source": row["source"], "video": video, "error": None}
+
+
+class Describer:
+    """A model replica: loads the model once, then turns decoded videos into records (as JSON text, which
+    crosses Arrow blocks without schema surprises)."""
+
+    def __init__(self, job: Job):
+        from vlm_app.runtime import load_adapter
+
+        self.adapter = load_adapter(job.model, **job.model_options)
+        self.job = job
+
+    def __call__(self, row: dict) -> dict:
+        job = self.job
+        if row["error"] is not None:
+            record = build_record(self.adapter, row["source"], job.prompt, job.sampling, job.generation,
+                                  error=row["error"])
+        else:
+            record = describe_video(self.adapter, row["source"], job.prompt, job.sampling, job.generation,
+                                    video=row["video"])
+        return {"record": json.dumps(record)}
+
+
+# ---- the driver --------------------------------------------------------------------------------------------------
+def list_sources(source: str | Path) -> list[str]:
+    """A folder's videos (recursive), or the lines of a list file (paths or URLs; blank lines and # comments skipped)."""
+    path = Path(source)
+    if path.is_dir():
+        videos = [str(video) for video in find_videos(path)]
+        if not videos:
+            raise OptionsError(f"no video files in {path}")
+        return videos
+    if path.is_file() and path.suffix.lower() in (".txt", ".lst", ".list"):
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        sources = [line for line in lines if line and not line.startswith("#")]
+        if not sources:
+            raise OptionsError(f"{path} lists no videos (one path or URL per line)")
+        return sources
+    if path.is_file():
+        return [str(path)]
+    raise SourceError(f"{source} is neither a folder nor a list file (.txt, one video per line) nor a video")
+
+
+@contextmanager
+def connected(ray, cluster: Cluster):
+    """Attach to the cluster (or start a local one) unless this process already is; disconnect only if we did."""
+    if ray.is_initialized():
+        yield
+        return
+    quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    if cluster.address is None:
+        wanted = (cluster.decode_workers or 1) + cluster.model_replicas
+        ray.init(num_cpus=max(os.cpu_count() or 1, wanted), **quiet)
+    else:
+        try:
+            ray.init(address=cluster.address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+        except (ConnectionError, RuntimeError) as error:
+            raise VlmAppError(f"cannot reach the Ray cluster at {cluster.address}: {error}. Start it with "
+                              "`ray start --head` (then --address auto) or give its ray://host:10001 address") from error
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def build_dataset(ray, sources: list[str], job: Job, cluster: Cluster):
+    """sources -> decode actor pool -> model actor pool, one video per block so every stage spreads over its pool."""
+    from ray.data import ActorPoolStrategy
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # our own bar counts finished videos
+    context.enable_operator_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-run plan and progress lines
+    decode_workers = cluster.decode_workers or default_decode_workers(ray, cluster)
+    dataset = ray.data.from_items([{"source": source} for source in sources], override_num_blocks=len(sources))
+    dataset = dataset.map(Decoder, fn_constructor_args=(job,), num_cpus=1,
+                          compute=ActorPoolStrategy(size=decode_workers))
+    return dataset.map(Describer, fn_constructor_args=(job,), num_cpus=1, num_gpus=cluster.gpus_per_replica or None,
+                       compute=ActorPoolStrategy(size=cluster.model_replicas))
+
+
+def default_decode_workers(ray, cluster: Cluster) -> int:
+    """The cluster's CPUs left after one per model replica (at least one)."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, cpus - cluster.model_replicas)
+
+
+def run_ray_describe_command(args, model_options: dict, sampling: dict, generation: dict) -> int:
+    """`describe SOURCE --engine ray --out FILE`: the CLI front of `describe_on_ray`."""
+    from vlm_app.describer import resolve_prompt
+
+    import_ray()
+    if not args.out:
+        raise OptionsError("--engine ray writes its results to a file: add --out results.jsonl (or results.parquet)")
+    if args.stream or args.dump_features:
+        raise OptionsError("--stream and --dump-features work with --engine local (one video), not with --engine ray")
+    job = Job(model=args.model, model_options=model_options, prompt=resolve_prompt(args.prompt, args.template),
+              sampling=sampling, generation=generation)
+    cluster = Cluster(address=args.address, decode_workers=args.decode_workers, model_replicas=args.model_replicas,
+                      gpus_per_replica=args.gpus_per_replica)
+    emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
+    records = describe_on_ray(args.source, args.out, job, cluster, resume=args.resume, emit=emit)
+    failed = sum(record["error"] is not None for record in records)
+    print(f"described {len(records) - failed} video(s), {failed} failed; results in {args.out}", file=sys.stderr)
+    return 0
+
+
+def describe_on_ray(source: str | Path, out: str | Path, job: Job, cluster: Cluster | None = None,
+                    resume: bool = False, progress: bool = True, emit=None) -> list[dict]:
+    """Describe every video of `source` (folder or list file) into `out` (.jsonl, or .parquet: a folder of parts),
+    writing records as they complete. With `resume`, videos already in `out` are skipped. Returns this run's
+    records, in completion order."""
+    from tqdm import tqdm
+
+    ray = import_ray()
+    cluster = cluster or Cluster()
+    sources = list_sources(source)
+    writer = ParquetParts(Path(out)) if str(out).endswith(".parquet") else JsonlOutput(Path(out))
+    writer.start(resume)
+    skip = writer.done() if resume else set()
+    todo = [s for s in sources if s not in skip]
+    if not todo:
+        return []
+    _check_model(job)
+    records = []
+    with connected(ray, cluster), tqdm(total=len(todo), desc="describe (ray)", unit="video", disable=not progress,
+                                        file=sys.stderr) as bar:
+        try:
+            for row in build_dataset(ray, todo, job, cluster).iter_rows():
+                records.append(json.loads(row["record"]))
+                writer.add(records[-1])
+                if emit is not None:
+                    emit(records[-1])
+                bar.update()
+        except ray.exceptions.RayError as error:
+            raise ModelLoadError(f"the Ray job failed: {_root_message(error)}") from error
+        finally:
+            writer.close()
+    return records
+
+
+def _check_model(job: Job) -> None:
+    """Fail on the driver, in a second, for a model name no worker could load."""
+    from vlm_app.adapters.registry import resolve
+
+    resolve(job.model)
+
+
+def _root_message(error: BaseException) -> str:
+    """The last line of a Ray error: the original exception, without the remote traceback."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+# ---- outputs -----------------------------------------------------------------------------------------------------
+class JsonlOutput:
+    """One JSON line per video, flushed as it arrives. Resume skips every video already recorded, failed ones
+    included (a corrupt file stays corrupt: delete its line to try again)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = None
+
+    def start(self, resume: bool) -> None:
+        if not resume and self.path.exists():
+            self.path.unlink()
+
+    def done(self) -> set[str]:
+        return done_sources(self.path, include_failed=True)
+
+    def add(self, record: dict) -> None:
+        if self.handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torn = _last_byte(self.path) not in (b"", b"\n")
+            self.handle = self.path.open("a")
+            if torn:  # an interrupted run's last line: keep later records on lines of their own
+                self.handle.write("\n")
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def _last_byte(path: Path) -> bytes:
+    if not path.is_file() or path.stat().st_size == 0:
+        return b""
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
+
+
+class ParquetParts:
+    """A Parquet dataset folder (readable by pandas, pyarrow, Spark, Ray), one part file per batch of records.
+    Nested fields (timings, sampling, model info) are stored as JSON text so every part has the same columns."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.pending: list[dict] = []
+
+    def start(self, resume: bool) -> None:
+        if self.path.is_file():
+            raise OptionsError(f"{self.path} is a file; a .parquet output is a folder of part files")
+        if not resume and self.path.exists():
+            for part in self.path.glob("part-*.parquet"):
+                part.unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def done(self) -> set[str]:
+        return {record["source"] for record in read_parquet_records(self.path)}
+
+    def add(self, record: dict) -> None:
+        self.pending.append({key: json.dumps(value) if isinstance(value, dict) else value
+                             for key, value in record.items()})
+        if len(self.pending) >= PARQUET_PART_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.pending:
+            return
+        number = len(list(self.path.glob("part-*.parquet")))
+        pq.write_table(pa.Table.from_pylist(self.pending), self.path / f"part-{number:05d}.parquet")
+        self.pending = []
+
+    close = flush
+
+
+def read_parquet_records(path: str | Path) -> list[dict]:
+    """Records of a Parquet output folder, in part order (JSON text fields stay text)."""
+    import pyarrow.parquet as pq
+
+    return [row for part in sorted(Path(path).glob("part-*.parquet")) for row in pq.read_table(part).to_pylist()]
