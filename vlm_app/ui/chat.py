@@ -60,8 +60,7 @@ class ChatHandlers:
         history.append({"role": "user", "content": [{"path": path} for path in files] + ([text] if text else [])})
         return None, "", history
 
-    def respond(self, history: list[dict], model: str, show_subtitles: bool, *settings_values,
-                request: gr.Request):
+    def respond(self, request: gr.Request, history: list[dict], model: str, show_subtitles: bool, *settings_values):
         """Stream the answer to the last user turn, then fill the gallery, stats and timeline."""
         skip = [gr.skip()] * self.EXTRA_OUTPUTS
         if not history or history[-1]["role"] != "user":

@@ -59,7 +59,7 @@ class CompareHandlers:
                     stopped = run.stopped
                 yield position, record, run
 
-    def run(self, message: dict, models: list[str], blind: bool, *settings_values, request: gr.Request):
+    def run(self, request: gr.Request, message: dict, models: list[str], blind: bool, *settings_values):
         """Stream the comparison into the columns; blind mode shuffles the order and hides the names."""
         models = chosen_models(models)
         order = random.sample(models, len(models)) if blind else models
