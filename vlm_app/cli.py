@@ -62,6 +62,7 @@ def _add_bench(sub) -> None:
     _add_bench_sampling(benches)
     _add_bench_adapter(benches)
     _add_bench_model(benches)
+    _add_bench_batch(benches)
 
 
 def _add_bench_sampling(benches) -> None:
@@ -240,6 +241,21 @@ def _run_bench_model(args: argparse.Namespace) -> int:
     from vlm_app.bench.model import run_model_benchmark
 
     return run_model_benchmark(args)
+
+
+def _add_bench_batch(benches) -> None:
+    parser = benches.add_parser("batch", help="describe a folder sequentially vs on a local Ray (throughput)")
+    parser.add_argument("--videos", type=int, default=12, help="generated clips to describe")
+    parser.add_argument("--seconds", type=int, default=4, help="length of each clip")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--model", default=None, help="checkpoint (default: a tiny SmolVLM2 built on the spot)")
+    parser.set_defaults(handler=_run_bench_batch)
+
+
+def _run_bench_batch(args: argparse.Namespace) -> int:
+    from vlm_app.bench.batch import run_batch_benchmark
+
+    return run_batch_benchmark(args.videos, args.seconds, args.max_new_tokens, args.model)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,10 +136,31 @@ def _save(model, processor, out_dir: Path, generation: dict) -> Path:
     return out_dir
 
 
+def qwen2_5_vl_processor(tokenizer=None):
+    """The Qwen2.5-VL processor with the real image/video settings and our tokenizer and template."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    pixels = dict(min_pixels=3136, max_pixels=12845056, patch_size=14, temporal_patch_size=2, merge_size=2)
+    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer or _qwen_tokenizer(),
+                               video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=QWEN_CHAT_TEMPLATE)
+
+
+def smolvlm2_processor(tokenizer=None, image_size: int = 64, image_seq_len: int = 4, max_frames: int = 8):
+    """A SmolVLM2 processor: tile size `image_size` (real: 512 or 384), first-stage size 4x that, fps 1."""
+    from transformers import SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
+
+    shared = dict(max_image_size={"longest_edge": image_size}, size={"longest_edge": 4 * image_size},
+                  image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=1)
+    video_processor = SmolVLMVideoProcessor(
+        video_sampling={"fps": 1, "max_frames": max_frames, "video_size": {"longest_edge": image_size}}, **shared)
+    return SmolVLMProcessor(image_processor=SmolVLMImageProcessor(do_image_splitting=True, **shared),
+                            tokenizer=tokenizer or _smolvlm_tokenizer(), video_processor=video_processor,
+                            image_seq_len=image_seq_len, chat_template=SMOLVLM_CHAT_TEMPLATE)
+
+
 def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
     import torch
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tokenizer = _qwen_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
@@ -157,10 +178,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
         tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    pixels = dict(min_pixels=3136, max_pixels=12845056, patch_size=14, temporal_patch_size=2, merge_size=2)
-    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
-                                    video_processor=Qwen2VLVideoProcessor(**pixels),
-                                    chat_template=QWEN_CHAT_TEMPLATE)
+    processor = qwen2_5_vl_processor(tokenizer)
     generation = dict(eos_token_id=[ids("<|im_end|>"), ids("<|endoftext|>")], pad_token_id=ids("<|endoftext|>"),
                       do_sample=False)
     return _save(model, processor, Path(out_dir), generation)
@@ -168,8 +186,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
 
 def build_tiny_smolvlm2(out_dir: str | Path, seed: int = 0) -> Path:
     import torch
-    from transformers import (SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor,
-                              SmolVLMProcessor, SmolVLMVideoProcessor)
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 
     tokenizer = _smolvlm_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
@@ -186,14 +203,7 @@ def build_tiny_smolvlm2(out_dir: str | Path, seed: int = 0) -> Path:
         tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = SmolVLMForConditionalGeneration(config).eval()
-    shared = dict(max_image_size={"longest_edge": image_size}, size={"longest_edge": 4 * image_size},
-                  image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=1)
-    video_processor = SmolVLMVideoProcessor(
-        video_sampling={"fps": 1, "max_frames": 8, "video_size": {"longest_edge": image_size}}, **shared)
-    processor = SmolVLMProcessor(image_processor=SmolVLMImageProcessor(do_image_splitting=True, **shared),
-                                 tokenizer=tokenizer, video_processor=video_processor,
-                                 image_seq_len=(image_size // patch_size) ** 2 // scale_factor ** 2,
-                                 chat_template=SMOLVLM_CHAT_TEMPLATE)
+    processor = smolvlm2_processor(tokenizer, image_size, (image_size // patch_size) ** 2 // scale_factor ** 2)
     generation = dict(bos_token_id=ids("<|im_start|>"), eos_token_id=ids("<end_of_utterance>"),
                       pad_token_id=ids("<|im_end|>"), do_sample=False)
     return _save(model, processor, Path(out_dir), generation)
