@@ -1,0 +1,97 @@
+"""describe / compare / bench through the CLI entry point, on tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+from safetensors import safe_open
+
+from vlm_app.cli import main
+
+FAST = ["--max-new-tokens", "4", "--device", "cpu"]
+
+
+def test_describe_one_video_json(tiny_checkpoints, example_clip, capsys):
+    model = str(tiny_checkpoints["smolvlm2"])
+    assert main(["describe", str(example_clip), "--model", model, "--json", "--seed", "3", *FAST]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["source"] == str(example_clip) and record["model"] == model and record["error"] is None
+    assert isinstance(record["answer"], str)
+    assert record["frames_indices"] == [0, 31, 63, 95] and len(record["timestamps"]) == 4
+    assert record["num_visual_tokens"] == 16 and record["timings"]["new_tokens"] <= 4
+    assert record["model_info"]["dtype"] == "float32" and record["model_info"]["device"] == "cpu"
+    assert record["generation"]["seed"] == 3 and record["sampling"]["policy"] == "smolvlm2"
+
+
+def test_describe_plain_text_and_stream(tiny_checkpoints, example_clip, capsys):
+    model = str(tiny_checkpoints["qwen2_5_vl"])
+    assert main(["describe", str(example_clip), "--model", model, "--fps", "1", *FAST]) == 0
+    plain = capsys.readouterr().out
+    assert main(["describe", str(example_clip), "--model", model, "--fps", "1", "--stream", *FAST]) == 0
+    assert capsys.readouterr().out == plain  # greedy: the streamed text is the same answer
+
+
+def test_describe_folder_jsonl_resume_and_failures(tiny_checkpoints, example_clip, make_clip, tmp_path, capsys):
+    folder = tmp_path / "videos"
+    make_clip(folder / "a.mp4", 2.0, 12, 96, 64)
+    make_clip(folder / "nested" / "b.mp4", 3.0, 12, 96, 64)
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "results.jsonl"
+    model = str(tiny_checkpoints["smolvlm2"])
+    assert main(["describe", str(folder), "--model", model, "--out", str(out), *FAST]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    by_name = {record["source"].rsplit("/", 1)[-1]: record for record in records}
+    assert set(by_name) == {"a.mp4", "b.mp4", "broken.mp4"}
+    assert by_name["a.mp4"]["error"] is None and by_name["b.mp4"]["error"] is None
+    assert by_name["broken.mp4"]["error"] and by_name["broken.mp4"]["answer"] is None
+    assert "2 video(s), 1 failed" in capsys.readouterr().err
+    assert main(["describe", str(folder), "--model", model, "--out", str(out), "--resume", "--json", *FAST]) == 0
+    retried = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [record["source"].rsplit("/", 1)[-1] for record in retried] == ["broken.mp4"]  # only the failure
+    assert len(out.read_text().splitlines()) == 4
+
+
+def test_describe_dump_features(tiny_checkpoints, example_clip, tmp_path, capsys):
+    dump = tmp_path / "features.safetensors"
+    model = str(tiny_checkpoints["qwen2_5_vl"])
+    assert main(["describe", str(example_clip), "--model", model, "--fps", "1", "--json",
+                 "--dump-features", str(dump), *FAST]) == 0
+    record = json.loads(capsys.readouterr().out)
+    with safe_open(str(dump), "pt") as features:
+        hidden = features.get_tensor("hidden_states")
+        positions = features.get_tensor("visual_map.positions")
+        assert hidden.shape[0] == 3  # 2 layers + embeddings
+        assert hidden.shape[1] == features.get_tensor("input_ids").numel() == record["num_tokens"]["total"]
+        assert positions.numel() == record["num_visual_tokens"]
+        assert features.get_tensor("visual_hidden").equal(hidden[-1][positions])
+        assert json.loads(features.metadata()["frames_indices"]) == record["frames_indices"]
+
+
+def test_describe_template_and_user_errors(tiny_checkpoints, example_clip, tmp_path, capsys):
+    model = str(tiny_checkpoints["smolvlm2"])
+    assert main(["describe", str(example_clip), "--model", model, "--template", "qa", "--prompt", "What moves?",
+                 "--json", *FAST]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert "Question: What moves?" in record["prompt"]
+    assert main(["describe", str(example_clip), "--model", model, "--template", "qa", *FAST]) == 2
+    assert "needs a question" in capsys.readouterr().err
+    assert main(["describe", str(tmp_path / "missing.mp4"), "--model", model, *FAST]) == 2
+    assert "\nerror: no such file" in "\n" + capsys.readouterr().err
+
+
+def test_compare_two_families(tiny_checkpoints, example_clip, capsys):
+    models = f"{tiny_checkpoints['qwen2_5_vl']},{tiny_checkpoints['smolvlm2']}"
+    assert main(["compare", str(example_clip), "--models", models, "--fps", "1", *FAST]) == 0
+    table = capsys.readouterr().out
+    assert "visual tokens" in table and "first token s" in table
+    assert str(tiny_checkpoints["qwen2_5_vl"]) in table and str(tiny_checkpoints["smolvlm2"]) in table
+    assert main(["compare", str(example_clip), "--models", models, "--fps", "1", "--json", *FAST]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["model_info"]["family"] for r in records] == ["qwen2_5_vl", "smolvlm2"]
+    assert records[0]["num_visual_tokens"] == 280 and records[1]["num_visual_tokens"] == 16
+
+
+def test_bench_adapter_runs(capsys):
+    assert main(["bench", "adapter", "--repeats", "1", "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "worst generate/forward overhead" in out and out.count("generate") >= 2
