@@ -74,15 +74,20 @@ def ui_server(tmp_path_factory, tiny_checkpoints) -> UiServer:
 
 
 @pytest.fixture(scope="session")
-def ui_clip(tmp_path_factory, make_clip) -> Path:
-    """2 s at 12 fps, 160x120: small enough for every limit."""
-    return make_clip(tmp_path_factory.mktemp("ui_clips") / "clip.mp4", 2.0, 12, 160, 120)
+def ui_clip_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ui_clips")
 
 
 @pytest.fixture(scope="session")
-def ui_long_clip(tmp_path_factory, make_clip) -> Path:
+def ui_clip(ui_clip_dir, make_clip) -> Path:
+    """2 s at 12 fps, 160x120: small enough for every limit."""
+    return make_clip(ui_clip_dir / "clip.mp4", 2.0, 12, 160, 120)
+
+
+@pytest.fixture(scope="session")
+def ui_long_clip(ui_clip_dir, make_clip) -> Path:
     """Longer than the server's duration limit, tiny in bytes."""
-    return make_clip(tmp_path_factory.mktemp("ui_clips") / "long.mp4", UI_MAX_DURATION_S + 4.0, 4, 64, 48)
+    return make_clip(ui_clip_dir / "long.mp4", UI_MAX_DURATION_S + 4.0, 4, 64, 48)
 
 
 @pytest.fixture

@@ -7,12 +7,13 @@ Named endpoints for scripts: `/chat`, `/compare`, `/stop` (see `ChatHandlers.api
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import partial
 
 import gradio as gr
 
 from gradio.utils import get_upload_folder
 
+from vlm_app.describer import prompt_templates
 from vlm_app.ui.answer import SETTING_NAMES
 from vlm_app.ui.backend import Backend
 from vlm_app.ui.chat import ChatHandlers, seek, toggle_subtitles
@@ -21,19 +22,24 @@ from vlm_app.ui.limits import UploadPolicy
 
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 PRIVATE = {"api_visibility": "private"}
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 MEDIA_TYPES = ["video", "image"]
 MODEL_COLUMNS = ["model", "state", "family", "device", "MiB"]
 QUEUE_SIZE = 64
 
 
-def load_templates(folder: Path = PROMPTS_DIR) -> dict[str, str]:
-    """Prompt templates: one file per template (`*.md` or `*.txt`), named after the file."""
-    if not folder.is_dir():
-        return {}
-    files = sorted(list(folder.glob("*.md")) + list(folder.glob("*.txt")))
-    return {file.stem.replace("_", " "): file.read_text(encoding="utf-8").strip()
-            for file in files if file.stem.lower() != "readme"}
+def load_templates() -> dict[str, str]:
+    """Prompt templates from `prompts/` (shared with `describe --template`), by name."""
+    return {name: path.read_text(encoding="utf-8").strip() for name, path in prompt_templates().items()}
+
+
+def fill_template(templates: dict[str, str], name: str | None, current: dict | None) -> dict:
+    """The chosen template in the input box, keeping attached files; typed text fills a {question} slot."""
+    current = current or {}
+    text = templates.get(name or "", "")
+    typed = (current.get("text") or "").strip()
+    if "{question}" in text and typed:
+        text = text.replace("{question}", typed)
+    return {"text": text, "files": current.get("files") or []}
 
 
 def _settings_controls() -> list[gr.components.Component]:
@@ -58,7 +64,7 @@ def _settings_controls() -> list[gr.components.Component]:
 
 def _model_panel(backend: Backend):
     gr.Markdown("### Models")
-    model = gr.Dropdown(backend.models, value=backend.models[0], label="chat model", elem_id="model")
+    model = gr.Dropdown(backend.choices(), value=backend.models[0], label="chat model", elem_id="model")
     with gr.Row():
         load = gr.Button("Load", size="sm", elem_id="load-model")
         unload = gr.Button("Unload", size="sm", elem_id="unload-model")
@@ -115,15 +121,14 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
                         with gr.Tab("Timeline"):
                             player = gr.Video(label="video", visible=False, interactive=False, elem_id="player")
                             show_subtitles = gr.Checkbox(label="show the answer as subtitles", value=True)
-                            cues = gr.Dataset(components=[gr.Textbox(visible=False), gr.Textbox(visible=False)],
-                                              headers=["when", "what"], samples=[], type="index", visible=False,
-                                              label="timestamps in the answer (click to jump)", elem_id="cues")
+                            cues = gr.Radio([], type="index", visible=False, elem_id="cues",
+                                            label="timestamps in the answer (click one to jump there)")
                             downloads = gr.File(label="subtitles (SRT / VTT / JSON)", visible=False,
                                                 elem_id="downloads")
                             cue_state = gr.State([])
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
-                    compare_models = gr.CheckboxGroup(backend.models, value=backend.models[:2], scale=3,
+                    compare_models = gr.CheckboxGroup(backend.choices(), value=backend.models[:2], scale=3,
                                                       label=f"models (2 to {MAX_MODELS})", elem_id="compare-models")
                     blind = gr.Checkbox(label="blind mode (names hidden until you vote)", elem_id="blind")
                 compare_input = gr.MultimodalTextbox(file_types=MEDIA_TYPES, file_count="multiple",
@@ -167,7 +172,7 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
         chat_outputs = [chatbot, seen, stats, player, cues, cue_state, downloads]
         respond = {"fn": chat.respond, "inputs": [chatbot, model, show_subtitles, *settings],
                    "outputs": chat_outputs, **PRIVATE, **GPU}
-        cleared = ([], [], "", gr.Video(value=None, visible=False), gr.Dataset(samples=[], visible=False), [],
+        cleared = ([], [], "", gr.Video(value=None, visible=False), gr.Radio(choices=[], visible=False), [],
                    gr.File(value=None, visible=False))
         textbox.submit(chat.add_turn, [textbox, urls, chatbot], [textbox, urls, chatbot], **PRIVATE,
                        concurrency_limit=4).success(**respond).then(status, None, [table, memory], **PRIVATE)
@@ -179,10 +184,9 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
             trigger(chat.stop, None, None, queue=False, **PRIVATE).then(lambda: cleared, None, chat_outputs,
                                                                         queue=False, **PRIVATE)
         stop.click(chat.stop, None, None, queue=False, **PRIVATE)
-        cues.click(seek, [cues, cue_state], player, queue=False, **PRIVATE)
+        cues.select(seek, [cues, cue_state], player, queue=False, **PRIVATE)
         show_subtitles.change(toggle_subtitles, [show_subtitles, cue_state], player, queue=False, **PRIVATE)
-        template.select(lambda name, current: {"text": templates.get(name, ""), "files": (current or {}).get(
-            "files", [])}, [template, textbox], textbox, queue=False, **PRIVATE)
+        template.select(partial(fill_template, templates), [template, textbox], textbox, queue=False, **PRIVATE)
 
         # ---- compare ----
         compare_input.submit(compare.run, [compare_input, compare_models, blind, *settings],

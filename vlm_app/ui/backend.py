@@ -32,6 +32,15 @@ class Backend:
         self._cancels: dict[str, threading.Event] = {}
 
     # ---- models -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def label(model: str) -> str:
+        """How a model is shown: a checkpoint folder by its name, anything else as given."""
+        path = Path(model).expanduser()
+        return path.name if path.is_dir() else model
+
+    def choices(self) -> list[tuple[str, str]]:
+        return [(self.label(model), model) for model in self.models]
+
     def adapter(self, name: str):
         """The loaded adapter for `name`, loading it (and evicting others under the budget) when needed."""
         return self.cache.get(name, **self.load_options)
@@ -46,9 +55,10 @@ class Backend:
         for name in self.models:
             entry = loaded.get(name)
             if entry is None:
-                rows.append([name, "not loaded", "", "", 0.0])
+                rows.append([self.label(name), "not loaded", "", "", 0.0])
             else:
-                rows.append([name, "loaded", entry["family"], entry["device"], round(entry["bytes"] / MIB, 1)])
+                rows.append([self.label(name), "loaded", entry["family"], entry["device"],
+                             round(entry["bytes"] / MIB, 1)])
         return rows
 
     def memory_summary(self) -> str:

@@ -7,11 +7,16 @@ error notices carry `metadata.title == ERROR_TITLE` and are never sent back to a
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+
 import gradio as gr
+from PIL import Image
 
 from vlm_app.errors import VlmAppError
+from vlm_app.grounding import draw_boxes, parse_grounding
 from vlm_app.ui import timeline
-from vlm_app.ui.answer import (ERROR_TITLE, answer_stream, history_files, media_kind, settings_from,
+from vlm_app.ui.answer import (ERROR_TITLE, answer_stream, history_files, last_user, media_kind, settings_from,
                                settings_from_dict, stats_markdown)
 
 
@@ -77,6 +82,9 @@ class ChatHandlers:
             return
         stats = run.stats()
         folder = self.backend.session_dir(request.session_hash)
+        boxed = grounded_image(run.text, history, folder)
+        if boxed:
+            shown.append({"role": "assistant", "content": {"path": boxed}})
         cues = timeline.find_cues(run.text, duration=run.duration())
         yield (shown, run.seen(), stats_markdown(stats),
                *timeline_outputs(cues, last_video(history), show_subtitles, folder))
@@ -131,23 +139,38 @@ class ChatHandlers:
                 yield text, {"stats": run.stats(), "frames": [caption for _, caption in run.seen()],
                              "timeline": timeline.subtitles(cues)}
 
+def grounded_image(answer: str, history: list[dict], folder: Path) -> str | None:
+    """The last image of the question with the answer's grounding boxes drawn on it (DeepSeek-VL2's
+    `<|ref|>…<|det|>[[x1,y1,x2,y2]]` output), saved in `folder`; None when there is nothing to draw."""
+    boxes = parse_grounding(answer)
+    images = [path for path in history_files(last_user(history)) if media_kind(path) == "image"]
+    if not boxes or not images:
+        return None
+    with Image.open(images[-1]) as image:
+        path = folder / f"grounding_{uuid.uuid4().hex[:8]}.png"
+        draw_boxes(image, boxes).save(path)
+    return str(path)
+
+
 def timeline_outputs(cues: list[timeline.Cue], video: str | None, show_subtitles: bool, folder):
     """Player (with subtitles when asked), the cue list, the cues for seeking, and the SRT/VTT/JSON files."""
     player = gr.Video(value=video, visible=video is not None, playback_position=0,
                       subtitles=timeline.subtitles(cues) if show_subtitles and cues else None)
-    rows = [[f"{timeline.format_clock(cue.start)}–{timeline.format_clock(cue.end)}", cue.text] for cue in cues]
+    labels = [f"{timeline.format_clock(cue.start)}–{timeline.format_clock(cue.end)} · {cue.text}" for cue in cues]
     files = []
     if cues:
         for suffix, render in (("srt", timeline.to_srt), ("vtt", timeline.to_vtt), ("json", timeline.to_json)):
             path = folder / f"answer.{suffix}"
             path.write_text(render(cues), encoding="utf-8")
             files.append(str(path))
-    return (player, gr.Dataset(samples=rows, visible=bool(rows)), [cue.__dict__ for cue in cues],
+    return (player, gr.Radio(choices=labels, value=None, visible=bool(labels)), [cue.__dict__ for cue in cues],
             gr.File(value=files or None, visible=bool(files)))
 
 
-def seek(index: int, cues: list[dict]):
+def seek(index: int | None, cues: list[dict]):
     """Jump the player to the clicked cue."""
+    if index is None or index >= len(cues):
+        return gr.skip()
     return gr.Video(playback_position=float(cues[index]["start"]))
 
 

@@ -63,7 +63,7 @@ class CompareHandlers:
         """Stream the comparison into the columns; blind mode shuffles the order and hides the names."""
         models = chosen_models(models)
         order = random.sample(models, len(models)) if blind else models
-        names = [f"Model {LETTERS[i]}" if blind else model for i, model in enumerate(order)]
+        names = [f"Model {LETTERS[i]}" if blind else self.backend.label(model) for i, model in enumerate(order)]
         columns = [gr.Column(visible=position < len(order)) for position in range(MAX_MODELS)]
         state = {"models": order, "prompt": (message or {}).get("text", ""), "voted": False}
         cleared = []
@@ -93,7 +93,8 @@ class CompareHandlers:
         models = state["models"]
         winner = None if choice == TIE else models[LETTERS.index(choice)]
         self.backend.record_vote({"prompt": state["prompt"], "models": models, "choice": choice, "winner": winner})
-        headers = [f"### {LETTERS[i]}: {model}" + (" ✓" if model == winner else "") for i, model in enumerate(models)]
+        headers = [f"### {LETTERS[i]}: {self.backend.label(model)}" + (" ✓" if model == winner else "")
+                   for i, model in enumerate(models)]
         headers += [gr.skip()] * (MAX_MODELS - len(models))
         return (*headers, {**state, "voted": True}, f"Vote recorded: {winner or 'tie'}.")
 
