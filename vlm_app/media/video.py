@@ -98,15 +98,19 @@ def _load_file(path: str, label: str, policy: SamplingPolicy, options: dict, lim
         raise LimitError(f"{len(indices)} frames requested, over the {limits.max_sampled_frames} limit; lower "
                          "fps/nframes or raise Limits.max_sampled_frames")
     size = output_size(metadata.height, metadata.width, len(indices), policy, options)
-    decoded = {}
-    for index, seconds, image in decode_frames(path, metadata, sorted(set(indices)), backend, limits, deadline):
-        decoded[index] = (seconds, resize_frame(image, size))
-    if not decoded:
+    frames = torch.empty((len(indices), 3, *size), dtype=torch.uint8)  # filled in place: no second copy
+    positions = {}
+    for position, index in enumerate(indices):
+        positions.setdefault(index, []).append(position)
+    times = {}
+    for index, seconds, image in decode_frames(path, metadata, sorted(positions), backend, limits, deadline):
+        frames[positions[index]] = resize_frame(image, size)
+        times[index] = seconds
+    if not times:
         raise DecodeError(f"{label} contains no decodable video frames (truncated or corrupt); re-export it")
-    indices, notes = _fill_missing(indices, decoded, metadata, notes)
-    return SampledVideo(frames=torch.stack([decoded[index][1] for index in indices]), frames_indices=indices,
-                        timestamps=[decoded[index][0] for index in indices], sample_fps=fps_sampled,
-                        metadata=metadata, backend=backend, policy=policy, notes=notes)
+    indices, notes = _fill_missing(indices, frames, times, metadata, notes)
+    return SampledVideo(frames=frames, frames_indices=indices, timestamps=[times[index] for index in indices],
+                        sample_fps=fps_sampled, metadata=metadata, backend=backend, policy=policy, notes=notes)
 
 
 def choose_frames(metadata: VideoMetadata, policy: SamplingPolicy, options: dict) -> tuple[list[int], float, list[str]]:
@@ -178,14 +182,18 @@ def resize_frame(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized[0].clamp_(0, 255).round_().to(torch.uint8)
 
 
-def _fill_missing(indices, decoded, metadata, notes):
-    """A truncated file can end before the frames its index promised: reuse the last decoded frame."""
-    last_decoded = max(decoded)
-    if all(index in decoded for index in indices):
+def _fill_missing(indices, frames, times, metadata, notes):
+    """A truncated file can end before the frames its index promised: repeat the last decoded frame."""
+    last_decoded = max(times)
+    if all(index in times for index in indices):
         return indices, notes
+    source = frames[indices.index(last_decoded)]
+    for position, index in enumerate(indices):
+        if index not in times:
+            frames[position] = source
     notes = notes + [f"decoding stopped at frame {last_decoded} of {metadata.num_frames} (truncated or corrupt "
                      "file); later samples repeat that frame"]
-    return [index if index in decoded else last_decoded for index in indices], notes
+    return [index if index in times else last_decoded for index in indices], notes
 
 
 def _load_frame_list(frames, policy: SamplingPolicy, options: dict, limits: Limits) -> SampledVideo:
