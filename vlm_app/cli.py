@@ -225,8 +225,9 @@ def _run_bench_adapter(args: argparse.Namespace) -> int:
 
 def _add_bench_model(benches) -> None:
     parser = benches.add_parser("model", help="prefill/decode speed and peak memory of a real-size model")
-    parser.add_argument("--family", required=True, choices=["qwen2_5_vl", "smolvlm2"])
-    parser.add_argument("--size", required=True, help="e.g. 256m, 500m, 2.2b (SmolVLM2); 3b, 7b, 32b, 72b (Qwen)")
+    parser.add_argument("--family", required=True, choices=["qwen2_5_vl", "smolvlm2", "deepseek_vl2"])
+    parser.add_argument("--size", required=True,
+                        help="256m, 500m, 2.2b (SmolVLM2); 3b, 7b, 32b, 72b (Qwen); tiny, small, base (DeepSeek-VL2)")
     parser.add_argument("--random-weights", action="store_true", required=True,
                         help="build from the published config with random weights (no download)")
     parser.add_argument("--device", default="auto")

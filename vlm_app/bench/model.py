@@ -15,8 +15,12 @@ import time
 import torch
 
 from vlm_app.errors import OptionsError
+from vlm_app.testing.tiny_deepseek_vl2 import MHA_ATTENTION, NOAUX_ROUTER, SOFTMAX_ROUTER
 
-# Transcribed from the published config.json files (architecture fields only).
+# Transcribed from the published config.json files (architecture fields only); not in our reference sheets, so
+# checked instead by parameter count against the model cards (tests/test_adapters_bench_model.py): Qwen2.5-VL
+# 3.75B / 8.29B / 33.5B / 73.4B, SmolVLM2 256M / 507M / 2.25B. transformers' Qwen2_5_VLConfig defaults are the
+# 72B text and the shared vision tower (but tokens_per_second 4: the released files say 2).
 QWEN2_5_VL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
                          spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                          fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2, hidden_act="silu")
@@ -32,19 +36,41 @@ QWEN2_5_VL_TEXT = {
 }
 SMOLVLM2 = {
     "256m": dict(text=dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                           num_key_value_heads=3, head_dim=64),
+                           num_key_value_heads=3, head_dim=64, rope_theta=1e5, max_position_embeddings=8192),
                  vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                              image_size=512, patch_size=16), scale_factor=4),
     "500m": dict(text=dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
-                           num_key_value_heads=5, head_dim=64),
+                           num_key_value_heads=5, head_dim=64, rope_theta=1e5, max_position_embeddings=8192),
                  vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                              image_size=512, patch_size=16), scale_factor=4),
+    # the 1.7B backbone was stretched to a 16k context with a larger RoPE base (third-party transcription of the
+    # SmolVLM 2.2B text config; unverified against the SmolVLM2 hub file)
     "2.2b": dict(text=dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
-                           num_key_value_heads=32, head_dim=64),
+                           num_key_value_heads=32, head_dim=64, rope_theta=273768.0, max_position_embeddings=16384),
                  vision=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                              image_size=384, patch_size=14), scale_factor=3),
 }
 SMOLVLM2_VOCAB = 49280
+
+# deepseek-ai/deepseek-vl2-tiny / -small / deepseek-vl2: the per-size table of the shared DeepSeek-VL2 fact sheet
+# (reference/deepseek_vl2.md §1.3, transcribed by third parties from the released config.json files). Small's
+# vocab is the V2 tokenizer's 102400 (the paper); with it the parameter count matches the published 16.1B.
+DEEPSEEK_VL2_VISION = dict(model_name="siglip_so400m_patch14_384", image_size=384, patch_size=14, width=1152,
+                           layers=27, heads=16, mlp_ratio=3.7362)
+DEEPSEEK_VL2_MLA = dict(kv_lora_rank=512, q_lora_rank=None, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
+DEEPSEEK_VL2_MOE = dict(n_shared_experts=2, num_experts_per_tok=6, first_k_dense_replace=1, moe_layer_freq=1,
+                        n_group=1, topk_group=1, max_position_embeddings=4096)
+DEEPSEEK_VL2 = {
+    "tiny": dict(hidden_size=1280, intermediate_size=6848, moe_intermediate_size=896, num_hidden_layers=12,
+                 num_attention_heads=10, num_key_value_heads=10, n_routed_experts=64, vocab_size=129280,
+                 **MHA_ATTENTION, **SOFTMAX_ROUTER),
+    "small": dict(hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408, num_hidden_layers=27,
+                  num_attention_heads=16, num_key_value_heads=16, n_routed_experts=64, vocab_size=102400,
+                  **DEEPSEEK_VL2_MLA, **SOFTMAX_ROUTER),
+    "base": dict(hidden_size=2560, intermediate_size=12288, moe_intermediate_size=1536, num_hidden_layers=30,
+                 num_attention_heads=32, num_key_value_heads=32, n_routed_experts=72, vocab_size=129280,
+                 **DEEPSEEK_VL2_MLA, **NOAUX_ROUTER),
+}
 
 
 def _qwen(size: str):
@@ -80,13 +106,29 @@ def _smolvlm2(size: str):
     ids = processor.tokenizer.convert_tokens_to_ids
     config = SmolVLMConfig(
         vision_config=vision, scale_factor=spec["scale_factor"], image_token_id=ids("<image>"),
-        text_config=dict(model_type="llama", vocab_size=SMOLVLM2_VOCAB, rope_theta=1e5, max_position_embeddings=8192,
-                         rms_norm_eps=1e-5, eos_token_id=ids("<end_of_utterance>"), pad_token_id=ids("<|im_end|>"),
+        text_config=dict(model_type="llama", vocab_size=SMOLVLM2_VOCAB, rms_norm_eps=1e-5,
+                         eos_token_id=ids("<end_of_utterance>"), pad_token_id=ids("<|im_end|>"),
                          tie_word_embeddings=False, **spec["text"]))
     return SmolVLMForConditionalGeneration, config, processor, SmolVLM2Adapter
 
 
-FAMILIES = {"qwen2_5_vl": (_qwen, QWEN2_5_VL_TEXT), "smolvlm2": (_smolvlm2, SMOLVLM2)}
+def _deepseek_vl2(size: str):
+    from vlm_app.adapters.deepseek_vl2 import DeepseekVL2Adapter
+    from vlm_app.models.deepseek_vl2 import DeepseekVLV2Config, DeepseekVLV2ForCausalLM
+    from vlm_app.testing.tiny_deepseek_vl2 import deepseek_vl2_processor
+
+    spec = DEEPSEEK_VL2[size]
+    processor = deepseek_vl2_processor()
+    tokenizer = processor.tokenizer
+    config = DeepseekVLV2Config(
+        vision_config=DEEPSEEK_VL2_VISION, projector_config={"n_embed": spec["hidden_size"]},
+        language_config={**spec, **DEEPSEEK_VL2_MOE, "bos_token_id": tokenizer.bos_token_id,
+                         "eos_token_id": tokenizer.eos_token_id})
+    return DeepseekVLV2ForCausalLM, config, processor, DeepseekVL2Adapter
+
+
+FAMILIES = {"qwen2_5_vl": (_qwen, QWEN2_5_VL_TEXT), "smolvlm2": (_smolvlm2, SMOLVLM2),
+            "deepseek_vl2": (_deepseek_vl2, DEEPSEEK_VL2)}
 
 
 def _available_bytes(device: str) -> int:
@@ -122,7 +164,7 @@ def run_model_benchmark(args) -> int:
     if needed * 1.2 > available:
         raise OptionsError(f"{args.family}-{size} needs about {needed / 2**30:.1f} GiB for weights in {dtype} but "
                            f"only {available / 2**30:.1f} GiB is free on {device}; use a smaller --size, "
-                           "--dtype bf16, or a bigger machine")
+                           "--dtype bf16, or a machine with more (GPU) memory")
     started = time.perf_counter()
     torch.manual_seed(0)
     with torch.device(device):

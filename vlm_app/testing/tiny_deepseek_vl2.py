@@ -22,13 +22,15 @@ SPECIAL_TOKENS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
                   "<|det|>", "<|/det|>", "<|grounding|>", "<|User|>", "<|Assistant|>"]
 PADDED_VOCAB = 1088  # embedding rows: room for the BPE and the specials, a multiple of 64
 
-_MHA = {"use_mla": False, "kv_lora_rank": None, "q_lora_rank": None, "qk_nope_head_dim": 0, "qk_rope_head_dim": 0,
-        "v_head_dim": 0}
+# The attention and router fields of each released variant (the real-size configs in bench/model.py share them).
+MHA_ATTENTION = {"use_mla": False, "kv_lora_rank": None, "q_lora_rank": None, "qk_nope_head_dim": 0,
+                 "qk_rope_head_dim": 0, "v_head_dim": 0}
+SOFTMAX_ROUTER = {"topk_method": "greedy"}
+NOAUX_ROUTER = {"topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
+                "routed_scaling_factor": 2.0}
 _MLA = {"kv_lora_rank": 32, "q_lora_rank": None, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16}
-_SOFTMAX = {"topk_method": "greedy"}
-_NOAUX = {"topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
-          "routed_scaling_factor": 2.0}
-VARIANTS = {"tiny": {**_MHA, **_SOFTMAX}, "small": {**_MLA, **_SOFTMAX}, "base": {**_MLA, **_NOAUX}}
+VARIANTS = {"tiny": {**MHA_ATTENTION, **SOFTMAX_ROUTER}, "small": {**_MLA, **SOFTMAX_ROUTER},
+            "base": {**_MLA, **NOAUX_ROUTER}}
 
 
 def tiny_language_config(variant: str) -> dict:
@@ -40,6 +42,13 @@ def tiny_language_config(variant: str) -> dict:
             "num_experts_per_tok": 3, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1,
             "max_position_embeddings": 4096, "bos_token_id": 0, "eos_token_id": 1, "lm_head": True,
             "rm_head": False, **VARIANTS[variant]}
+
+
+def deepseek_vl2_processor():
+    """The processor of every tiny checkpoint: our small BPE with the real special tokens."""
+    from vlm_app.models.deepseek_vl2 import DeepseekVLV2Processor
+
+    return DeepseekVLV2Processor(_tokenizer())
 
 
 def _tokenizer():
@@ -72,7 +81,7 @@ def _fill_random(model: torch.nn.Module, seed: int) -> None:
 
 def build_tiny_deepseek_vl2(out_dir: str | Path, variant: str = "tiny", seed: int = 0) -> Path:
     """Write a tiny DeepSeek-VL2 checkpoint (config, safetensors, tokenizer, processor config) to `out_dir`."""
-    from vlm_app.models.deepseek_vl2 import DeepseekVLV2Config, DeepseekVLV2ForCausalLM, DeepseekVLV2Processor
+    from vlm_app.models.deepseek_vl2 import DeepseekVLV2Config, DeepseekVLV2ForCausalLM
 
     out_dir = Path(out_dir)
     config = DeepseekVLV2Config(
@@ -85,5 +94,5 @@ def build_tiny_deepseek_vl2(out_dir: str | Path, variant: str = "tiny", seed: in
     _fill_random(model, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
-    DeepseekVLV2Processor(_tokenizer()).save_pretrained(out_dir)
+    deepseek_vl2_processor().save_pretrained(out_dir)
     return out_dir

@@ -1,0 +1,46 @@
+"""The real-size configurations of `bench model`: counted on the meta device (nothing allocated) against the
+parameter totals the model cards publish, so a wrong transcribed number shows up here, not on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import DeepseekOcr2TextConfig, DeepseekV2Config, DeepseekV3Config
+
+from vlm_app.bench.model import FAMILIES, _count_parameters
+from vlm_app.cli import main
+
+PUBLISHED = {  # model-card totals
+    ("qwen2_5_vl", "3b"): 3.75e9, ("qwen2_5_vl", "7b"): 8.29e9, ("qwen2_5_vl", "32b"): 33.5e9,
+    ("qwen2_5_vl", "72b"): 73.4e9,
+    ("smolvlm2", "256m"): 0.256e9, ("smolvlm2", "500m"): 0.507e9, ("smolvlm2", "2.2b"): 2.25e9,
+    ("deepseek_vl2", "tiny"): 3.37e9, ("deepseek_vl2", "small"): 16.1e9, ("deepseek_vl2", "base"): 27.5e9,
+}
+
+
+def test_every_size_has_a_published_total():
+    assert {(family, size) for family, (_, sizes) in FAMILIES.items() for size in sizes} == set(PUBLISHED)
+
+
+@pytest.mark.parametrize("family, size", sorted(PUBLISHED))
+def test_parameter_count_matches_the_model_card(family, size):
+    build, _ = FAMILIES[family]
+    model_class, config, _, _ = build(size)
+    assert _count_parameters(model_class, config) == pytest.approx(PUBLISHED[family, size], rel=0.01)
+
+
+@pytest.mark.parametrize("size, language_class, experts", [("tiny", DeepseekOcr2TextConfig, 64),
+                                                           ("small", DeepseekV2Config, 64),
+                                                           ("base", DeepseekV3Config, 72)])
+def test_deepseek_sizes_take_their_language_model_code_path(size, language_class, experts):
+    _, config, processor, _ = FAMILIES["deepseek_vl2"][0](size)
+    assert type(config.text_config) is language_class and config.text_config.n_routed_experts == experts
+    assert config.language_config["max_position_embeddings"] == 4096
+    assert config.projector_config["n_embed"] == config.language_config["hidden_size"]
+    assert config.language_config["eos_token_id"] == processor.tokenizer.eos_token_id
+
+
+def test_too_big_for_this_machine_is_refused_before_allocating(capsys):
+    # 27.5B parameters in fp32 are ~100 GiB: more than this (or any CI) machine has free
+    assert main(["bench", "model", "--family", "deepseek_vl2", "--size", "base", "--random-weights",
+                 "--device", "cpu", "--dtype", "fp32"]) == 2
+    assert "deepseek_vl2-base needs about 102.4 GiB for weights" in capsys.readouterr().err
