@@ -102,3 +102,41 @@ def test_chat_streams_stops_and_compare_shows_both_models(page, ui_server, ui_cl
     assert headers == [Path(model).name for model in ui_server.models]  # not blind: named, in order
     page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
 
+
+
+def test_timeline_cue_click_seeks_and_shows_subtitles(tiny_checkpoints, ui_clip, monkeypatch, tmp_path):
+    """Random-weight tiny models never write timestamps, so the answer's cues are pinned here; everything else
+    (the real answer, the player, the cue list, seeking, subtitle track and files) runs as in the app."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from vlm_app.ui import chat, timeline
+    from vlm_app.ui.app import create_app, launch_options
+
+    cues = timeline.find_cues("00:00 - 00:01: a red square enters\n00:01.5 it leaves", duration=2.0)
+    monkeypatch.setattr(chat.timeline, "find_cues", lambda text, duration=None: cues)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    demo, backend = create_app([str(tiny_checkpoints["smolvlm2"])], votes_path=str(tmp_path / "votes.jsonl"),
+                               device="cpu")
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(backend, "127.0.0.1", None,
+                                                                                    False))
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 950})
+            page.goto(url)
+            page.wait_for_selector("#chat-input textarea")
+            set_max_new_tokens(page, 8)
+            ask(page, "chat-input", ui_clip, "List the events with times.")
+            expect(page.locator("#cues")).to_contain_text("00:01–00:02 · it leaves", timeout=60_000)
+            expect(page.locator("#player video")).to_have_count(1)
+            assert page.locator("#player track").count() == 1  # the answer as a subtitle track
+            page.locator("#cues label", has_text="it leaves").click()
+            wait_for(lambda: page.evaluate("document.querySelector('#player video').currentTime") == 1.5, 10,
+                     "the player to jump to 1.5 s")
+            for suffix in (".srt", ".vtt", ".json"):  # the file list renders name and suffix apart
+                expect(page.locator("#downloads")).to_contain_text(suffix)
+            page.screenshot(path=str(SCREENSHOTS / "timeline.png"))
+            browser.close()
+    finally:
+        demo.close()
+        backend.close()

@@ -99,7 +99,7 @@ def test_respond_streams_then_fills_gallery_stats_and_timeline(backend, ui_clip)
     assert shown[-1]["role"] == "assistant" and shown[-1]["content"].strip()
     assert gallery and all(caption.startswith("#1 frame") for _, caption in gallery)
     assert "| new tokens | 6 |" in stats and "| stopped | False |" in stats
-    assert player.visible and files is not None
+    assert player.value["path"].endswith("clip.mp4") and files is not None
     assert isinstance(cue_state, list)
 
 

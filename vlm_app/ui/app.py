@@ -88,6 +88,12 @@ def _model_panel(backend: Backend):
     return model, table, memory, status
 
 
+def cleared_chat():
+    """Empty conversation, gallery, stats and timeline (made per call: building components inside the layout
+    would render them)."""
+    return [], [], "", gr.Video(value=None), gr.Radio(choices=[], visible=False), [], gr.File(value=None, visible=False)
+
+
 def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.Blocks:
     templates = load_templates() if templates is None else templates
     chat, compare = ChatHandlers(backend), CompareHandlers(backend)
@@ -114,12 +120,13 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
                             regenerate = gr.Button("Regenerate", elem_id="regenerate")
                             clear = gr.Button("Clear", elem_id="clear")
                     with gr.Column(scale=2):
-                        with gr.Tab("What it saw"):
+                        # accordions, not nested tabs: Gradio 6.31 drops updates to a video in an unmounted inner tab
+                        with gr.Accordion("What it saw", open=True):
                             stats = gr.Markdown(elem_id="chat-stats")
                             seen = gr.Gallery(label="frames shown to the model", columns=4, height=300,
                                               elem_id="seen")
-                        with gr.Tab("Timeline"):
-                            player = gr.Video(label="video", visible=False, interactive=False, elem_id="player")
+                        with gr.Accordion("Timeline", open=True):
+                            player = gr.Video(label="video", interactive=False, elem_id="player")
                             show_subtitles = gr.Checkbox(label="show the answer as subtitles", value=True)
                             cues = gr.Radio([], type="index", visible=False, elem_id="cues",
                                             label="timestamps in the answer (click one to jump there)")
@@ -172,8 +179,6 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
         chat_outputs = [chatbot, seen, stats, player, cues, cue_state, downloads]
         respond = {"fn": chat.respond, "inputs": [chatbot, model, show_subtitles, *settings],
                    "outputs": chat_outputs, **PRIVATE, **GPU}
-        cleared = ([], [], "", gr.Video(value=None, visible=False), gr.Radio(choices=[], visible=False), [],
-                   gr.File(value=None, visible=False))
         textbox.submit(chat.add_turn, [textbox, urls, chatbot], [textbox, urls, chatbot], **PRIVATE,
                        concurrency_limit=4).success(**respond).then(status, None, [table, memory], **PRIVATE)
         regenerate.click(chat.for_regenerate, chatbot, chatbot, queue=False, **PRIVATE).then(**respond)
@@ -181,7 +186,7 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
         chatbot.edit(chat.for_edit, chatbot, chatbot, queue=False, **PRIVATE).then(**respond)
         chatbot.undo(chat.for_undo, chatbot, chatbot, queue=False, **PRIVATE)
         for trigger in (clear.click, chatbot.clear):
-            trigger(chat.stop, None, None, queue=False, **PRIVATE).then(lambda: cleared, None, chat_outputs,
+            trigger(chat.stop, None, None, queue=False, **PRIVATE).then(cleared_chat, None, chat_outputs,
                                                                         queue=False, **PRIVATE)
         stop.click(chat.stop, None, None, queue=False, **PRIVATE)
         cues.select(seek, [cues, cue_state], player, queue=False, **PRIVATE)

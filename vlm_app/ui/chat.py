@@ -154,7 +154,7 @@ def grounded_image(answer: str, history: list[dict], folder: Path) -> str | None
 
 def timeline_outputs(cues: list[timeline.Cue], video: str | None, show_subtitles: bool, folder):
     """Player (with subtitles when asked), the cue list, the cues for seeking, and the SRT/VTT/JSON files."""
-    player = gr.Video(value=video, visible=video is not None, playback_position=0,
+    player = gr.Video(value=video, playback_position=0,
                       subtitles=timeline.subtitles(cues) if show_subtitles and cues else None)
     labels = [f"{timeline.format_clock(cue.start)}–{timeline.format_clock(cue.end)} · {cue.text}" for cue in cues]
     files = []
