@@ -7,6 +7,8 @@ as it is decoded, and decoding stops after the last wanted frame.
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -24,6 +26,7 @@ from vlm_app.media.sources import local_file
 
 OPTION_NAMES = ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
                 "resized_height", "resized_width", "video_start", "video_end", "backend")
+RESIZE_QUEUE = 4  # decoded frames waiting for the resize thread
 FRAME_LIST_IGNORED = ("nframes", "min_frames", "max_frames", "video_start", "video_end", "backend")
 
 
@@ -103,9 +106,17 @@ def _load_file(path: str, label: str, policy: SamplingPolicy, options: dict, lim
     for position, index in enumerate(indices):
         positions.setdefault(index, []).append(position)
     times = {}
-    for index, seconds, image in decode_frames(path, metadata, sorted(positions), backend, limits, deadline):
-        frames[positions[index]] = resize_frame(image, size)
-        times[index] = seconds
+    # One resize thread with one torch thread, overlapping the decode: torch's OpenMP pool spinning against
+    # FFmpeg's decode threads costs more than a parallel resize gains. A short queue bounds the native frames held.
+    with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,)) as resizer:
+        pending = deque()
+        for index, seconds, image in decode_frames(path, metadata, sorted(positions), backend, limits, deadline):
+            pending.append(resizer.submit(_resize_into, frames, positions[index], image, size))
+            times[index] = seconds
+            if len(pending) > RESIZE_QUEUE:
+                pending.popleft().result()
+        for future in pending:
+            future.result()
     if not times:
         raise DecodeError(f"{label} contains no decodable video frames (truncated or corrupt); re-export it")
     indices, notes = _fill_missing(indices, frames, times, metadata, notes)
@@ -171,6 +182,10 @@ def output_size(height: int, width: int, nframes: int, policy: SamplingPolicy, o
                                            policy.max_tokens_per_frame, policy.frame_factor,
                                            options.get("max_pixels", policy.max_pixels))
     return sampling.smart_resize(height, width, policy.factor, min_pixels, max_pixels)
+
+
+def _resize_into(frames: torch.Tensor, positions: list[int], image: torch.Tensor, size: tuple[int, int]) -> None:
+    frames[positions] = resize_frame(image, size)
 
 
 def resize_frame(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
