@@ -13,7 +13,7 @@ def ray_local():
     """A local Ray shared by every Ray test; the engine reuses a connected Ray instead of starting its own."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
     yield ray
     ray.shutdown()
 

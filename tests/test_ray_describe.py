@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -75,18 +76,23 @@ def test_resume_finishes_an_interrupted_run(ray_run, ray_videos, tiny_checkpoint
         {source: record["answer"] for source, record in read_jsonl(ray_run).items() if source not in kept}
 
 
-def test_parquet_output_from_a_list_file(ray_local, ray_videos, tiny_checkpoints, ray_run, tmp_path):
-    listed = [str(ray_videos / "clip0.mp4"), str(ray_videos / "broken.mp4")]
+def test_parquet_output_from_a_list_file_with_relative_paths(ray_local, ray_videos, tiny_checkpoints, ray_run,
+                                                             tmp_path, monkeypatch):
+    """Ray workers do not share the driver's working directory: relative paths must still work, and the records
+    keep the names as given."""
+    monkeypatch.chdir(ray_videos.parent)
+    listed = [f"{ray_videos.name}/clip0.mp4", f"{ray_videos.name}/broken.mp4"]
     list_file = tmp_path / "videos.txt"
     list_file.write_text("# two videos\n" + "\n".join(listed) + "\n\n")
     out = tmp_path / "results.parquet"
-    assert ray_describe(list_file, tiny_checkpoints["smolvlm2"], out) == 0
+    model = os.path.relpath(tiny_checkpoints["smolvlm2"])
+    assert ray_describe(list_file, model, out) == 0
     rows = {row["source"]: row for row in distributed.read_parquet_records(out)}
-    expected = read_jsonl(ray_run)
+    expected = read_jsonl(ray_run)[str(ray_videos / "clip0.mp4")]
     assert set(rows) == set(listed)
-    assert rows[listed[0]]["answer"] == expected[listed[0]]["answer"]
-    assert json.loads(rows[listed[0]]["timings"])["new_tokens"] == expected[listed[0]]["timings"]["new_tokens"]
-    assert rows[listed[1]]["error"] == expected[listed[1]]["error"]
+    assert rows[listed[0]]["answer"] == expected["answer"] and rows[listed[0]]["model"] == model
+    assert json.loads(rows[listed[0]]["timings"])["new_tokens"] == expected["timings"]["new_tokens"]
+    assert "broken.mp4 is not a readable video" in rows[listed[1]]["error"]
 
 
 def test_without_ray_says_how_to_install(ray_videos, tiny_checkpoints, tmp_path, monkeypatch, capsys):

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vlm_app.describer import build_record, describe_video, done_sources, find_videos
@@ -32,11 +32,18 @@ PARQUET_PART_ROWS = 64  # records per Parquet part file: a crash loses at most t
 class Job:
     """What every worker needs to know, shipped to each actor once."""
 
-    model: str
+    model: str  # as the user named it; records carry this name
     model_options: dict = field(default_factory=dict)  # load_adapter keywords: device, dtype, attn, ...
     prompt: str = "Describe this video."
     sampling: dict = field(default_factory=dict)
     generation: dict = field(default_factory=dict)
+    model_location: str = ""  # set by the driver: a local folder as an absolute path, else the name
+
+    def located(self) -> Job:
+        """This job with `model_location` filled in; call it on the driver, whose working directory the workers
+        do not share."""
+        location = os.path.abspath(self.model) if os.path.isdir(self.model) else self.model
+        return replace(self, model_location=location)
 
 
 @dataclass(frozen=True)
@@ -77,14 +84,14 @@ class Decoder:
         from vlm_app.adapters import registry
         from vlm_app.runtime import locate
 
-        ref = registry.resolve(job.model)
+        ref = registry.resolve(job.model_location)
         path, _ = locate(ref, job.model_options.get("revision"))
         adapter_class = registry.adapter_class(ref.family)
         self.sampler = adapter_class(None, adapter_class.load_processor(path), None)
         self.job = job
 
     def __call__(self, row: dict) -> dict:
-        messages = conversation(self.job.prompt, video=row["source"])
+        messages = conversation(self.job.prompt, video=row["location"])
         try:
             video = self.sampler.load_media(messages, self.job.sampling)[0]
         except VlmAppError as error:
@@ -99,7 +106,8 @@ class Describer:
     def __init__(self, job: Job):
         from vlm_app.runtime import load_adapter
 
-        self.adapter = load_adapter(job.model, **job.model_options)
+        self.adapter = load_adapter(job.model_location, **job.model_options)
+        self.adapter.info.model_id = job.model
         self.job = job
 
     def __call__(self, row: dict) -> dict:
@@ -142,7 +150,7 @@ def connected(ray, cluster: Cluster):
     quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if cluster.address is None:
         wanted = (cluster.decode_workers or 1) + cluster.model_replicas
-        ray.init(num_cpus=max(os.cpu_count() or 1, wanted), **quiet)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, wanted), **quiet)  # never a running cluster
     else:
         try:
             ray.init(address=cluster.address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
@@ -164,11 +172,17 @@ def build_dataset(ray, sources: list[str], job: Job, cluster: Cluster):
     context.enable_operator_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-run plan and progress lines
     decode_workers = cluster.decode_workers or default_decode_workers(ray, cluster)
-    dataset = ray.data.from_items([{"source": source} for source in sources], override_num_blocks=len(sources))
+    rows = [{"source": source, "location": _location(source)} for source in sources]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(sources))
     dataset = dataset.map(Decoder, fn_constructor_args=(job,), num_cpus=1,
                           compute=ActorPoolStrategy(size=decode_workers))
     return dataset.map(Describer, fn_constructor_args=(job,), num_cpus=1, num_gpus=cluster.gpus_per_replica or None,
                        compute=ActorPoolStrategy(size=cluster.model_replicas))
+
+
+def _location(source: str) -> str:
+    """Where any node finds a source: local files by absolute path (shared storage), URLs as they are."""
+    return os.path.abspath(source) if os.path.exists(source) else source
 
 
 def default_decode_workers(ray, cluster: Cluster) -> int:
@@ -214,6 +228,7 @@ def describe_on_ray(source: str | Path, out: str | Path, job: Job, cluster: Clus
     if not todo:
         return []
     _check_model(job)
+    job = job.located()
     records = []
     with connected(ray, cluster), tqdm(total=len(todo), desc="describe (ray)", unit="video", disable=not progress,
                                         file=sys.stderr) as bar:

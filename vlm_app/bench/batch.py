@@ -72,6 +72,9 @@ def run_batch_benchmark(videos: int = 12, seconds: int = 4, max_new_tokens: int 
           f"(actors import torch and load the processor/model), then {after_first:.2f} videos/s")
     print(f"throughput ray/sequential: {sequential_s / ray_s:.2f}x end to end, "
           f"{after_first / (videos / sequential_s):.2f}x after the first record (decoding ran ahead during start-up)")
+    ray_generation = sum(record["timings"]["prefill_s"] + record["timings"]["decode_s"] for record in records)
+    print(f"  ray model replica: generation {ray_generation / videos * 1e3:.1f} ms/video (torch threads there: Ray "
+          "sets one per reserved CPU)")
     same = sum(answers.get(record["source"]) == record["answer"] for record in records)
     print(f"answers equal to the sequential ones: {same}/{videos}")
     return 0
