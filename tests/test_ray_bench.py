@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-from ray_fixtures import ray_local  # noqa: F401  (session fixture)
 from vlm_app.cli import main
 
 

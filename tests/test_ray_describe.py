@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from ray_fixtures import ray_local, ray_videos  # noqa: F401  (session fixtures)
 from vlm_app import distributed
 from vlm_app.cli import main
 from vlm_app.describer import DEFAULT_PROMPT, describe_video

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vlm_app.describer import build_record, describe_video, done_sources, find_videos
-from vlm_app.errors import ModelLoadError, OptionsError, SourceError, VlmAppError
+from vlm_app.errors import OptionsError, SourceError, VlmAppError
 from vlm_app.messages import conversation
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install -e ".[ray]"  (or: pip install "ray[data]>=2.40" pyarrow)'
@@ -205,17 +205,16 @@ def run_ray_describe_command(args, model_options: dict, sampling: dict, generati
     cluster = Cluster(address=args.address, decode_workers=args.decode_workers, model_replicas=args.model_replicas,
                       gpus_per_replica=args.gpus_per_replica)
     emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
-    records = describe_on_ray(args.source, args.out, job, cluster, resume=args.resume, emit=emit)
-    failed = sum(record["error"] is not None for record in records)
-    print(f"described {len(records) - failed} video(s), {failed} failed; results in {args.out}", file=sys.stderr)
+    described, failed = describe_on_ray(args.source, args.out, job, cluster, resume=args.resume, emit=emit)
+    print(f"described {described} video(s), {failed} failed; results in {args.out}", file=sys.stderr)
     return 0
 
 
 def describe_on_ray(source: str | Path, out: str | Path, job: Job, cluster: Cluster | None = None,
-                    resume: bool = False, progress: bool = True, emit=None) -> list[dict]:
+                    resume: bool = False, progress: bool = True, emit=None) -> tuple[int, int]:
     """Describe every video of `source` (folder or list file) into `out` (.jsonl, or .parquet: a folder of parts),
-    writing records as they complete. With `resume`, videos already in `out` are skipped. Returns this run's
-    records, in completion order."""
+    writing records as they complete (and passing each to `emit`). With `resume`, videos already in `out` are
+    skipped. Returns how many videos this run described and how many of those failed."""
     from tqdm import tqdm
 
     ray = import_ray()
@@ -226,24 +225,26 @@ def describe_on_ray(source: str | Path, out: str | Path, job: Job, cluster: Clus
     skip = writer.done() if resume else set()
     todo = [s for s in sources if s not in skip]
     if not todo:
-        return []
+        return 0, 0
     _check_model(job)
     job = job.located()
-    records = []
+    described = failed = 0
     with connected(ray, cluster), tqdm(total=len(todo), desc="describe (ray)", unit="video", disable=not progress,
                                         file=sys.stderr) as bar:
         try:
             for row in build_dataset(ray, todo, job, cluster).iter_rows():
-                records.append(json.loads(row["record"]))
-                writer.add(records[-1])
+                record = json.loads(row["record"])
+                writer.add(record)
                 if emit is not None:
-                    emit(records[-1])
+                    emit(record)
+                described += record["error"] is None
+                failed += record["error"] is not None
                 bar.update()
         except ray.exceptions.RayError as error:
-            raise ModelLoadError(f"the Ray job failed: {_root_message(error)}") from error
+            raise VlmAppError(f"the Ray job failed: {_root_message(error)}") from error
         finally:
             writer.close()
-    return records
+    return described, failed
 
 
 def _check_model(job: Job) -> None:

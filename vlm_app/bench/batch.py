@@ -60,11 +60,11 @@ def run_batch_benchmark(videos: int = 12, seconds: int = 4, max_new_tokens: int 
         with connected(ray, Cluster()):  # a local Ray, or the one this process is already attached to
             ray_start_s = time.perf_counter() - started
             workers = default_decode_workers(ray, Cluster())
-            arrivals = []
+            arrivals, records = [], []
             job = Job(model=model, model_options={"device": "cpu"}, generation=generation)
             started = time.perf_counter()
-            records = describe_on_ray(folder, scratch / "ray.jsonl", job, Cluster(), progress=False,
-                                      emit=lambda record: arrivals.append(time.perf_counter()))
+            describe_on_ray(folder, scratch / "ray.jsonl", job, Cluster(), progress=False,
+                            emit=lambda record: (arrivals.append(time.perf_counter()), records.append(record)))
             ray_s = time.perf_counter() - started
     after_first = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else float("nan")
     print(f"ray (local, {workers} decode worker(s), 1 model replica): ray.init {ray_start_s:.2f} s; {videos} videos in "
