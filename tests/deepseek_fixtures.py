@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from media_fixtures import VideoSpec, write_video
 
 FIXTURES = Path(os.environ.get("DEEPSEEK_VL2_FIXTURES",
                                Path(__file__).resolve().parents[2] / "shared/reference/deepseek_vl2_fixtures"))
@@ -60,3 +63,10 @@ def tiny_deepseek_dirs(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("tiny_deepseek_vl2")
     return {variant: build_tiny_deepseek_vl2(root / variant, variant=variant) for variant in ("tiny", "small", "base")}
+
+
+@pytest.fixture(scope="session")
+def deepseek_long_video(tmp_path_factory) -> Path:
+    """60 s at 4 fps, 64x48: long enough that the context budget, not the 1 fps policy, decides the frames."""
+    spec = VideoSpec("deepseek_60s", fps=Fraction(4), num_frames=240, width=64, height=48)
+    return write_video(tmp_path_factory.mktemp("deepseek_video") / spec.filename, spec)

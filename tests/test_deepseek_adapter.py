@@ -3,28 +3,18 @@ prompt, the visual-token map, images, forward/generate/stream."""
 
 import math
 import re
-from fractions import Fraction
 
 import pytest
 import torch
 from PIL import Image
 
-from deepseek_fixtures import tiny_deepseek_dirs  # noqa: F401  (pytest fixture)
-from media_fixtures import VideoSpec, write_video
 from vlm_app.adapters.deepseek_vl2 import DeepseekVL2Adapter, frame_label
 from vlm_app.errors import LimitError
-
-LONG_VIDEO = VideoSpec("deepseek_60s", fps=Fraction(4), num_frames=240, width=64, height=48)
 
 
 @pytest.fixture(scope="module")
 def adapter(tiny_deepseek_dirs):
     return DeepseekVL2Adapter.load(str(tiny_deepseek_dirs["tiny"]), device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def long_video(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp("deepseek_video") / LONG_VIDEO.filename, LONG_VIDEO)
 
 
 def _video_messages(video, prompt):
@@ -33,9 +23,9 @@ def _video_messages(video, prompt):
 
 @pytest.mark.parametrize("prompt_words", [2, 150])
 @pytest.mark.parametrize("max_new_tokens", [16, 512, 1500])
-def test_frames_fill_the_context_budget(adapter, long_video, prompt_words, max_new_tokens):
+def test_frames_fill_the_context_budget(adapter, deepseek_long_video, prompt_words, max_new_tokens):
     prompt = "Describe the video. " + " ".join(["detail"] * prompt_words)
-    prepared = adapter.prepare(_video_messages(long_video, prompt), max_new_tokens=max_new_tokens)
+    prepared = adapter.prepare(_video_messages(deepseek_long_video, prompt), max_new_tokens=max_new_tokens)
     video = prepared.media[0]
     frames = len(video.frames_indices)
     total = prepared.num_tokens.total
@@ -43,11 +33,11 @@ def test_frames_fill_the_context_budget(adapter, long_video, prompt_words, max_n
     label = max(len(adapter.processor.encode(frame_label(t) + "\n", bos=False)) for t in video.timestamps)
     assert total + max_new_tokens + 421 + label + 1 > adapter.context_tokens or frames == 60  # one more would not
     assert prepared.num_tokens.visual == 421 * frames  # three or more frames: no tiling
-    assert frames == adapter.frame_budget(_video_messages(long_video, prompt), max_new_tokens)
+    assert frames == adapter.frame_budget(_video_messages(deepseek_long_video, prompt), max_new_tokens)
 
 
-def test_timestamps_in_the_prompt_are_the_frames_real_times(adapter, long_video):
-    prepared = adapter.prepare(_video_messages(long_video, "What happens?"), max_new_tokens=256)
+def test_timestamps_in_the_prompt_are_the_frames_real_times(adapter, deepseek_long_video):
+    prepared = adapter.prepare(_video_messages(deepseek_long_video, "What happens?"), max_new_tokens=256)
     video = prepared.media[0]
     shown = re.findall(r"Frame at (\d\d):(\d\d): <image>", prepared.prompt)
     assert [int(m) * 60 + int(s) for m, s in shown] == [int(t) for t in video.timestamps]
@@ -57,8 +47,8 @@ def test_timestamps_in_the_prompt_are_the_frames_real_times(adapter, long_video)
     assert frame_label(3725.2) == "Frame at 1:02:05: "
 
 
-def test_visual_map_points_to_frames_and_tiles(adapter, long_video):
-    prepared = adapter.prepare(_video_messages(long_video, "What happens?"), max_new_tokens=256)
+def test_visual_map_points_to_frames_and_tiles(adapter, deepseek_long_video):
+    prepared = adapter.prepare(_video_messages(deepseek_long_video, "What happens?"), max_new_tokens=256)
     video, vmap = prepared.media[0], prepared.visual_map
     ids = prepared.inputs["input_ids"][0]
     assert torch.equal(vmap.positions, (ids == adapter.processor.image_token_id).nonzero().flatten())
@@ -88,6 +78,6 @@ def test_image_tiles_in_the_visual_map_and_generation(adapter):
     assert streamed == generation.text
 
 
-def test_no_room_for_frames_is_a_clear_error(adapter, long_video):
+def test_no_room_for_frames_is_a_clear_error(adapter, deepseek_long_video):
     with pytest.raises(LimitError, match="no video frame fits"):
-        adapter.prepare(_video_messages(long_video, "Describe."), max_new_tokens=4000)
+        adapter.prepare(_video_messages(deepseek_long_video, "Describe."), max_new_tokens=4000)

@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from deepseek_fixtures import FIXTURES, tiny_deepseek_dirs  # noqa: F401  (pytest fixture)
+from deepseek_fixtures import FIXTURES
 from vlm_app.models.deepseek_vl2 import DeepseekVLV2Processor
 from vlm_app.testing.tiny_deepseek_vl2 import build_tiny_deepseek_vl2
 

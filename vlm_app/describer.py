@@ -77,7 +77,8 @@ def describe_video(adapter, source: Any, prompt: str = DEFAULT_PROMPT, sampling:
     sampling, generation = dict(sampling or {}), dict(generation or {})
     prepared = None
     try:
-        prepared = adapter.prepare(conversation(prompt, video=source if video is None else video), **sampling)
+        prepared = adapter.prepare(conversation(prompt, video=source if video is None else video),
+                                   max_new_tokens=generation.get("max_new_tokens"), **sampling)
         if on_text is None:
             result = adapter.generate(prepared, **generation)
         else:
@@ -139,13 +140,15 @@ def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, pr
 
 
 
-def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str | Path) -> Path:
+def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str | Path,
+                  max_new_tokens: int | None = None) -> Path:
     """Save every layer's hidden states (layers+1, L, D; embeddings first), the input ids, the visual-token map
-    and the visual tokens' last-layer states to a .safetensors file, with the record's provenance as metadata."""
+    and the visual tokens' last-layer states to a .safetensors file, with the record's provenance as metadata.
+    `max_new_tokens`: the answer budget the described record was prepared with (so the same frames are shown)."""
     import torch
     from safetensors.torch import save_file
 
-    prepared = adapter.prepare(conversation(prompt, video=source), **sampling)
+    prepared = adapter.prepare(conversation(prompt, video=source), max_new_tokens=max_new_tokens, **sampling)
     output = adapter.forward(prepared, output_hidden_states=True)
     tensors = {"hidden_states": torch.stack([h[0] for h in output.hidden_states]).float().cpu(),
                "input_ids": prepared.inputs["input_ids"][0].cpu(),
@@ -199,7 +202,8 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
     if record["error"] is not None:
         raise VlmAppError(record["error"])
     if args.dump_features:
-        print(f"features: {dump_features(adapter, source, prompt, sampling, args.dump_features)}", file=sys.stderr)
+        path = dump_features(adapter, source, prompt, sampling, args.dump_features, generation.get("max_new_tokens"))
+        print(f"features: {path}", file=sys.stderr)
     return 0
 
 

@@ -325,7 +325,10 @@ class Adapter:
         return getattr(config, "text_config", config).num_hidden_layers
 
     # ---- inputs --------------------------------------------------------------------------------------------
-    def prepare(self, messages: list[dict], **sampling_overrides) -> Prepared:
+    def prepare(self, messages: list[dict], max_new_tokens: int | None = None, **sampling_overrides) -> Prepared:
+        """`max_new_tokens` is the answer budget the caller will generate with: a family whose prompt must leave
+        room for the answer (DeepSeek-VL2 fits prompt and answer in 4096 tokens) sizes its frame count by it;
+        the others ignore it. None: the family's default budget."""
         raise NotImplementedError
 
     def sampling_defaults(self) -> dict:

@@ -63,9 +63,10 @@ class DeepseekVL2Adapter(Adapter):
 
     # ---- prepare -------------------------------------------------------------------------------------------
 
-    def prepare(self, messages: list[dict], max_new_tokens: int = DEEPSEEK_DEFAULT_MAX_NEW_TOKENS,
-                **sampling_overrides) -> Prepared:
-        """`max_new_tokens` is the answer budget the frame count leaves room for."""
+    def prepare(self, messages: list[dict], max_new_tokens: int | None = None, **sampling_overrides) -> Prepared:
+        """`max_new_tokens` is the answer budget the frame count leaves room for (None: 512)."""
+        if max_new_tokens is None:
+            max_new_tokens = DEEPSEEK_DEFAULT_MAX_NEW_TOKENS
         messages = normalize(messages)
         started = time.perf_counter()
         budget = self.frame_budget(messages, max_new_tokens)

@@ -29,7 +29,7 @@ class Qwen2_5_VLAdapter(Adapter):
     family = "qwen2_5_vl"
     policy = "qwen2_5_vl"
 
-    def prepare(self, messages: list[dict], **sampling_overrides) -> Prepared:
+    def prepare(self, messages: list[dict], max_new_tokens: int | None = None, **sampling_overrides) -> Prepared:
         from vlm_app.media import SampledVideo
 
         messages = normalize(messages)

@@ -39,7 +39,7 @@ class SmolVLM2Adapter(Adapter):
         video_processor = self.processor.video_processor
         return {"fps": video_processor.fps, "max_frames": video_processor.num_frames}
 
-    def prepare(self, messages: list[dict], **sampling_overrides) -> Prepared:
+    def prepare(self, messages: list[dict], max_new_tokens: int | None = None, **sampling_overrides) -> Prepared:
         from vlm_app.media import SampledVideo
 
         messages = normalize(messages)

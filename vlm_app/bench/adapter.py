@@ -68,7 +68,7 @@ def bench_one(adapter, video: str, repeats: int, max_new_tokens: int) -> dict:
     from vlm_app.messages import conversation
 
     messages = conversation("Describe this video.", video=video)
-    prepared = adapter.prepare(messages)
+    prepared = adapter.prepare(messages, max_new_tokens=max_new_tokens)
     inputs = prepared.inputs
     fixed = {"max_new_tokens": max_new_tokens, "min_new_tokens": max_new_tokens, "do_sample": False}
 
@@ -82,7 +82,7 @@ def bench_one(adapter, video: str, repeats: int, max_new_tokens: int) -> dict:
 
     generate = paired_times(lambda: adapter.generate(prepared, **fixed), plain_generate, repeats)
     forward = paired_times(lambda: adapter.forward(prepared), plain_forward, repeats)
-    preprocess = paired_times(lambda: adapter.prepare(messages),
+    preprocess = paired_times(lambda: adapter.prepare(messages, max_new_tokens=max_new_tokens),
                                 _reference_preprocess(adapter, video, prepared.prompt), max(3, repeats // 3))
     return {"model": adapter.info.model_id, "family": adapter.family, "prompt_tokens": prepared.num_tokens.total,
             "generate": generate, "forward": forward, "preprocess": preprocess}

@@ -174,7 +174,8 @@ def run_model_benchmark(args) -> int:
                      device=str(device), dtype=str(dtype).removeprefix("torch."))
     adapter = adapter_class(model, processor, info)
     video = _synthetic_video(args.frames)
-    prepared = adapter.prepare(conversation("Describe this video.", video=video), fps=1.0)
+    prepared = adapter.prepare(conversation("Describe this video.", video=video), max_new_tokens=args.max_new_tokens,
+                               fps=1.0)
     adapter.generate(prepared, max_new_tokens=2, min_new_tokens=2)  # warmup
     generation = adapter.generate(prepared, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
     timings = generation.timings

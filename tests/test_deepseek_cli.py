@@ -1,0 +1,71 @@
+"""DeepSeek-VL2 through the front doors (`describe`, `compare`, the Python API) on a tiny checkpoint: the answer
+budget the caller generates with is the one the frame count leaves room for."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlm_app import describe, load
+from vlm_app.cli import main
+from vlm_app.messages import conversation
+
+PROMPT = "Describe this video."
+
+
+@pytest.fixture(scope="module")
+def deepseek_dir(tiny_deepseek_dirs) -> str:
+    return str(tiny_deepseek_dirs["tiny"])
+
+
+@pytest.fixture(scope="module")
+def deepseek_adapter(deepseek_dir):
+    return load(deepseek_dir, device="cpu")
+
+
+def _frames_for(adapter, video, max_new_tokens: int) -> int:
+    return adapter.frame_budget(conversation(PROMPT, video=str(video)), max_new_tokens)
+
+
+def test_describe_sizes_frames_by_max_new_tokens(deepseek_dir, deepseek_adapter, deepseek_long_video, capsys):
+    # 16 answer tokens leave room for more frames than the family's default budget (512) would
+    assert _frames_for(deepseek_adapter, deepseek_long_video, 16) > \
+        _frames_for(deepseek_adapter, deepseek_long_video, 512)
+    assert main(["describe", str(deepseek_long_video), "--model", deepseek_dir, "--max-new-tokens", "16",
+                 "--device", "cpu", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["error"] is None and record["model_info"]["family"] == "deepseek_vl2"
+    assert len(record["frames_indices"]) == _frames_for(deepseek_adapter, deepseek_long_video, 16)
+    assert record["num_tokens"]["total"] + 16 <= deepseek_adapter.context_tokens
+    assert record["num_visual_tokens"] == 421 * len(record["frames_indices"])
+    assert 1 <= record["timings"]["new_tokens"] <= 16
+
+
+def test_api_describe_passes_the_budget_too(deepseek_adapter, deepseek_long_video):
+    record = describe(str(deepseek_long_video), model=deepseek_adapter, prompt=PROMPT,
+                      generation={"max_new_tokens": 60})
+    assert record["error"] is None
+    frames = len(record["frames_indices"])
+    assert frames == _frames_for(deepseek_adapter, deepseek_long_video, 60)
+    assert frames != _frames_for(deepseek_adapter, deepseek_long_video, 512)
+    assert record["num_tokens"]["total"] + 60 <= deepseek_adapter.context_tokens
+
+
+def test_describe_plain_text_with_a_deepseek_checkpoint(deepseek_dir, example_clip, capsys):
+    assert main(["describe", str(example_clip), "--model", deepseek_dir, "--max-new-tokens", "4",
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip()  # the (random-weight) answer
+
+
+def test_compare_qwen_and_deepseek(tiny_checkpoints, deepseek_dir, example_clip, capsys):
+    models = f"{tiny_checkpoints['qwen2_5_vl']},{deepseek_dir}"
+    assert main(["compare", str(example_clip), "--models", models, "--max-new-tokens", "4", "--device", "cpu",
+                 "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["model_info"]["family"] for r in records] == ["qwen2_5_vl", "deepseek_vl2"]
+    assert all(r["error"] is None for r in records)
+    assert len(records[1]["frames_indices"]) == 4 and records[1]["num_visual_tokens"] == 4 * 421  # 4 s at 1 fps
+    assert main(["compare", str(example_clip), "--models", models, "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert f"[{deepseek_dir}]" in table and "1684" in table
