@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from safetensors import safe_open
 
 from vlm_app.cli import main
@@ -95,3 +96,33 @@ def test_bench_adapter_runs(capsys):
     assert main(["bench", "adapter", "--repeats", "1", "--max-new-tokens", "2"]) == 0
     out = capsys.readouterr().out
     assert "worst generate/forward overhead" in out and out.count("generate") >= 2
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    import vlm_app.runtime
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded for a source that cannot work")
+    monkeypatch.setattr(vlm_app.runtime, "load_adapter", refuse)
+    monkeypatch.setattr(vlm_app.runtime.CACHE, "get", refuse)
+
+
+@pytest.mark.parametrize("command", ["describe", "compare"])
+@pytest.mark.parametrize("source, message", [("missing.mp4", "no such file"), ("empty.mp4", "is empty"),
+                                             ("ftp://example.com/clip.mp4", "unsupported URL scheme")])
+def test_bad_source_is_reported_before_any_model_loads(no_model_loading, command, source, message, tmp_path,
+                                                       capsys):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    path = source if "://" in source else str(tmp_path / source)
+    models = ["--model", "smolvlm2-256m"] if command == "describe" else ["--models", "smolvlm2-256m,qwen2.5-vl-3b"]
+    assert main([command, path, *models]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_api_describe_checks_the_source_before_loading(no_model_loading, tmp_path):
+    from vlm_app import describe
+    from vlm_app.errors import SourceError
+
+    with pytest.raises(SourceError, match="no such file"):
+        describe(str(tmp_path / "missing.mp4"), model="smolvlm2-256m")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlm_app.adapters.registry import DEFAULT_MODEL
-from vlm_app.describer import DEFAULT_PROMPT, describe_folder, describe_video
+from vlm_app.describer import DEFAULT_PROMPT, check_source, describe_folder, describe_video
 
 
 def load(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", attn: str = "auto",
@@ -31,7 +31,10 @@ def describe(source, model=DEFAULT_MODEL, prompt: str = DEFAULT_PROMPT, out: str
     appends them to that JSONL). `model` is a name/path (loaded once, kept in the runtime cache) or an adapter."""
     from vlm_app.runtime import CACHE
 
+    is_folder = isinstance(source, (str, Path)) and Path(source).is_dir()
+    if not is_folder:
+        check_source(source)  # before a model is loaded for nothing
     adapter = CACHE.get(model) if isinstance(model, str) else model
-    if isinstance(source, (str, Path)) and Path(source).is_dir():
+    if is_folder:
         return describe_folder(adapter, source, out, prompt, sampling, generation, resume=resume, progress=False)
     return describe_video(adapter, source, prompt, sampling, generation)

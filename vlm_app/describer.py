@@ -9,9 +9,11 @@ indices and timestamps actually shown, token counts and timings.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlparse
 
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.messages import conversation
@@ -89,6 +91,19 @@ def describe_video(adapter, source: Any, prompt: str = DEFAULT_PROMPT, sampling:
     except VlmAppError as error:
         return build_record(adapter, source, prompt, sampling, generation, prepared, error=str(error))
     return build_record(adapter, source, prompt, sampling, generation, prepared, result)
+
+
+def check_source(source: Any) -> None:
+    """Fail in milliseconds, before any model loads, on a source that cannot work: a missing, empty or
+    oversized local file, an unsupported URL scheme. http(s) and data: sources are left to the media pipeline
+    (checking them here would mean fetching them twice)."""
+    from vlm_app.media import DEFAULT_LIMITS
+    from vlm_app.media.sources import local_file
+
+    if not isinstance(source, (str, os.PathLike)) or urlparse(os.fspath(source)).scheme in ("http", "https", "data"):
+        return
+    with local_file(source, DEFAULT_LIMITS):
+        pass
 
 
 def find_videos(folder: str | Path) -> list[Path]:
@@ -178,6 +193,8 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
         raise OptionsError("--resume needs --out results.jsonl (the file to resume)")
     if is_folder and args.dump_features:
         raise OptionsError("--dump-features works on one video, not a folder")
+    if not is_folder:
+        check_source(source)
     adapter = load_adapter(args.model, **model_options)
     if is_folder:
         emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
@@ -234,6 +251,7 @@ def run_compare_command(args, model_options: dict, sampling: dict, generation: d
     if len(names) < 2:
         raise OptionsError("--models needs at least two comma-separated models to compare")
     prompt = resolve_prompt(args.prompt, args.template)
+    check_source(args.source)
     records = []
     for name in names:
         adapter = load_adapter(name, **model_options)
