@@ -67,7 +67,9 @@ def test_resume_finishes_an_interrupted_run(ray_run, ray_videos, tiny_checkpoint
     out = tmp_path / "interrupted.jsonl"
     out.write_text("\n".join(finished[:3]) + "\n" + finished[3][:20])  # three records and a torn fourth line
     assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], out, "--resume", "--json") == 0
-    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    assert "describe (ray): 100%" in captured.err  # the progress bar counts finished videos
+    printed = [json.loads(line) for line in captured.out.splitlines()]
     kept = {json.loads(line)["source"] for line in finished[:3]}
     assert {record["source"] for record in printed} == set(read_jsonl(ray_run)) - kept
     redone = [json.loads(line) for line in out.read_text().splitlines()[3:] if line.startswith("{") and line.endswith("}")]

@@ -171,6 +171,7 @@ def build_dataset(ray, sources: list[str], job: Job, cluster: Cluster):
     context.enable_progress_bars = False  # our own bar counts finished videos
     context.enable_operator_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-run plan and progress lines
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
     decode_workers = cluster.decode_workers or default_decode_workers(ray, cluster)
     rows = [{"source": source, "location": _location(source)} for source in sources]
     dataset = ray.data.from_items(rows, override_num_blocks=len(sources))
