@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 
 from vlm_app import describe, load
 from vlm_app.cli import main
@@ -69,3 +70,51 @@ def test_compare_qwen_and_deepseek(tiny_checkpoints, deepseek_dir, example_clip,
     assert main(["compare", str(example_clip), "--models", models, "--max-new-tokens", "4", "--device", "cpu"]) == 0
     table = capsys.readouterr().out
     assert f"[{deepseek_dir}]" in table and "1684" in table
+
+
+GROUNDED = ("<|ref|>the red square<|/ref|><|det|>[[100,200,400,600]]<|/det|> under "
+            "<|ref|>the sky<|/ref|><|det|>[[0,0,999,300],[500,0,999,150]]<|/det|>")
+
+
+@pytest.fixture
+def grounded_generation(deepseek_dir, monkeypatch):
+    """The model's generate replaced by one that streams the ids of a grounded answer (then end of sentence):
+    decoding, parsing and drawing are what is tested, and random weights never ground anything."""
+    import torch
+
+    from vlm_app.models.deepseek_vl2 import DeepseekVLV2ForCausalLM, DeepseekVLV2Processor
+
+    tokenizer = DeepseekVLV2Processor.from_pretrained(deepseek_dir).tokenizer
+    answer = tokenizer.encode(GROUNDED, add_special_tokens=False) + [tokenizer.eos_token_id]
+
+    def generate(self, input_ids=None, streamer=None, **kwargs):
+        streamer.put(input_ids)
+        for token in answer:
+            streamer.put(torch.tensor([token]))
+        streamer.end()
+    monkeypatch.setattr(DeepseekVLV2ForCausalLM, "generate", generate)
+
+
+def test_describe_image_records_and_draws_grounding_boxes(deepseek_dir, grounded_generation, tmp_path, capsys):
+    image, drawn = tmp_path / "scene.png", tmp_path / "boxes.png"
+    Image.new("RGB", (400, 300), (40, 90, 200)).save(image)
+    assert main(["describe", str(image), "--model", deepseek_dir, "--prompt", "<|grounding|>Where is the square?",
+                 "--boxes-out", str(drawn), "--json", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    assert record["answer"] == GROUNDED  # the tags survive decoding; the end of sentence does not
+    assert record["boxes"] == [{"label": "the red square", "box": [100, 200, 400, 600]},
+                               {"label": "the sky", "box": [0, 0, 999, 300]},
+                               {"label": "the sky", "box": [500, 0, 999, 150]}]
+    assert record["frames_indices"] == [] and record["num_visual_tokens"] > 0
+    assert "boxes: 3 drawn" in captured.err
+    with Image.open(drawn) as out:
+        assert out.size == (400, 300)
+        square_left_edge = (round(100 / 999 * 400), round(500 / 999 * 300))  # 40, 150
+        assert out.getpixel(square_left_edge) == (0xE6, 0x19, 0x4B)  # the first label's colour
+        assert out.getpixel((100, 120)) == (40, 90, 200)  # inside the square: untouched
+
+
+def test_boxes_out_needs_an_image(deepseek_dir, example_clip, capsys):
+    assert main(["describe", str(example_clip), "--model", deepseek_dir, "--boxes-out", "x.png"]) == 2
+    assert "--boxes-out draws on an image" in capsys.readouterr().err

@@ -137,8 +137,8 @@ def generation_options(args: argparse.Namespace) -> dict:
 
 
 def _add_describe(sub) -> None:
-    parser = sub.add_parser("describe", help="describe a video, URL or folder of videos with a model")
-    parser.add_argument("source", help="video file, file:// or http(s):// URL, or a folder (recursive)")
+    parser = sub.add_parser("describe", help="describe a video (or image), URL or folder of videos with a model")
+    parser.add_argument("source", help="video or image file, file:// or http(s):// URL, or a folder (recursive)")
     _add_model_options(parser)
     _add_generation_options(parser)
     _add_sampling_options(parser)
@@ -148,6 +148,8 @@ def _add_describe(sub) -> None:
     parser.add_argument("--resume", action="store_true", help="skip videos already described in --out")
     parser.add_argument("--dump-features", metavar="SAFETENSORS",
                         help="also save hidden states of every layer and the visual-token map (single video)")
+    parser.add_argument("--boxes-out", metavar="PNG",
+                        help="for an image source: draw the answer's grounding boxes (DeepSeek-VL2) onto it")
     _add_ray_options(parser)
     parser.set_defaults(handler=_run_describe)
 

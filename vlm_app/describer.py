@@ -1,9 +1,9 @@
-"""Describe videos: one video -> one record; a folder -> JSONL with a progress bar and resume.
+"""Describe videos: one video (or image) -> one record; a folder of videos -> JSONL with a progress bar and resume.
 
 `describe_video(adapter, source, prompt, sampling, generation)` is the unit of work (a Ray engine reuses it);
 `build_record` is the one place the record's fields are defined. Every record carries what is needed to
 reproduce it: model id and revision, dtype, device, sampling options, generation options and seed, the frame
-indices and timestamps actually shown, token counts and timings.
+indices and timestamps actually shown, token counts and timings; and the answer's grounding boxes, if any.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from vlm_app.errors import OptionsError, VlmAppError
+from vlm_app.grounding import draw_boxes, parse_grounding
 from vlm_app.messages import conversation
 
 DEFAULT_PROMPT = "Describe this video."
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
 
 
@@ -47,14 +49,38 @@ def resolve_prompt(prompt: str | None = None, template: str | None = None) -> st
     return text
 
 
+def is_image(source: Any) -> bool:
+    """Whether a source names a still image (by its file extension) rather than a video."""
+    from PIL import Image
+
+    if isinstance(source, (str, os.PathLike)):
+        return Path(urlparse(os.fspath(source)).path).suffix.lower() in IMAGE_SUFFIXES
+    return isinstance(source, Image.Image)
+
+
+def source_messages(prompt: str, source: Any) -> list[dict]:
+    """The one-turn conversation asking `prompt` about an image or a video."""
+    return conversation(prompt, image=source) if is_image(source) else conversation(prompt, video=source)
+
+
+def _shown_video(prepared):
+    """The video a prepared prompt shows; None for an image (or nothing prepared)."""
+    from vlm_app.media import SampledVideo
+
+    shown = prepared.media[0] if prepared is not None and prepared.media else None
+    return shown if isinstance(shown, SampledVideo) else None
+
+
 def build_record(adapter, source: Any, prompt: str, sampling: dict, generation: dict, prepared=None,
                  result=None, error: str | None = None) -> dict:
-    """The JSON-ready record of one video (also for failures: then `error` is set and the rest may be empty)."""
-    video = prepared.media[0] if prepared is not None and prepared.media else None
+    """The JSON-ready record of one video or image (also for failures: then `error` is set and the rest may be
+    empty). `boxes`: the grounding boxes of the answer (DeepSeek-VL2), on the model's 0-999 grid."""
+    video = _shown_video(prepared)
     return {
         "source": str(source),
         "model": adapter.info.model_id,
         "answer": result.text if result is not None else None,
+        "boxes": [box.as_dict() for box in parse_grounding(result.text)] if result is not None else [],
         "error": error,
         "prompt": prompt,
         "frames_indices": list(video.frames_indices) if video is not None else [],
@@ -79,8 +105,8 @@ def describe_video(adapter, source: Any, prompt: str = DEFAULT_PROMPT, sampling:
     sampling, generation = dict(sampling or {}), dict(generation or {})
     prepared = None
     try:
-        prepared = adapter.prepare(conversation(prompt, video=source if video is None else video),
-                                   max_new_tokens=generation.get("max_new_tokens"), **sampling)
+        messages = source_messages(prompt, source) if video is None else conversation(prompt, video=video)
+        prepared = adapter.prepare(messages, max_new_tokens=generation.get("max_new_tokens"), **sampling)
         if on_text is None:
             result = adapter.generate(prepared, **generation)
         else:
@@ -163,7 +189,8 @@ def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str |
     import torch
     from safetensors.torch import save_file
 
-    prepared = adapter.prepare(conversation(prompt, video=source), max_new_tokens=max_new_tokens, **sampling)
+    prepared = adapter.prepare(source_messages(prompt, source), max_new_tokens=max_new_tokens, **sampling)
+    video = _shown_video(prepared)
     output = adapter.forward(prepared, output_hidden_states=True)
     tensors = {"hidden_states": torch.stack([h[0] for h in output.hidden_states]).float().cpu(),
                "input_ids": prepared.inputs["input_ids"][0].cpu(),
@@ -171,11 +198,22 @@ def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str |
                **{f"visual_map.{name}": value for name, value in prepared.visual_map.tensors().items()}}
     metadata = {"source": str(source), "model": adapter.info.model_id, "revision": str(adapter.info.revision),
                 "family": adapter.family, "dtype": adapter.info.dtype, "prompt": prompt,
-                "frames_indices": json.dumps(list(prepared.media[0].frames_indices)),
-                "timestamps": json.dumps(list(prepared.media[0].timestamps)), "sampling": json.dumps(sampling)}
+                "frames_indices": json.dumps(list(video.frames_indices) if video else []),
+                "timestamps": json.dumps(list(video.timestamps) if video else []), "sampling": json.dumps(sampling)}
     path = Path(path)
     save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(path), metadata=metadata)
     return path
+
+
+def save_boxes_image(source: Any, answer: str, path: str | Path) -> int:
+    """Draw the answer's grounding boxes onto the source image (full resolution) and save it to `path`;
+    returns how many boxes were drawn."""
+    from vlm_app.media import DEFAULT_LIMITS
+    from vlm_app.media.image import open_rgb_image
+
+    boxes = parse_grounding(answer)
+    draw_boxes(open_rgb_image(source, DEFAULT_LIMITS), boxes).save(path)
+    return len(boxes)
 
 
 def _print_answer_line(text: str) -> None:
@@ -193,6 +231,8 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
         raise OptionsError("--resume needs --out results.jsonl (the file to resume)")
     if is_folder and args.dump_features:
         raise OptionsError("--dump-features works on one video, not a folder")
+    if args.boxes_out and (is_folder or not is_image(source)):
+        raise OptionsError(f"--boxes-out draws on an image; give an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if not is_folder:
         check_source(source)
     adapter = load_adapter(args.model, **model_options)
@@ -221,6 +261,10 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
     if args.dump_features:
         path = dump_features(adapter, source, prompt, sampling, args.dump_features, generation.get("max_new_tokens"))
         print(f"features: {path}", file=sys.stderr)
+    if args.boxes_out:
+        drawn = save_boxes_image(source, record["answer"], args.boxes_out)
+        hint = "" if drawn else " (the answer has no <|det|> boxes; ask e.g. '<|ref|>the dog<|/ref|>')"
+        print(f"boxes: {drawn} drawn on {args.boxes_out}{hint}", file=sys.stderr)
     return 0
 
 

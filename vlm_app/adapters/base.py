@@ -233,13 +233,12 @@ class Stream:
             self._pieces.put(None)
 
     def __iter__(self) -> Iterator[str]:
-        tokenizer = self._adapter.tokenizer
         ids: list[int] = []
         shown = ""
         try:
             while (new := self._pieces.get()) is not None:
                 ids += new
-                text = tokenizer.decode(ids, skip_special_tokens=True)
+                text = self._adapter.decode(ids)
                 if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
                     continue
                 if len(text) > len(shown):
@@ -318,6 +317,10 @@ class Adapter:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def decode(self, token_ids: list[int]) -> str:
+        """The answer text of generated ids, special tokens dropped."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     @property
     def num_layers(self) -> int:
@@ -416,6 +419,6 @@ class Adapter:
                           prefill_s=(times[0] - start) if times else time.perf_counter() - start,
                           decode_s=(times[-1] - times[0]) if times else 0.0,
                           new_tokens=len(recorder.token_ids), peak_memory_bytes=peak_memory_bytes(self.device))
-        text = self.tokenizer.decode(recorder.token_ids, skip_special_tokens=True)
+        text = self.decode(recorder.token_ids)
         return Generation(text=text, token_ids=recorder.token_ids, timings=timings,
                           cancelled=stopper.fired)

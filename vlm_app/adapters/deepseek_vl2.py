@@ -61,6 +61,12 @@ class DeepseekVL2Adapter(Adapter):
     def context_tokens(self) -> int:
         return self.model.config.language_config["max_position_embeddings"]
 
+    def decode(self, token_ids: list[int]) -> str:
+        """Keeps the grounding tags: `<|ref|>`, `<|det|>`, ... are special tokens, and the answer's boxes are
+        written with them (`vlm_app.grounding` parses them). Only sentence bounds and padding are dropped."""
+        dropped = {self.processor.bos_id, self.processor.eos_id, self.processor.pad_id}
+        return self.tokenizer.decode([t for t in token_ids if t not in dropped], skip_special_tokens=False)
+
     # ---- prepare -------------------------------------------------------------------------------------------
 
     def prepare(self, messages: list[dict], max_new_tokens: int | None = None, **sampling_overrides) -> Prepared:
