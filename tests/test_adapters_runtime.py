@@ -44,10 +44,10 @@ def test_uncached_hub_id_fails_fast_without_network(tmp_path):
     assert "--model /path/to/checkpoint" in result["message"] and "HF_HOME" in result["message"]
 
 
-def test_cli_reports_missing_folder_and_unknown_names(capsys):
+def test_cli_reports_missing_folder_and_unknown_names(example_clip, capsys):
     from vlm_app.cli import main
 
-    assert main(["describe", "clip.mp4", "--model", "/no/such/checkpoint"]) == 2
+    assert main(["describe", str(example_clip), "--model", "/no/such/checkpoint"]) == 2
     assert "model folder /no/such/checkpoint does not exist" in capsys.readouterr().err
     with pytest.raises(ModelLoadError, match="cannot tell the model family"):
         family_of("someone/some-unrelated-model")
