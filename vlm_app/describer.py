@@ -99,7 +99,7 @@ def build_record(adapter, source: Any, prompt: str, sampling: dict, generation: 
 def describe_video(adapter, source: Any, prompt: str = DEFAULT_PROMPT, sampling: dict | None = None,
                    generation: dict | None = None, on_text: Callable[[str], None] | None = None,
                    video=None) -> dict:
-    """Run one video through `adapter` and return its record. User-caused failures (missing or broken file,
+    """Run one video (or image) through `adapter` and return its record. User-caused failures (missing or broken file,
     bad options, over a limit) become the record's `error`; bugs propagate. `video` is `source` already
     sampled by `adapter.load_media` elsewhere (the Ray engine's decode workers)."""
     sampling, generation = dict(sampling or {}), dict(generation or {})
