@@ -10,12 +10,17 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray shared by every Ray test; the engine reuses a connected Ray instead of starting its own."""
+    """A local Ray shared by every Ray test; the engine reuses a connected Ray instead of starting its own. A Ray
+    this process is already connected to is reused (and left running): calling `ray.init` again would fail."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
+                 log_to_driver=False)
     yield ray
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

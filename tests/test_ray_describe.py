@@ -109,3 +109,50 @@ def test_without_ray_says_how_to_install(ray_videos, tiny_checkpoints, tmp_path,
 def test_option_mistakes_are_reported(ray_videos, tiny_checkpoints, tmp_path, capsys, extra, message):
     assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], tmp_path / "out.jsonl", *extra) == 2
     assert message in capsys.readouterr().err
+
+
+class FakeRay:
+    """Just enough of the `ray` module to watch what `connected` starts and stops."""
+
+    def __init__(self, running: bool = False, init_error: Exception | None = None):
+        self.running, self.init_error, self.inits = running, init_error, 0
+
+    def is_initialized(self) -> bool:
+        return self.running
+
+    def init(self, **options) -> None:
+        self.inits += 1
+        self.running = True  # a failing ray.init may already have started processes
+        if self.init_error is not None:
+            raise self.init_error
+
+    def shutdown(self) -> None:
+        self.running = False
+
+
+def test_engine_stops_the_ray_it_started_and_keeps_the_one_it_found():
+    started = FakeRay()
+    with pytest.raises(ValueError), distributed.connected(started, distributed.Cluster()):
+        assert started.running
+        raise ValueError("the job failed")
+    assert not started.running
+    half_started = FakeRay(init_error=RuntimeError("the GCS did not come up"))
+    with pytest.raises(RuntimeError), distributed.connected(half_started, distributed.Cluster()):
+        pass
+    assert not half_started.running
+    unreachable = FakeRay(init_error=ConnectionError("refused"))
+    with pytest.raises(distributed.VlmAppError, match="cannot reach the Ray cluster at ray://nowhere:10001"), \
+            distributed.connected(unreachable, distributed.Cluster(address="ray://nowhere:10001")):
+        pass
+    assert not unreachable.running
+    found = FakeRay(running=True)
+    with distributed.connected(found, distributed.Cluster()):
+        pass
+    assert found.running and found.inits == 0
+
+
+def test_session_ray_is_reused_when_already_connected(ray_local):
+    """The fixture and the engine share one Ray: connecting again neither re-initialises nor shuts it down."""
+    with distributed.connected(ray_local, distributed.Cluster()):
+        assert ray_local.is_initialized()
+    assert ray_local.is_initialized()

@@ -147,20 +147,25 @@ def connected(ray, cluster: Cluster):
     if ray.is_initialized():
         yield
         return
+    try:
+        _start(ray, cluster)
+        yield
+    finally:
+        if ray.is_initialized():  # what we started, even half-way, is gone when we return
+            ray.shutdown()
+
+
+def _start(ray, cluster: Cluster) -> None:
     quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if cluster.address is None:
         wanted = (cluster.decode_workers or 1) + cluster.model_replicas
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, wanted), **quiet)  # never a running cluster
-    else:
-        try:
-            ray.init(address=cluster.address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
-        except (ConnectionError, RuntimeError) as error:
-            raise VlmAppError(f"cannot reach the Ray cluster at {cluster.address}: {error}. Start it with "
-                              "`ray start --head` (then --address auto) or give its ray://host:10001 address") from error
+        return
     try:
-        yield
-    finally:
-        ray.shutdown()
+        ray.init(address=cluster.address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+    except (ConnectionError, RuntimeError) as error:
+        raise VlmAppError(f"cannot reach the Ray cluster at {cluster.address}: {error}. Start it with "
+                          "`ray start --head` (then --address auto) or give its ray://host:10001 address") from error
 
 
 def build_dataset(ray, sources: list[str], job: Job, cluster: Cluster):
