@@ -47,9 +47,11 @@ def test_describe_folder_jsonl_resume_and_failures(tiny_checkpoints, example_cli
     assert by_name["broken.mp4"]["error"] and by_name["broken.mp4"]["answer"] is None
     assert "2 video(s), 1 failed" in capsys.readouterr().err
     assert main(["describe", str(folder), "--model", model, "--out", str(out), "--resume", "--json", *FAST]) == 0
+    assert capsys.readouterr().out == ""  # resume skips every recorded video, the failed one too
+    assert main(["describe", str(folder), "--model", model, "--out", str(out), "--retry-failed", "--json", *FAST]) == 0
     retried = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [record["source"].rsplit("/", 1)[-1] for record in retried] == ["broken.mp4"]  # only the failure
-    assert len(out.read_text().splitlines()) == 4
+    assert len(out.read_text().splitlines()) == 3  # its old record replaced, not duplicated
 
 
 def test_describe_dump_features(tiny_checkpoints, example_clip, tmp_path, capsys):

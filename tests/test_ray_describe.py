@@ -77,6 +77,15 @@ def test_resume_finishes_an_interrupted_run(ray_run, ray_videos, tiny_checkpoint
         {source: record["answer"] for source, record in read_jsonl(ray_run).items() if source not in kept}
 
 
+def test_retry_failed_replaces_only_the_failed_record(ray_run, ray_videos, tiny_checkpoints, tmp_path, capsys):
+    out = tmp_path / "retry.jsonl"
+    out.write_text(ray_run.read_text())
+    assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], out, "--retry-failed", "--json") == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [record["source"] for record in printed] == [str(ray_videos / "broken.mp4")]
+    assert read_jsonl(out) == read_jsonl(ray_run) | {printed[0]["source"]: printed[0]}  # one line per video
+
+
 def test_parquet_output_from_a_list_file_with_relative_paths(ray_local, ray_videos, tiny_checkpoints, ray_run,
                                                              tmp_path, monkeypatch):
     """Ray workers do not share the driver's working directory: relative paths must still work, and the records

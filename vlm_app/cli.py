@@ -144,8 +144,13 @@ def _add_describe(sub) -> None:
     _add_sampling_options(parser)
     parser.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     parser.add_argument("--json", action="store_true", help="print one JSON object per video")
-    parser.add_argument("--out", metavar="JSONL", help="append one JSON line per video to this file")
-    parser.add_argument("--resume", action="store_true", help="skip videos already described in --out")
+    parser.add_argument("--out", metavar="JSONL",
+                        help="write one JSON line per video to this file (started afresh unless --resume)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep --out and skip every video already in it, failed ones too (delete a line to "
+                             "redo that video)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="like --resume, but first drop the failed records from --out and describe those again")
     parser.add_argument("--dump-features", metavar="SAFETENSORS",
                         help="also save hidden states of every layer and the visual-token map (single video)")
     parser.add_argument("--boxes-out", metavar="PNG",

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.grounding import draw_boxes, parse_grounding
 from vlm_app.messages import conversation
+from vlm_app.results import JsonlResults
 
 DEFAULT_PROMPT = "Describe this video."
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
@@ -137,48 +138,33 @@ def find_videos(folder: str | Path) -> list[Path]:
     return sorted(path for path in Path(folder).rglob("*") if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES)
 
 
-def done_sources(out_path: Path, include_failed: bool = False) -> set[str]:
-    """Sources already described successfully (or at all, with `include_failed`) in an existing JSONL (a torn
-    last line is ignored)."""
-    if not out_path.is_file():
-        return set()
-    done = set()
-    for line in out_path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if include_failed or record.get("error") is None:
-            done.add(record.get("source"))
-    return done
-
-
 def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, prompt: str = DEFAULT_PROMPT,
                     sampling: dict | None = None, generation: dict | None = None, resume: bool = False,
-                    emit: Callable[[dict], None] | None = None, progress: bool = True) -> list[dict]:
+                    retry_failed: bool = False, emit: Callable[[dict], None] | None = None,
+                    progress: bool = True) -> list[dict]:
     """Describe every video in `folder`, appending one JSON line per video to `out_path` as it finishes.
-    With `resume`, videos already described without error in `out_path` are skipped."""
+    `resume` and `retry_failed` follow the one resume rule of `vlm_app.results`."""
     from tqdm import tqdm
 
     videos = find_videos(folder)
     if not videos:
         raise OptionsError(f"no video files in {folder} (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
-    out = Path(out_path) if out_path else None
-    skip = done_sources(out) if out is not None and resume else set()
-    if out is not None and not resume and out.exists():
-        out.unlink()
+    results = JsonlResults(out_path) if out_path else None
+    skip = results.start(resume, retry_failed) if results is not None else set()
     records = []
     todo = [video for video in videos if str(video) not in skip]
-    for video in tqdm(todo, desc="describe", unit="video", disable=not progress, file=sys.stderr):
-        record = describe_video(adapter, video, prompt, sampling, generation)
-        records.append(record)
-        if out is not None:
-            with out.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-        if emit is not None:
-            emit(record)
+    try:
+        for video in tqdm(todo, desc="describe", unit="video", disable=not progress, file=sys.stderr):
+            record = describe_video(adapter, video, prompt, sampling, generation)
+            records.append(record)
+            if results is not None:
+                results.add(record)
+            if emit is not None:
+                emit(record)
+    finally:
+        if results is not None:
+            results.close()
     return records
-
 
 
 def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str | Path,
@@ -227,29 +213,41 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
     prompt = resolve_prompt(args.prompt, args.template)
     source = args.source
     is_folder = Path(source).is_dir()
-    if args.resume and not args.out:
-        raise OptionsError("--resume needs --out results.jsonl (the file to resume)")
+    resume = args.resume or args.retry_failed
+    if resume and not args.out:
+        raise OptionsError("--resume and --retry-failed need --out results.jsonl (the file to resume)")
     if is_folder and args.dump_features:
         raise OptionsError("--dump-features works on one video, not a folder")
     if args.boxes_out and (is_folder or not is_image(source)):
         raise OptionsError(f"--boxes-out draws on an image; give an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    if not is_folder:
-        check_source(source)
-    adapter = load_adapter(args.model, **model_options)
     if is_folder:
+        adapter = load_adapter(args.model, **model_options)
         emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
-        records = describe_folder(adapter, source, args.out, prompt, sampling, generation, resume=args.resume,
-                                  emit=emit)
+        records = describe_folder(adapter, source, args.out, prompt, sampling, generation, resume=resume,
+                                  retry_failed=args.retry_failed, emit=emit)
         failed = [record for record in records if record["error"]]
         print(f"described {len(records) - len(failed)} video(s), {len(failed)} failed"
               + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
         return 0
+    check_source(source)
+    results = JsonlResults(args.out) if args.out else None
+    if results is not None and str(source) in results.start(resume, args.retry_failed):
+        print(f"{source} is already in {args.out}; skipped (to describe it again delete its line there, or pass "
+              "--retry-failed if it failed)", file=sys.stderr)
+        return 0
+    adapter = load_adapter(args.model, **model_options)
+    return _describe_one(args, adapter, prompt, sampling, generation, results)
+
+
+def _describe_one(args, adapter, prompt: str, sampling: dict, generation: dict, results: JsonlResults | None) -> int:
+    """One video or image: the answer (streamed to a terminal), its record in --out, then features and boxes."""
+    source = args.source
     streaming = not args.json and (args.stream or sys.stdout.isatty())
     record = describe_video(adapter, source, prompt, sampling, generation,
                             on_text=_print_answer_line if streaming else None)
-    if args.out:
-        with open(args.out, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    if results is not None:
+        with results:
+            results.add(record)
     if args.json:
         print(json.dumps(record))
     elif streaming:

@@ -20,9 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from vlm_app.describer import build_record, describe_video, done_sources, find_videos
+from vlm_app.describer import build_record, describe_video, find_videos
 from vlm_app.errors import OptionsError, SourceError, VlmAppError
 from vlm_app.messages import conversation
+from vlm_app.results import JsonlResults, sources_to_skip
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install -e ".[ray]"  (or: pip install "ray[data]>=2.40" pyarrow)'
 PARQUET_PART_ROWS = 64  # records per Parquet part file: a crash loses at most this many finished records
@@ -211,24 +212,25 @@ def run_ray_describe_command(args, model_options: dict, sampling: dict, generati
     cluster = Cluster(address=args.address, decode_workers=args.decode_workers, model_replicas=args.model_replicas,
                       gpus_per_replica=args.gpus_per_replica)
     emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
-    described, failed = describe_on_ray(args.source, args.out, job, cluster, resume=args.resume, emit=emit)
+    described, failed = describe_on_ray(args.source, args.out, job, cluster, resume=args.resume or args.retry_failed,
+                                        retry_failed=args.retry_failed, emit=emit)
     print(f"described {described} video(s), {failed} failed; results in {args.out}", file=sys.stderr)
     return 0
 
 
 def describe_on_ray(source: str | Path, out: str | Path, job: Job, cluster: Cluster | None = None,
-                    resume: bool = False, progress: bool = True, emit=None) -> tuple[int, int]:
+                    resume: bool = False, retry_failed: bool = False, progress: bool = True,
+                    emit=None) -> tuple[int, int]:
     """Describe every video of `source` (folder or list file) into `out` (.jsonl, or .parquet: a folder of parts),
-    writing records as they complete (and passing each to `emit`). With `resume`, videos already in `out` are
-    skipped. Returns how many videos this run described and how many of those failed."""
+    writing records as they complete (and passing each to `emit`). `resume` and `retry_failed` follow the one
+    resume rule of `vlm_app.results`. Returns how many videos this run described and how many of those failed."""
     from tqdm import tqdm
 
     ray = import_ray()
     cluster = cluster or Cluster()
     sources = list_sources(source)
-    writer = ParquetParts(Path(out)) if str(out).endswith(".parquet") else JsonlOutput(Path(out))
-    writer.start(resume)
-    skip = writer.done() if resume else set()
+    writer = ParquetParts(Path(out)) if str(out).endswith(".parquet") else JsonlResults(out)
+    skip = writer.start(resume, retry_failed)
     todo = [s for s in sources if s not in skip]
     if not todo:
         return 0, 0
@@ -267,45 +269,6 @@ def _root_message(error: BaseException) -> str:
 
 
 # ---- outputs -----------------------------------------------------------------------------------------------------
-class JsonlOutput:
-    """One JSON line per video, flushed as it arrives. Resume skips every video already recorded, failed ones
-    included (a corrupt file stays corrupt: delete its line to try again)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.handle = None
-
-    def start(self, resume: bool) -> None:
-        if not resume and self.path.exists():
-            self.path.unlink()
-
-    def done(self) -> set[str]:
-        return done_sources(self.path, include_failed=True)
-
-    def add(self, record: dict) -> None:
-        if self.handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            torn = _last_byte(self.path) not in (b"", b"\n")
-            self.handle = self.path.open("a")
-            if torn:  # an interrupted run's last line: keep later records on lines of their own
-                self.handle.write("\n")
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
-
-
-def _last_byte(path: Path) -> bytes:
-    if not path.is_file() or path.stat().st_size == 0:
-        return b""
-    with path.open("rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1)
-
-
 class ParquetParts:
     """A Parquet dataset folder (readable by pandas, pyarrow, Spark, Ray), one part file per batch of records.
     Nested fields (timings, sampling, model info) are stored as JSON text so every part has the same columns."""
@@ -314,16 +277,31 @@ class ParquetParts:
         self.path = path
         self.pending: list[dict] = []
 
-    def start(self, resume: bool) -> None:
+    def start(self, resume: bool, retry_failed: bool = False) -> set[str]:
+        """Prepare the folder; return the sources to skip (the resume rule of `vlm_app.results`)."""
         if self.path.is_file():
             raise OptionsError(f"{self.path} is a file; a .parquet output is a folder of part files")
-        if not resume and self.path.exists():
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not resume:
             for part in self.path.glob("part-*.parquet"):
                 part.unlink()
-        self.path.mkdir(parents=True, exist_ok=True)
+            return set()
+        if retry_failed:
+            self._drop_failed()
+        return sources_to_skip(read_parquet_records(self.path), retry_failed)
 
-    def done(self) -> set[str]:
-        return {record["source"] for record in read_parquet_records(self.path)}
+    def _drop_failed(self) -> None:
+        """Rewrite every part that holds failed records without them."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        for part in self.path.glob("part-*.parquet"):
+            table = pq.read_table(part)
+            kept = table.filter(pc.is_null(table["error"]))
+            if kept.num_rows < table.num_rows:
+                partial = part.with_name(part.name + ".partial")
+                pq.write_table(kept, partial)
+                os.replace(partial, part)
 
     def add(self, record: dict) -> None:
         self.pending.append({key: json.dumps(value) if isinstance(value, dict) else value
