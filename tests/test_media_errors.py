@@ -2,6 +2,7 @@
 
 import base64
 import http.server
+import sys
 import threading
 import time
 
@@ -75,14 +76,18 @@ def test_unknown_option_and_backend(media_videos):
         load_video(media_videos["h264_24fps_2s"], "smolvlm2", max_pixels=10000)
 
 
-def test_torchcodec_backend_is_detected(media_videos):
-    import importlib.util
-
-    if importlib.util.find_spec("torchcodec") is None:
+def test_missing_or_unloadable_torchcodec(media_videos, monkeypatch, capsys):
+    path = media_videos["h264_24fps_2s"]
+    with monkeypatch.context() as patched:
+        patched.setattr("vlm_app.media.decode.available_backends", lambda: ["pyav"])
         with pytest.raises(OptionsError, match="torchcodec backend is not installed"):
-            load_video(media_videos["h264_24fps_2s"], backend="torchcodec")
-    else:
-        assert load_video(media_videos["h264_24fps_2s"], backend="torchcodec").backend == "torchcodec"
+            load_video(path, backend="torchcodec")
+        assert_cli_error(capsys, [str(path), "--backend", "torchcodec"], "torchcodec backend is not installed")
+    # installed, but FFmpeg's shared libraries are missing: torchcodec's import fails
+    monkeypatch.setattr("vlm_app.media.decode.available_backends", lambda: ["pyav", "torchcodec"])
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
+    with pytest.raises(OptionsError, match=r"needs FFmpeg's shared libraries \(`apt-get install ffmpeg`\)"):
+        load_video(path, backend="torchcodec")
 
 
 @pytest.mark.parametrize("limit, value, message", [

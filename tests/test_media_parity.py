@@ -1,22 +1,31 @@
-"""load_video against qwen-vl-utils 0.0.14 (decord backend) on generated videos: indices, resized size and sample fps
-identical, pixels within one level. Also frame identity against a sequential decode, VFR, rotation and backends."""
+"""load_video against qwen-vl-utils 0.0.14 (with each of its readers installed: decord, torchcodec) on generated videos:
+indices, resized size and sample fps identical, pixels within one level. Also frame identity against a sequential
+decode on every backend, VFR, rotation and backends."""
 
+import importlib.util
 import logging
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from media_fixtures import MPEG2_SPEC, PARITY_SPECS, VFR_SPEC, read_frame_id
-from qwen_vl_utils import fetch_video
+from qwen_vl_utils import fetch_video, vision_process
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tvF
 
 from vlm_app.errors import OptionsError
 from vlm_app.media import get_policy, load_video
 
-# decord's random access returns neighbouring frames on these containers (fact sheet §7), so qwen-vl-utils' pixels
-# there are not the frames its indices name; we compare our pixels with the reference resize of the right frames.
+# decord's and torchcodec's random access return neighbouring frames on these containers (fact sheet §7), so
+# qwen-vl-utils' pixels there are not the frames its indices name; we compare ours with the reference resize of the
+# right frames.
 RANDOM_ACCESS_WRONG = {"mpeg4_avi_bframes", MPEG2_SPEC.name}
+# qwen-vl-utils prefers torchcodec over decord when both are installed; we check against every reader it can use.
+READERS = [name for name in ("decord", "torchcodec") if importlib.util.find_spec(name)]
+# qwen-vl-utils' torchcodec reader takes the frame rate from the decoded span, which a millisecond time base rounds
+# (webm); its sample fps and time-range indices there differ from its decord reader's (see test_webm_frame_rate_*).
+SPAN_RATE_DIFFERS = {("vp9_24fps", "torchcodec")}
 
 OPTION_SETS = [{}, {"fps": 1.0}, {"fps": 4.5}, {"nframes": 6}, {"nframes": 7}, {"min_frames": 8}, {"max_frames": 4},
                {"fps": 3, "min_frames": 6, "max_frames": 10}, {"min_pixels": 3136, "max_pixels": 50176},
@@ -27,13 +36,14 @@ SHORT_SPECS = [spec.name for spec in PARITY_SPECS if spec.num_frames < 1000] + [
 LONG_OPTION_SETS = [{}, {"nframes": 6}, {"video_start": 100.0, "video_end": 130.0}, {"fps": 0.1}]
 
 
-def qwen_reference(path, options):
-    """(frames float32, metadata, sample fps) from qwen-vl-utils, or None where it fails (it would fall back to
-    torchvision's removed read_video)."""
+def qwen_reference(path, options, reader="decord"):
+    """(frames float32, metadata, sample fps) from qwen-vl-utils reading with `reader`, or None where it fails (it
+    would fall back to torchvision's removed read_video)."""
     logging.getLogger("qwen_vl_utils.vision_process").setLevel(logging.ERROR)
     try:
-        (frames, metadata), sample_fps = fetch_video({"video": str(path), **options}, return_video_sample_fps=True,
-                                                     return_video_metadata=True)
+        with mock.patch.object(vision_process, "get_video_reader_backend", return_value=reader):
+            (frames, metadata), sample_fps = fetch_video({"video": str(path), **options},
+                                                         return_video_sample_fps=True, return_video_metadata=True)
     except AttributeError as error:
         assert "read_video" in str(error)
         return None
@@ -55,9 +65,9 @@ def sequential_frames(path, indices):
     return torch.stack([frames[index] for index in indices])
 
 
-def assert_parity(media_videos, name, options):
+def assert_parity(media_videos, name, options, reader):
     path = media_videos[name]
-    reference = qwen_reference(path, options)
+    reference = qwen_reference(path, options, reader)
     if reference is None:
         with pytest.raises(OptionsError):
             load_video(path, **options)
@@ -76,33 +86,74 @@ def assert_parity(media_videos, name, options):
 
 
 @pytest.mark.parametrize("options", OPTION_SETS, ids=str)
-@pytest.mark.parametrize("name", SHORT_SPECS)
-def test_parity_with_qwen_vl_utils(media_videos, name, options):
-    assert_parity(media_videos, name, options)
+@pytest.mark.parametrize("name, reader", [(name, reader) for reader in READERS for name in SHORT_SPECS
+                                          if (name, reader) not in SPAN_RATE_DIFFERS])
+def test_parity_with_qwen_vl_utils(media_videos, name, options, reader):
+    assert_parity(media_videos, name, options, reader)
 
 
+@pytest.mark.skipif("torchcodec" not in READERS, reason="torchcodec (optional backend) is not installed")
+def test_webm_frame_rate_is_the_streams_not_torchcodecs_span_rate(media_videos):
+    path, options = media_videos["vp9_24fps"], {"video_start": 0.5, "video_end": 1.5}
+    _, span_metadata, _ = qwen_reference(path, options, "torchcodec")
+    _, stream_metadata, stream_sample_fps = qwen_reference(path, options, "decord")
+    ours = load_video(path, **options)
+    assert span_metadata["fps"] == pytest.approx(40 / 1.666) and stream_metadata["fps"] == ours.metadata.fps == 24
+    assert ours.frames_indices == stream_metadata["frames_indices"] != span_metadata["frames_indices"]
+    assert ours.sample_fps == pytest.approx(stream_sample_fps, rel=1e-12)
+    assert ours.timestamps[0] == 0.5  # frame 12 starts at exactly 0.5 s; the span rate skips it
+
+
+@pytest.mark.parametrize("reader", READERS)
 @pytest.mark.parametrize("options", LONG_OPTION_SETS, ids=str)
-def test_parity_on_a_200_second_clip(media_videos, options):
-    assert_parity(media_videos, "h264_24fps_long", options)
+def test_parity_on_a_200_second_clip(media_videos, options, reader):
+    assert_parity(media_videos, "h264_24fps_long", options, reader)
 
 
-@pytest.mark.parametrize("name", SHORT_SPECS + ["h264_24fps_long"])
-def test_sampled_frames_are_the_frames_their_indices_name(media_videos, name):
-    native = get_policy("qwen2_5_vl").with_overrides(factor=None)
-    options = {"video_start": 120.0, "video_end": 140.0} if name == "h264_24fps_long" else {"nframes": 8}
-    video = load_video(media_videos[name], native, **options)
+def assert_frames_are_the_indexed_ones(video):
     upright = torch.rot90(video.frames, -video.metadata.rotation // 90, dims=(2, 3))  # ids are written unrotated
     ids = [read_frame_id(frame.permute(1, 2, 0).numpy()) for frame in upright]
     assert ids == [index % 4096 for index in video.frames_indices]
+
+
+@pytest.mark.parametrize("backend", ["pyav", "torchcodec"] if "torchcodec" in READERS else ["pyav"])
+@pytest.mark.parametrize("name", SHORT_SPECS + ["h264_24fps_long"])
+def test_sampled_frames_are_the_frames_their_indices_name(media_videos, name, backend):
+    native = get_policy("qwen2_5_vl").with_overrides(factor=None)
+    options = {"video_start": 120.0, "video_end": 140.0} if name == "h264_24fps_long" else {"nframes": 8}
+    video = load_video(media_videos[name], native, backend=backend, **options)
+    assert_frames_are_the_indexed_ones(video)
     assert video.timestamps == pytest.approx([index / video.metadata.fps for index in video.frames_indices], abs=2e-3)
 
 
-def test_decord_backend_matches_reference(media_videos):
+@pytest.mark.parametrize("backend", READERS)
+def test_random_access_backends_match_reference(media_videos, backend):
     for name in ["h264_24fps_2s", "h264_rotated90", "vp9_24fps"]:
-        ours = load_video(media_videos[name], backend="decord")
-        frames, metadata, _ = qwen_reference(media_videos[name], {})
-        assert ours.backend == "decord" and ours.frames_indices == metadata["frames_indices"]
+        ours = load_video(media_videos[name], backend=backend)
+        frames, metadata, _ = qwen_reference(media_videos[name], {}, backend)
+        assert ours.backend == backend and ours.frames_indices == metadata["frames_indices"]
         assert (ours.frames.float() - frames).abs().max() <= 1
+
+
+@pytest.mark.parametrize("backend", READERS)
+@pytest.mark.parametrize("name", [spec.name for spec in PARITY_SPECS if spec.name not in RANDOM_ACCESS_WRONG])
+def test_backends_agree_with_pyav_on_cfr_files(media_videos, name, backend):
+    options = {"video_start": 100.0, "video_end": 110.0} if name == "h264_24fps_long" else {}
+    ours, pyav = (load_video(media_videos[name], backend=chosen, **options) for chosen in (backend, "pyav"))
+    assert ours.frames_indices == pyav.frames_indices and ours.frames.shape == pyav.frames.shape
+    assert ours.timestamps == pyav.timestamps and ours.notes == pyav.notes
+    assert (ours.frames.int() - pyav.frames.int()).abs().max() <= 1
+
+
+@pytest.mark.skipif("torchcodec" not in READERS, reason="torchcodec (optional backend) is not installed")
+def test_torchcodec_wrong_frames_are_decoded_again_with_pyav(media_videos):
+    native = get_policy("qwen2_5_vl").with_overrides(factor=None)
+    video = load_video(media_videos["mpeg4_avi_bframes"], native, backend="torchcodec", nframes=8)
+    assert video.backend == "torchcodec" and any("decoded sequentially with PyAV" in note for note in video.notes)
+    assert_frames_are_the_indexed_ones(video)
+    vfr = load_video(media_videos[VFR_SPEC.name], native, backend="torchcodec")
+    assert_frames_are_the_indexed_ones(vfr)
+    assert vfr.timestamps == load_video(media_videos[VFR_SPEC.name], native).timestamps
 
 
 def test_rotation_is_applied_before_resizing(media_videos):

@@ -8,8 +8,11 @@ Backends:
 - `pyav` (default): one threaded sequential decode, converting only the wanted frames to RGB and stopping after
   the last one. When the first wanted frame is far in, it seeks to the keyframe before it and checks the first
   decoded frame's timestamp against the probe; any mismatch falls back to decoding from the start.
-- `decord`, `torchcodec` (when installed): their random access (`get_batch`, `get_frames_at`) in small chunks.
-  Random access is known to return neighbouring frames on AVI/MPEG-4 B-frame files; prefer `pyav` there.
+- `torchcodec` (when installed, with FFmpeg's shared libraries): its random access (`get_frames_at`) in small
+  chunks, each frame checked against the probe's presentation time; where it returns neighbouring frames
+  (AVI/MPEG-4 B-frame files) the rest is decoded with PyAV, with a note.
+- `decord` (when installed): its random access (`get_batch`) in small chunks, unchecked (it reports no usable
+  timestamps on AVI or MPEG-PS), so it returns neighbouring frames on AVI/MPEG-4 B-frame files; prefer `pyav` there.
 Every backend returns frames with the display rotation applied (PyAV does not rotate by itself, so we do).
 """
 
@@ -32,6 +35,7 @@ BACKENDS = ("pyav", "decord", "torchcodec")
 SEEK_AHEAD_SECONDS = 10.0  # decoding through less than this is cheaper than a seek
 VFR_TOLERANCE = 0.1  # frame intervals spreading more than this (relative) mark a variable-frame-rate clip
 RANDOM_ACCESS_CHUNK = 16  # frames per decord/torchcodec call, to bound memory
+PTS_TOLERANCE_SECONDS = 1e-4  # a neighbouring frame is at least a millisecond away
 TEXT_FORMATS = {"tty"}  # FFmpeg renders any text file as ANSI-art "video"; that is never what a user meant
 
 
@@ -154,10 +158,13 @@ def _metadata(stream, label: str, frame_pts: list[int], end_pts: int, first_fram
 
 
 def decode_frames(path: str, metadata: VideoMetadata, indices: list[int], backend: str, limits: Limits,
-                  deadline: float) -> Iterator[tuple[int, float, torch.Tensor]]:
+                  deadline: float, notes: list[str]) -> Iterator[tuple[int, float, torch.Tensor]]:
     """Yield (index, seconds, uint8 CHW frame with rotation applied) for each of the sorted unique `indices`.
-    Stops after the last one; a truncated file may end early (the caller checks what came)."""
-    reader = {"pyav": _decode_pyav, "decord": _decode_decord, "torchcodec": _decode_torchcodec}[backend]
+    Stops after the last one; a truncated file may end early (the caller checks what came). A backend that has
+    to deviate from what was asked appends a sentence to `notes`."""
+    if backend == "torchcodec":
+        return _decode_torchcodec(path, metadata, indices, limits, deadline, notes)
+    reader = {"pyav": _decode_pyav, "decord": _decode_decord}[backend]
     return reader(path, metadata, indices, limits, deadline)
 
 
@@ -240,16 +247,47 @@ def _decode_decord(path, metadata, indices, limits, deadline):
             yield index, metadata.frame_time(index), image
 
 
-def _decode_torchcodec(path, metadata, indices, limits, deadline):
-    from torchcodec.decoders import VideoDecoder  # optional dependency
-
-    decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=0)
-    if decoder.metadata.num_frames != metadata.num_frames:
-        raise DecodeError(f"torchcodec counts {decoder.metadata.num_frames} frames in {metadata.source} where the "
-                          f"stream has {metadata.num_frames}; use backend pyav for this file")
+def _decode_torchcodec(path, metadata, indices, limits, deadline, notes):
+    """torchcodec's random access (exact seek mode), checked frame by frame: each frame it returns must carry the
+    presentation time and size our probe gives that index. Where it does not (AVI/MPEG-4 B-frame files, whose
+    packet times its index table trusts; MPEG-PS files decoded with threads) or cannot read the file, the rest is
+    decoded sequentially with PyAV and a note says so. torchcodec's own sequential API (`get_frames_in_range`) is
+    no way out: it holds every frame of the range at full size, and seeks by the same table unless it starts at 0."""
+    VideoDecoder = _torchcodec_decoder_class()
+    try:
+        decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=0)
+    except (RuntimeError, ValueError):
+        decoder = None
     for start in range(0, len(indices), RANDOM_ACCESS_CHUNK):
         check_deadline(deadline, limits)
         chunk = indices[start : start + RANDOM_ACCESS_CHUNK]
-        batch = decoder.get_frames_at(indices=chunk)
-        for index, image, seconds in zip(chunk, batch.data, batch.pts_seconds.tolist()):
-            yield index, seconds - metadata.frame_pts[0] * float(metadata.time_base), image
+        try:
+            batch = decoder.get_frames_at(indices=chunk) if decoder else None
+        except (RuntimeError, IndexError):  # e.g. an index past the frames it counted
+            batch = None
+        if batch is None or not _are_frames(batch.data, batch.pts_seconds.tolist(), chunk, metadata):
+            notes.append(f"torchcodec could not return frame {chunk[0]} of {metadata.source} and later ones exactly "
+                         "(its random access gives neighbouring frames on some files); they were decoded "
+                         "sequentially with PyAV")
+            yield from _decode_pyav(path, metadata, indices[start:], limits, deadline)
+            return
+        for index, image in zip(chunk, batch.data):
+            yield index, metadata.frame_time(index), image
+
+
+def _torchcodec_decoder_class():
+    try:
+        from torchcodec.decoders import VideoDecoder  # optional dependency
+    except (ImportError, OSError, RuntimeError) as error:
+        raise OptionsError(f"the torchcodec backend cannot load ({type(error).__name__}); it needs FFmpeg's shared "
+                           "libraries (`apt-get install ffmpeg`); or use backend pyav") from None
+    return VideoDecoder
+
+
+def _are_frames(images: torch.Tensor, seconds: list[float], indices: list[int], metadata: VideoMetadata) -> bool:
+    """Whether random access gave the frames `indices` name: display size and presentation times as probed."""
+    if tuple(images.shape[-2:]) != (metadata.height, metadata.width):
+        return False
+    start = float(metadata.frame_pts[0] * metadata.time_base)
+    return all(abs(got - start - metadata.frame_time(index)) < PTS_TOLERANCE_SECONDS
+               for got, index in zip(seconds, indices))

@@ -110,7 +110,8 @@ def _load_file(path: str, label: str, policy: SamplingPolicy, options: dict, lim
     # FFmpeg's decode threads costs more than a parallel resize gains. A short queue bounds the native frames held.
     with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,)) as resizer:
         pending = deque()
-        for index, seconds, image in decode_frames(path, metadata, sorted(positions), backend, limits, deadline):
+        for index, seconds, image in decode_frames(path, metadata, sorted(positions), backend, limits, deadline,
+                                                   notes):
             pending.append(resizer.submit(_resize_into, frames, positions[index], image, size))
             times[index] = seconds
             if len(pending) > RESIZE_QUEUE:
