@@ -165,3 +165,16 @@ def broken_media(tmp_path_factory, media_videos) -> dict[str, Path]:
         "empty": directory / "empty.mp4",
         "directory": directory / "folder",
     }
+
+
+@pytest.fixture
+def frame_cache():
+    """The process-wide frame cache, emptied before and after the test and restored to its size."""
+    from vlm_app.media.video import FRAME_CACHE
+
+    size = FRAME_CACHE.max_bytes
+    FRAME_CACHE.resize(0)
+    FRAME_CACHE.resize(size)
+    yield FRAME_CACHE
+    FRAME_CACHE.resize(0)
+    FRAME_CACHE.resize(size)

@@ -45,6 +45,11 @@ def local_file(source: str | os.PathLike, limits: Limits) -> Iterator[tuple[str,
                           "or a data: URI")
 
 
+def is_local(source: str | os.PathLike) -> bool:
+    """Whether `source` names a file on this machine (a path or file:// URL) rather than a download or data."""
+    return _scheme(os.fspath(source)) in (None, "file")
+
+
 def _scheme(text: str) -> str | None:
     match = URL_SCHEME.match(text)
     # "C:\clip.mp4" is a Windows drive, not a scheme

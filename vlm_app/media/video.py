@@ -2,14 +2,21 @@
 
 Memory stays bounded by the sampled output: only the wanted frames are converted to RGB, each is resized as soon
 as it is decoded, and decoding stops after the last wanted frame.
+
+Frame cache: a chat UI sends the same video with every turn, so results for local files are kept in a small LRU
+cache bounded by the bytes of their frames (`VLM_APP_FRAME_CACHE_MB`, default 512; 0 turns it off; or
+`FRAME_CACHE.resize(max_bytes)`). A file is known by its real path, inode, size and modification time, so an
+edited file is decoded again. Downloads and data: URIs are not cached (their temporary copies are gone).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 import numpy as np
@@ -22,7 +29,7 @@ from vlm_app.media.decode import VideoMetadata, decode_frames, probe, resolve_ba
 from vlm_app.media.image import open_rgb_image
 from vlm_app.media.limits import DEFAULT_LIMITS, Limits
 from vlm_app.media.policies import SamplingPolicy, get_policy, policy_notes
-from vlm_app.media.sources import local_file
+from vlm_app.media.sources import is_local, local_file
 
 OPTION_NAMES = ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
                 "resized_height", "resized_width", "video_start", "video_end", "backend")
@@ -32,7 +39,7 @@ FRAME_LIST_IGNORED = ("nframes", "min_frames", "max_frames", "video_start", "vid
 
 @dataclass
 class SampledVideo:
-    frames: torch.Tensor  # uint8 (T, C, H, W)
+    frames: torch.Tensor  # uint8 (T, C, H, W); may be shared with the frame cache: clone before editing in place
     frames_indices: list[int]  # display-order indices into the source's frames
     timestamps: list[float]  # seconds, each sampled frame's presentation time
     sample_fps: float
@@ -62,10 +69,71 @@ def load_video(source, policy: str | SamplingPolicy = "qwen2_5_vl", *, limits: L
         video = _load_frame_list(source, policy, options, limits)
     else:
         with local_file(source, limits) as (path, label):
-            video = _load_file(path, label, policy, options, limits)
+            load = _load_file_cached if is_local(source) else _load_file
+            video = load(path, label, policy, options, limits)
     video.notes = policy_notes(policy) + video.notes
     video.decode_seconds = time.perf_counter() - started
     return video
+
+
+class FrameCache:
+    """Least recently used `SampledVideo`s, bounded by the total bytes of their frames; thread-safe."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._videos: OrderedDict[tuple, SampledVideo] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> SampledVideo | None:
+        with self._lock:
+            video = self._videos.get(key)
+            if video is not None:
+                self._videos.move_to_end(key)
+            return video
+
+    def put(self, key: tuple, video: SampledVideo) -> None:
+        with self._lock:
+            if key not in self._videos and video.frames.nbytes <= self.max_bytes:
+                self._videos[key] = video
+                self._bytes += video.frames.nbytes
+            self._evict()
+
+    def resize(self, max_bytes: int) -> None:
+        with self._lock:
+            self.max_bytes = max_bytes
+            self._evict()
+
+    def _evict(self) -> None:
+        while self._bytes > self.max_bytes:
+            _, video = self._videos.popitem(last=False)
+            self._bytes -= video.frames.nbytes
+
+
+def frame_cache_bytes_from_env() -> int:
+    megabytes = os.environ.get("VLM_APP_FRAME_CACHE_MB", "512")
+    try:
+        return max(int(float(megabytes) * 2**20), 0)
+    except ValueError:
+        raise OptionsError(f"VLM_APP_FRAME_CACHE_MB={megabytes!r} is not a number of megabytes; fix or unset it") from None
+
+
+FRAME_CACHE = FrameCache(frame_cache_bytes_from_env())
+
+
+def _load_file_cached(path: str, label: str, policy: SamplingPolicy, options: dict, limits: Limits) -> SampledVideo:
+    """`_load_file` through FRAME_CACHE. Callers get their own copy: only the frames tensor is shared."""
+    stat = os.stat(path)
+    effective = {name: value for name, value in options.items() if value is not None}
+    effective["backend"] = resolve_backend(options.get("backend"))
+    key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, label, policy,
+           tuple(sorted(effective.items())), limits)
+    video = FRAME_CACHE.get(key)
+    if video is None:
+        video = _load_file(path, label, policy, options, limits)
+        FRAME_CACHE.put(key, video)
+    return replace(video, frames_indices=list(video.frames_indices), timestamps=list(video.timestamps),
+                   notes=list(video.notes))
 
 
 def check_options(options: dict, policy: SamplingPolicy) -> None:
