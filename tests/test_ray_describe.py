@@ -11,6 +11,7 @@ import pytest
 from vlm_app import distributed
 from vlm_app.cli import main
 from vlm_app.describer import DEFAULT_PROMPT, describe_video
+from vlm_app.messages import conversation
 
 MAX_NEW_TOKENS = 8
 GENERATION = {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0.0, "top_p": 1.0, "seed": None}  # the CLI's defaults
@@ -165,3 +166,22 @@ def test_session_ray_is_reused_when_already_connected(ray_local):
     with distributed.connected(ray_local, distributed.Cluster()):
         assert ray_local.is_initialized()
     assert ray_local.is_initialized()
+
+
+def test_decode_workers_sample_with_the_answer_budget(tiny_deepseek_dirs, deepseek_long_video):
+    """A decode worker has no model, yet samples exactly the frames the loaded adapter's `prepare` shows for the
+    job's answer budget (DeepSeek-VL2's frame count depends on it)."""
+    from vlm_app.adapters.deepseek_vl2 import DeepseekVL2Adapter
+
+    checkpoint = str(tiny_deepseek_dirs["tiny"])
+    adapter = DeepseekVL2Adapter.load(checkpoint, device="cpu", dtype="float32")
+    counts = []
+    for max_new_tokens in (16, 1500):
+        job = distributed.Job(model=checkpoint, generation={"max_new_tokens": max_new_tokens}).located()
+        row = distributed.Decoder(job)({"source": "clip", "location": str(deepseek_long_video)})
+        prepared = adapter.prepare(conversation(job.prompt, video=str(deepseek_long_video)),
+                                   max_new_tokens=max_new_tokens)
+        assert row["error"] is None
+        assert row["video"].frames_indices == prepared.media[0].frames_indices
+        counts.append(len(row["video"].frames_indices))
+    assert counts[0] > counts[1]  # a longer answer leaves room for fewer frames

@@ -178,3 +178,20 @@ def test_sessions_clean_up_and_models_load_and_unload(backend):
 def test_ui_command_rejects_missing_model_folders(capsys, tmp_path):
     assert main(["ui", "--models", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_answer_budget_reaches_prepare(tiny_deepseek_dirs, deepseek_long_video):
+    """DeepSeek-VL2 sizes its frame count by the answer budget: a chat turn must prepare with the budget it then
+    generates with (the max-new-tokens control), not the family default."""
+    from vlm_app.adapters.deepseek_vl2 import DeepseekVL2Adapter
+    from vlm_app.ui.answer import AnswerRun
+
+    adapter = DeepseekVL2Adapter.load(str(tiny_deepseek_dirs["tiny"]), device="cpu", dtype="float32")
+    history = [user(deepseek_long_video, text="What happens?")]
+    settings = Settings(max_new_tokens=8)
+    run = AnswerRun(adapter, "deepseek", to_messages(history, settings), settings)
+    list(run)
+    messages = to_messages(history, settings)
+    assert adapter.frame_budget(messages, 8) != adapter.frame_budget(messages, 512)  # the budget matters here
+    assert run.stats()["frames"] == adapter.frame_budget(messages, 8)
+    assert run.stats()["new_tokens"] <= 8

@@ -78,8 +78,9 @@ def import_ray():
 # ---- the two stages --------------------------------------------------------------------------------------------
 class Decoder:
     """A decode worker: samples each video exactly as the model's adapter would, without loading weights.
-    The adapter is built around the processor only, because the checkpoint's processor sets sampling defaults
-    (SmolVLM2's fps and frame cap) and `load_media` applies them with the family's policy."""
+    The adapter is built around the checkpoint's processor and config, because they set sampling defaults
+    (SmolVLM2's fps and frame cap, DeepSeek-VL2's context) and `load_media` applies them with the family's
+    policy and the job's answer budget."""
 
     def __init__(self, job: Job):
         from vlm_app.adapters import registry
@@ -87,14 +88,13 @@ class Decoder:
 
         ref = registry.resolve(job.model_location)
         path, _ = locate(ref, job.model_options.get("revision"))
-        adapter_class = registry.adapter_class(ref.family)
-        self.sampler = adapter_class(None, adapter_class.load_processor(path), None)
+        self.sampler = registry.adapter_class(ref.family).without_weights(path)
         self.job = job
 
     def __call__(self, row: dict) -> dict:
         messages = conversation(self.job.prompt, video=row["location"])
         try:
-            video = self.sampler.load_media(messages, self.job.sampling)[0]
+            video = self.sampler.load_media(messages, self.job.sampling, self.job.generation.get("max_new_tokens"))[0]
         except VlmAppError as error:
             return {"source": row["source"], "video": None, "error": str(error)}
         return {"source": row["source"], "video": video, "error": None}

@@ -284,10 +284,11 @@ class Adapter:
     family: ClassVar[str] = ""
     policy: ClassVar[str] = ""
 
-    def __init__(self, model, processor, info: ModelInfo):
+    def __init__(self, model, processor, info: ModelInfo | None, config=None):
         self.model = model
         self.processor = processor
         self.info = info
+        self.config = config if config is not None else model.config
 
     # ---- loading -------------------------------------------------------------------------------------------
     @classmethod
@@ -310,6 +311,18 @@ class Adapter:
 
         return AutoProcessor.from_pretrained(path)
 
+    @classmethod
+    def load_config(cls, path: str):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(path)
+
+    @classmethod
+    def without_weights(cls, path: str) -> "Adapter":
+        """The checkpoint's processor and config but no model: enough for `load_media`, which then samples exactly
+        as the loaded adapter would (the Ray engine's decode workers)."""
+        return cls(None, cls.load_processor(path), None, config=cls.load_config(path))
+
     @property
     def tokenizer(self):
         return getattr(self.processor, "tokenizer", self.processor)
@@ -324,8 +337,7 @@ class Adapter:
 
     @property
     def num_layers(self) -> int:
-        config = self.model.config
-        return getattr(config, "text_config", config).num_hidden_layers
+        return getattr(self.config, "text_config", self.config).num_hidden_layers
 
     # ---- inputs --------------------------------------------------------------------------------------------
     def prepare(self, messages: list[dict], max_new_tokens: int | None = None, **sampling_overrides) -> Prepared:
@@ -338,9 +350,10 @@ class Adapter:
         """Video options this checkpoint sets on top of the family policy (e.g. its processor's frame cap)."""
         return {}
 
-    def load_media(self, messages: list[dict], sampling_overrides: dict) -> list:
+    def load_media(self, messages: list[dict], sampling_overrides: dict, max_new_tokens: int | None = None) -> list:
         """Sample every image/video item with this family's policy; already sampled items pass through.
-        Precedence: per-item options > call overrides > checkpoint defaults > policy."""
+        Precedence: per-item options > call overrides > checkpoint defaults > policy. `max_new_tokens`: the answer
+        budget, as in `prepare` (a family whose frame count depends on it overrides this method)."""
         from vlm_app.media import SampledImage, SampledVideo, load_image, load_video
 
         shown = []

@@ -53,13 +53,19 @@ class DeepseekVL2Adapter(Adapter):
 
         return DeepseekVLV2Processor.from_pretrained(path)
 
+    @classmethod
+    def load_config(cls, path: str):
+        from vlm_app.models.deepseek_vl2 import DeepseekVLV2Config
+
+        return DeepseekVLV2Config.from_pretrained(path)
+
     @property
     def num_layers(self) -> int:
-        return self.model.config.language_config["num_hidden_layers"]
+        return self.config.language_config["num_hidden_layers"]
 
     @property
     def context_tokens(self) -> int:
-        return self.model.config.language_config["max_position_embeddings"]
+        return self.config.language_config["max_position_embeddings"]
 
     def decode(self, token_ids: list[int]) -> str:
         """Keeps the grounding tags: `<|ref|>`, `<|det|>`, ... are special tokens, and the answer's boxes are
@@ -75,8 +81,7 @@ class DeepseekVL2Adapter(Adapter):
             max_new_tokens = DEEPSEEK_DEFAULT_MAX_NEW_TOKENS
         messages = normalize(messages)
         started = time.perf_counter()
-        budget = self.frame_budget(messages, max_new_tokens)
-        media = self.load_media(messages, {**sampling_overrides, "max_frames": budget})
+        media = self.load_media(messages, sampling_overrides, max_new_tokens)
         media_done = time.perf_counter()
         conversation, images, owners = self._conversation(messages, media)
         batch = self.processor(conversations=conversation, images=images, force_batchify=True)
@@ -94,6 +99,13 @@ class DeepseekVL2Adapter(Adapter):
                         media=media, prompt=batch.sft_format[0],
                         timings={"media_s": media_done - started, "processor_s": done - media_done,
                                  "preprocess_s": done - started})
+
+    def load_media(self, messages: list[dict], sampling_overrides: dict, max_new_tokens: int | None = None) -> list:
+        """Videos get at most the frames that fit next to the prompt and a `max_new_tokens` answer (None: 512)."""
+        if max_new_tokens is None:
+            max_new_tokens = DEEPSEEK_DEFAULT_MAX_NEW_TOKENS
+        budget = self.frame_budget(normalize(messages), max_new_tokens)
+        return super().load_media(messages, {**sampling_overrides, "max_frames": budget})
 
     def frame_budget(self, messages: list[dict], max_new_tokens: int) -> int:
         """Frames each video may have: the context left after the prompt (with every video removed) and the

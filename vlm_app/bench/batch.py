@@ -44,7 +44,7 @@ def run_batch_benchmark(videos: int = 12, seconds: int = 4, max_new_tokens: int 
         started = time.perf_counter()
         for path in sorted(folder.glob("*.mp4")):
             tick = time.perf_counter()
-            video = adapter.load_media(conversation(DEFAULT_PROMPT, video=str(path)), {})[0]
+            video = adapter.load_media(conversation(DEFAULT_PROMPT, video=str(path)), {}, max_new_tokens)[0]
             parts["decode+sample"] += time.perf_counter() - tick
             record = describe_video(adapter, str(path), DEFAULT_PROMPT, {}, generation, video=video)
             parts["processor"] += record["timings"]["preprocess_s"]

@@ -121,8 +121,9 @@ class AnswerRun:
         self.generation = None
 
     def __iter__(self) -> Iterator[str]:
-        self.prepared = self.adapter.prepare(self.messages)
-        stream = self.adapter.stream(self.prepared, cancel=self.cancel, **self.settings.generate_options())
+        options = self.settings.generate_options()
+        self.prepared = self.adapter.prepare(self.messages, max_new_tokens=options["max_new_tokens"])
+        stream = self.adapter.stream(self.prepared, cancel=self.cancel, **options)
         try:
             for piece in stream:
                 self.text += piece
