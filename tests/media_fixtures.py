@@ -14,6 +14,8 @@ import av
 import numpy as np
 import pytest
 
+from vlm_app.testing import videos
+
 FRAME_ID_BITS = 12
 
 
@@ -29,6 +31,7 @@ class VideoSpec:
     rotation: int = 0  # display-matrix rotation in degrees (counter-clockwise, as FFmpeg stores it)
     bframes: int = 0
     frame_durations: tuple[float, ...] = field(default=())  # seconds per frame, for VFR; empty means CFR
+    faststart: bool = False  # mp4 index (moov) before the data, as web uploads have it
 
     @property
     def filename(self) -> str:
@@ -62,7 +65,7 @@ def read_frame_id(frame_hwc: np.ndarray) -> int:
 
 
 def write_video(path: Path, spec: VideoSpec) -> Path:
-    """Encode `spec` to `path` with PyAV. Rotation is stored as display-matrix side data, as phones do."""
+    """Encode `spec` to `path` with the shared writer (codec options, rotation, VFR durations)."""
     options = {"bf": str(spec.bframes)} if spec.codec in ("mpeg4", "mpeg2video") else {}
     if spec.codec == "libx264":
         options = {"preset": "ultrafast", "bf": str(spec.bframes)}
@@ -70,31 +73,10 @@ def write_video(path: Path, spec: VideoSpec) -> Path:
         options = {"preset": "ultrafast", "x265-params": "log-level=error"}
     elif spec.codec == "libvpx-vp9":
         options = {"deadline": "realtime", "cpu-used": "8"}
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(spec.codec, rate=spec.fps, options=options)
-        stream.width, stream.height = spec.width, spec.height
-        # 4:2:0 needs even sizes; odd-sized clips use 4:4:4 like screen recordings do.
-        stream.pix_fmt = "yuv420p" if spec.width % 2 == 0 and spec.height % 2 == 0 else "yuv444p"
-        if spec.codec in ("mpeg4", "mpeg2video"):
-            stream.bit_rate = 2_000_000
-        if spec.frame_durations:
-            stream.codec_context.time_base = Fraction(1, 1000)
-        if spec.rotation:
-            stream.set_display_rotation(spec.rotation)
-        elapsed = 0.0
-        for index in range(spec.num_frames):
-            frame = av.VideoFrame.from_ndarray(frame_image(index, spec.width, spec.height), format="rgb24")
-            if spec.frame_durations:
-                frame.pts = round(elapsed * 1000)
-                frame.time_base = Fraction(1, 1000)
-                elapsed += spec.frame_durations[index]
-            else:
-                frame.pts = index
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    frames = (frame_image(index, spec.width, spec.height) for index in range(spec.num_frames))
+    return videos.write_video(path, frames, spec.fps, codec=spec.codec, options=options,
+                              bit_rate=2_000_000 if spec.codec in ("mpeg4", "mpeg2video") else None,
+                              rotation=spec.rotation, durations=spec.frame_durations)
 
 
 def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
@@ -112,6 +94,7 @@ def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
 
 
 def write_truncated(path: Path, source: Path, keep_fraction: float = 0.4) -> Path:
+    """The first `keep_fraction` of `source`'s bytes, as an interrupted download leaves it."""
     data = source.read_bytes()
     path.write_bytes(data[: int(len(data) * keep_fraction)])
     return path
@@ -148,6 +131,23 @@ def media_videos(tmp_path_factory) -> dict[str, Path]:
     return {spec.name: write_video(directory / spec.filename, spec) for spec in specs}
 
 
+# 16 s clips whose later frames are reached by seeking: MPEG-PS and MPEG-TS seek by byte position.
+SEEK_SPECS = [
+    VideoSpec("seek_mpeg2_ps", codec="mpeg2video", container="mpg", fps=Fraction(25), num_frames=25 * 16, width=64,
+              height=48, bframes=2),
+    VideoSpec("seek_h264_ts", container="ts", num_frames=24 * 16, width=64, height=48),
+    VideoSpec("seek_h264_mkv", container="mkv", num_frames=24 * 16, width=64, height=48, bframes=2),
+]
+# Index first, so cutting the tail leaves a file that promises more frames than it holds.
+FASTSTART_SPEC = VideoSpec("h264_faststart", num_frames=96, faststart=True)
+
+
+@pytest.fixture(scope="session")
+def seek_videos(tmp_path_factory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("seek_videos")
+    return {spec.name: write_video(directory / spec.filename, spec) for spec in SEEK_SPECS}
+
+
 @pytest.fixture(scope="session")
 def broken_media(tmp_path_factory, media_videos) -> dict[str, Path]:
     """Files that are not usable videos: {kind: path}."""
@@ -160,6 +160,8 @@ def broken_media(tmp_path_factory, media_videos) -> dict[str, Path]:
     return {
         "audio_only": write_audio_only(directory / "audio_only.m4a"),
         "truncated": write_truncated(directory / "truncated.mp4", media_videos["h264_24fps_2s"]),
+        "truncated_faststart": write_truncated(directory / "truncated_faststart.mp4",
+                                               write_video(directory / FASTSTART_SPEC.filename, FASTSTART_SPEC), 0.6),
         "corrupt": directory / "corrupt.mp4",
         "text": directory / "notes.txt",
         "empty": directory / "empty.mp4",

@@ -7,7 +7,8 @@ torchcodec's exact mode do; that is what makes frame counts, VFR detection and s
 Backends:
 - `pyav` (default): one threaded sequential decode, converting only the wanted frames to RGB and stopping after
   the last one. When the first wanted frame is far in, it seeks to the keyframe before it and checks the first
-  decoded frame's timestamp against the probe; any mismatch falls back to decoding from the start.
+  decoded frame's timestamp against the probe; any mismatch (or no frame at all) falls back to decoding from the
+  start.
 - `torchcodec` (when installed, with FFmpeg's shared libraries): its random access (`get_frames_at`) in small
   chunks, each frame checked against the probe's presentation time; where it returns neighbouring frames
   (AVI/MPEG-4 B-frame files) the rest is decoded with PyAV, with a note.
@@ -173,44 +174,32 @@ def _decode_pyav(path, metadata, indices, limits, deadline):
     with _open(path, metadata.source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        next_index = _seek_before(container, stream, metadata, indices[0])
         try:
-            for frame in container.decode(stream):
+            for index, frame in _indexed_frames(container, stream, metadata, indices[0]):
                 check_deadline(deadline, limits)
-                if next_index is None:  # after a seek: place the frame by its timestamp, or start over
-                    next_index = _index_after_seek(metadata, frame.pts, indices[0])
-                    if next_index is None:
-                        yield from _decode_pyav_from_start(container, stream, metadata, indices, limits, deadline)
-                        return
-                if next_index in wanted:
-                    yield next_index, _frame_seconds(metadata, frame, next_index), _to_tensor(frame, metadata.rotation)
-                if next_index >= indices[-1]:
+                if index in wanted:
+                    yield index, _frame_seconds(metadata, frame, index), _to_tensor(frame, metadata.rotation)
+                if index >= indices[-1]:
                     return
-                next_index += 1
         except av.FFmpegError:
             return  # corrupt or truncated data: stop here
 
 
-def _decode_pyav_from_start(container, stream, metadata, indices, limits, deadline):
-    container.seek(0, stream=stream)
-    wanted = set(indices)
-    try:
-        for index, frame in enumerate(container.decode(stream)):
-            check_deadline(deadline, limits)
-            if index in wanted:
-                yield index, _frame_seconds(metadata, frame, index), _to_tensor(frame, metadata.rotation)
-            if index >= indices[-1]:
-                return
-    except av.FFmpegError:
-        return
-
-
-def _seek_before(container, stream, metadata, first_index) -> int | None:
-    """Seek to the keyframe before `first_index` when it is far in; returns 0 (no seek) or None (index unknown)."""
-    if metadata.frame_time(first_index) < SEEK_AHEAD_SECONDS:
-        return 0
-    container.seek(metadata.frame_pts[first_index], stream=stream, backward=True)
-    return None
+def _indexed_frames(container, stream, metadata, first_index) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(display-order index, frame) pairs, from the keyframe before `first_index` when it is far in. A seek is
+    trusted only when the first frame after it carries a probed timestamp at or before `first_index`; otherwise
+    (MPEG-PS and MPEG-TS seek by byte position and may land anywhere, even at the end) decoding starts over."""
+    if metadata.frame_time(first_index) >= SEEK_AHEAD_SECONDS:
+        container.seek(metadata.frame_pts[first_index], stream=stream, backward=True)
+        frames = container.decode(stream)
+        first = next(frames, None)
+        index = _index_after_seek(metadata, first.pts, first_index) if first is not None else None
+        if index is not None:
+            yield index, first
+            yield from enumerate(frames, index + 1)
+            return
+        container.seek(0, stream=stream)
+    yield from enumerate(container.decode(stream))
 
 
 def _index_after_seek(metadata, pts, first_index) -> int | None:
