@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _example_module():
-    spec = importlib.util.spec_from_file_location("make_example_video", ROOT / "examples" / "make_example_video.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
 def make_clip():
     """make_clip(path, seconds, fps, width, height) -> path of a libx264 clip (moving red square)."""
-    return _example_module().make_video
+    from vlm_app.testing.videos import make_clip
+
+    return make_clip
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,7 @@ def write_video(path: Path, spec: VideoSpec) -> Path:
     frames = (frame_image(index, spec.width, spec.height) for index in range(spec.num_frames))
     return videos.write_video(path, frames, spec.fps, codec=spec.codec, options=options,
                               bit_rate=2_000_000 if spec.codec in ("mpeg4", "mpeg2video") else None,
-                              rotation=spec.rotation, durations=spec.frame_durations)
+                              rotation=spec.rotation, durations=spec.frame_durations, faststart=spec.faststart)
 
 
 def write_audio_only(path: Path, seconds: float = 1.0) -> Path:

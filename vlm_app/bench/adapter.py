@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from vlm_app.testing.videos import make_clip
+
 
 def _seconds(run: Callable[[], object]) -> float:
     started = time.perf_counter()
@@ -94,7 +96,7 @@ def run_adapter_benchmark(models: str | None, repeats: int = 15, max_new_tokens:
 
     torch.set_num_threads(threads)  # fixed threads: the ratio should not depend on how busy other cores are
     with tempfile.TemporaryDirectory() as scratch:
-        video = str(_make_clip(Path(scratch) / "bench.mp4"))
+        video = str(make_clip(Path(scratch) / "bench.mp4"))
         names = [name.strip() for name in models.split(",")] if models else \
             [str(build_tiny(family, Path(scratch) / family)) for family in ("qwen2_5_vl", "smolvlm2")]
         results = [bench_one(load_adapter(name, device="cpu" if not models else "auto"), video, repeats,
@@ -112,20 +114,3 @@ def run_adapter_benchmark(models: str | None, repeats: int = 15, max_new_tokens:
     worst = max(result[step]["overhead"] for result in results for step in ("generate", "forward"))
     print(f"worst generate/forward overhead: {worst:+.1%} (target <= +2%)")
     return 0
-
-
-def _make_clip(path: Path) -> Path:
-    """A 4 s 320x240 clip (the same generator as examples/make_example_video.py, kept self-contained)."""
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=24, options={"preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        for index in range(96):
-            image = np.zeros((240, 320, 3), np.uint8)
-            image[..., 2] = 160
-            image[90:150, 3 * index:3 * index + 60] = (220, 30, 30)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path

@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from vlm_app.bench.sampling import _encode
 from vlm_app.describer import DEFAULT_PROMPT, describe_video
 from vlm_app.messages import conversation
+from vlm_app.testing.videos import make_textured_clip
 
 
 def run_batch_benchmark(videos: int = 12, seconds: int = 4, max_new_tokens: int = 16, model: str | None = None) -> int:
@@ -31,7 +31,7 @@ def run_batch_benchmark(videos: int = 12, seconds: int = 4, max_new_tokens: int 
         folder = scratch / "videos"
         folder.mkdir()
         for number in range(videos):
-            _encode(folder / f"clip{number:02d}.mp4", 640, 360, 24, seconds)
+            make_textured_clip(folder / f"clip{number:02d}.mp4", seconds, 24, 640, 360)
         model = model or str(build_tiny("smolvlm2", scratch / "tiny_smolvlm2"))
         print(f"bench batch: {videos} clips ({seconds} s, 640x360, 24 fps), model {model}, "
               f"{max_new_tokens} new tokens, {os.cpu_count()} CPUs")

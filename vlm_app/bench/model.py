@@ -195,20 +195,11 @@ def run_model_benchmark(args) -> int:
     return 0
 
 
-def _synthetic_video(frames: int):
-    """A `frames`-second 640x360 clip of noise at 2 fps (sampled at 1 fps by the benchmark)."""
+def _synthetic_video(frames: int) -> str:
+    """A `frames`-second 640x360 textured clip at 2 fps (sampled at 1 fps by the benchmark)."""
     import tempfile
 
-    import av
-    import numpy as np
+    from vlm_app.testing.videos import make_textured_clip
 
-    path = os.path.join(tempfile.mkdtemp(prefix="vlm_app_bench_"), "video.mp4")
-    with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=2, options={"preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
-        rng = np.random.default_rng(0)
-        for _ in range(2 * frames):
-            image = rng.integers(0, 255, (360, 640, 3), dtype=np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path
+    folder = tempfile.mkdtemp(prefix="vlm_app_bench_")
+    return str(make_textured_clip(os.path.join(folder, "video.mp4"), frames, fps=2, preset="ultrafast"))

@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+from vlm_app.testing.videos import make_textured_clip
 
 CACHE_DIR = Path(os.environ.get("VLM_APP_CACHE", Path.home() / ".cache" / "vlm_app")) / "bench"
 GENERATED = [  # (name, width, height, fps, seconds)
@@ -51,29 +52,10 @@ def generate_videos() -> list[Path]:
         path = CACHE_DIR / f"{name}.mp4"
         if not path.exists():
             print(f"generating {path} ...", flush=True)
-            _encode(path.with_suffix(".partial.mp4"), width, height, fps, seconds)
+            make_textured_clip(path.with_suffix(".partial.mp4"), seconds, fps, width, height)
             path.with_suffix(".partial.mp4").rename(path)
         paths.append(path)
     return paths
-
-
-def _encode(path: Path, width: int, height: int, fps: int, seconds: int) -> None:
-    """Moving gradients plus a noise block: real motion for the encoder, cheap to draw (uint8 wraps at 256)."""
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
-    step = np.array([3, 2, 1], dtype=np.uint8)
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps), options={"preset": "veryfast", "crf": "23"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for index in range(fps * seconds):
-            image = base + step * np.uint8(index % 256)
-            top, left = rng.integers(0, height - 64), rng.integers(0, width - 64)
-            image[top:top + 64, left:left + 64] = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def _measure(method: str, path: Path) -> dict:

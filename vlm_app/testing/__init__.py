@@ -1,1 +1,1 @@
-"""Test helpers that ship with the package: offline tiny checkpoints (`tiny`)."""
+"""Test helpers that ship with the package: offline tiny checkpoints (`tiny`), synthetic videos (`videos`)."""
