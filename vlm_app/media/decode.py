@@ -165,8 +165,9 @@ def decode_frames(path: str, metadata: VideoMetadata, indices: list[int], backen
     to deviate from what was asked appends a sentence to `notes`."""
     if backend == "torchcodec":
         return _decode_torchcodec(path, metadata, indices, limits, deadline, notes)
-    reader = {"pyav": _decode_pyav, "decord": _decode_decord}[backend]
-    return reader(path, metadata, indices, limits, deadline)
+    if backend == "decord":
+        return _decode_decord(path, metadata, indices, limits, deadline)
+    return _decode_pyav(path, metadata, indices, limits, deadline)
 
 
 def _decode_pyav(path, metadata, indices, limits, deadline):
