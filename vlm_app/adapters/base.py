@@ -1,8 +1,9 @@
 """The adapter interface every model family implements, and its result types.
 
 Data flow: messages -> `prepare` (media pipeline + processor) -> `Prepared` -> `forward` / `generate` / `stream`.
-A family implements only loading hooks (`load_model`, `load_processor`, when the Auto classes do not fit) and
-`prepare`; forward, generate and stream live here, once. Nothing here knows about Gradio or the CLI.
+A family implements only loading hooks (`load_model`, `load_processor`, `load_config`, when the Auto classes do not
+fit) and `build_inputs` (its processor call); prepare, forward, generate and stream live here, once. Nothing here
+knows about Gradio or the CLI.
 
 Streaming: `adapter.stream(prepared, cancel=event, ...)` returns a `Stream`. Iterating it yields text pieces as
 they are decoded; when iteration ends (or after `stream.close()`), `stream.generation` holds the finished
@@ -22,7 +23,7 @@ from typing import Any, ClassVar, Iterator
 
 import torch
 
-from vlm_app.messages import media_items, media_options
+from vlm_app.messages import media_items, media_options, normalize
 
 
 @dataclass
@@ -278,7 +279,7 @@ class Adapter:
     """One model family behind one small interface.
 
     Subclasses set `family` and `policy` (the media sampling policy name), may override `load_model` /
-    `load_processor`, and implement `prepare`. Construct with `Adapter.load(...)` or `vlm_app.load(...)`.
+    `load_processor` / `load_config`, and implement `build_inputs`. Construct with `Adapter.load(...)` or `vlm_app.load(...)`.
     """
 
     family: ClassVar[str] = ""
@@ -341,9 +342,27 @@ class Adapter:
 
     # ---- inputs --------------------------------------------------------------------------------------------
     def prepare(self, messages: list[dict], max_new_tokens: int | None = None, **sampling_overrides) -> Prepared:
-        """`max_new_tokens` is the answer budget the caller will generate with: a family whose prompt must leave
-        room for the answer (DeepSeek-VL2 fits prompt and answer in 4096 tokens) sizes its frame count by it;
-        the others ignore it. None: the family's default budget."""
+        """The model inputs for `messages`: their media sampled with the family's policy (`load_media`), then the
+        family's processing (`build_inputs`), each timed. `max_new_tokens` is the answer budget the caller will
+        generate with: a family whose prompt must leave room for the answer (DeepSeek-VL2 fits prompt and answer
+        in 4096 tokens) sizes its frame count by it; the others ignore it. None: the family's default budget."""
+        messages = normalize(messages)
+        started = time.perf_counter()
+        media = self.load_media(messages, sampling_overrides, max_new_tokens)
+        media_done = time.perf_counter()
+        inputs, visual_map, prompt = self.build_inputs(messages, media, max_new_tokens)
+        done = time.perf_counter()
+        length = inputs["input_ids"].shape[1]
+        return Prepared(inputs=self._to_device(inputs), visual_map=visual_map,
+                        num_tokens=TokenCounts(text=length - len(visual_map), visual=len(visual_map)),
+                        media=media, prompt=prompt,
+                        timings={"media_s": media_done - started, "processor_s": done - media_done,
+                                 "preprocess_s": done - started})
+
+    def build_inputs(self, messages: list[dict], media: list,
+                     max_new_tokens: int | None) -> tuple[dict, VisualMap, str]:
+        """The family's part of `prepare`: (model inputs, visual-token map, prompt text) for normalised messages
+        and their sampled media, in order."""
         raise NotImplementedError
 
     def sampling_defaults(self) -> dict:

@@ -9,11 +9,10 @@ tokens and the answer budget (`max_new_tokens`, default 512), never guessed; sev
 from __future__ import annotations
 
 import math
-import time
 
 from PIL import Image
 
-from vlm_app.adapters.base import Adapter, Prepared, TokenCounts, VisualMap
+from vlm_app.adapters.base import Adapter, VisualMap
 from vlm_app.errors import LimitError
 from vlm_app.media.policies import DEEPSEEK_DEFAULT_MAX_NEW_TOKENS, deepseek_max_frames
 from vlm_app.messages import normalize
@@ -75,30 +74,20 @@ class DeepseekVL2Adapter(Adapter):
 
     # ---- prepare -------------------------------------------------------------------------------------------
 
-    def prepare(self, messages: list[dict], max_new_tokens: int | None = None, **sampling_overrides) -> Prepared:
-        """`max_new_tokens` is the answer budget the frame count leaves room for (None: 512)."""
+    def build_inputs(self, messages: list[dict], media: list, max_new_tokens: int | None = None):
+        """Frames as timestamped images; the prompt and a `max_new_tokens` answer (None: 512) must fit the context."""
         if max_new_tokens is None:
             max_new_tokens = DEEPSEEK_DEFAULT_MAX_NEW_TOKENS
-        messages = normalize(messages)
-        started = time.perf_counter()
-        media = self.load_media(messages, sampling_overrides, max_new_tokens)
-        media_done = time.perf_counter()
         conversation, images, owners = self._conversation(messages, media)
         batch = self.processor(conversations=conversation, images=images, force_batchify=True)
-        done = time.perf_counter()
         length = batch.input_ids.shape[1]
         if length + max_new_tokens > self.context_tokens:
             raise LimitError(f"the prompt takes {length} tokens and the answer {max_new_tokens}, over the "
                              f"{self.context_tokens}-token context; use fewer frames (nframes/fps), fewer images, "
                              "or a smaller max_new_tokens")
-        visual_map = self._visual_map(batch, media, owners)
         inputs = {name: batch[name] for name in
                   ("input_ids", "attention_mask", "images", "images_seq_mask", "images_spatial_crop")}
-        return Prepared(inputs=self._to_device(inputs), visual_map=visual_map,
-                        num_tokens=TokenCounts(text=length - len(visual_map), visual=len(visual_map)),
-                        media=media, prompt=batch.sft_format[0],
-                        timings={"media_s": media_done - started, "processor_s": done - media_done,
-                                 "preprocess_s": done - started})
+        return inputs, self._visual_map(batch, media, owners), batch.sft_format[0]
 
     def load_media(self, messages: list[dict], sampling_overrides: dict, max_new_tokens: int | None = None) -> list:
         """Videos get at most the frames that fit next to the prompt and a `max_new_tokens` answer (None: 512)."""

@@ -8,10 +8,9 @@ model card's `fps=[...]` keyword is rejected outright; this is the fix, done onc
 from __future__ import annotations
 
 import math
-import time
 
-from vlm_app.adapters.base import Adapter, Prepared, TokenCounts, VisualMap
-from vlm_app.messages import for_template, normalize
+from vlm_app.adapters.base import Adapter, VisualMap
+from vlm_app.messages import for_template
 
 
 def hf_video_metadata(video):
@@ -29,13 +28,9 @@ class Qwen2_5_VLAdapter(Adapter):
     family = "qwen2_5_vl"
     policy = "qwen2_5_vl"
 
-    def prepare(self, messages: list[dict], max_new_tokens: int | None = None, **sampling_overrides) -> Prepared:
+    def build_inputs(self, messages: list[dict], media: list, max_new_tokens: int | None = None):
         from vlm_app.media import SampledVideo
 
-        messages = normalize(messages)
-        started = time.perf_counter()
-        media = self.load_media(messages, sampling_overrides)
-        media_done = time.perf_counter()
         videos = [item for item in media if isinstance(item, SampledVideo)]
         images = [item.image for item in media if not isinstance(item, SampledVideo)]
         prompt = self.processor.apply_chat_template(for_template(messages), tokenize=False,
@@ -44,14 +39,7 @@ class Qwen2_5_VLAdapter(Adapter):
             text=[prompt], images=images or None, videos=[video.frames for video in videos] or None,
             video_metadata=[hf_video_metadata(video) for video in videos] or None,
             do_resize=False, do_sample_frames=False, cap_pixels_per_frame=False, return_tensors="pt")
-        done = time.perf_counter()
-        visual_map = self._visual_map(inputs, media)
-        length = inputs["input_ids"].shape[1]
-        return Prepared(inputs=self._to_device(inputs), visual_map=visual_map,
-                        num_tokens=TokenCounts(text=length - len(visual_map), visual=len(visual_map)),
-                        media=media, prompt=prompt,
-                        timings={"media_s": media_done - started, "processor_s": done - media_done,
-                                 "preprocess_s": done - started})
+        return inputs, self._visual_map(inputs, media), prompt
 
     def _visual_map(self, inputs, media: list) -> VisualMap:
         """Per media item, its tokens in order: videos are (temporal pair, merged row, merged col) in row-major

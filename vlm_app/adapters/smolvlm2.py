@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import math
 import re
-import time
 
 import torch
 
-from vlm_app.adapters.base import Adapter, Prepared, TokenCounts, VisualMap
+from vlm_app.adapters.base import Adapter, VisualMap
 from vlm_app.errors import OptionsError
-from vlm_app.messages import for_template, normalize
+from vlm_app.messages import for_template
 
 PLACEHOLDER = re.compile(r"(<image>|<video>)")
 
@@ -39,13 +38,9 @@ class SmolVLM2Adapter(Adapter):
         video_processor = self.processor.video_processor
         return {"fps": video_processor.fps, "max_frames": video_processor.num_frames}
 
-    def prepare(self, messages: list[dict], max_new_tokens: int | None = None, **sampling_overrides) -> Prepared:
+    def build_inputs(self, messages: list[dict], media: list, max_new_tokens: int | None = None):
         from vlm_app.media import SampledVideo
 
-        messages = normalize(messages)
-        started = time.perf_counter()
-        media = self.load_media(messages, sampling_overrides)
-        media_done = time.perf_counter()
         videos = [item for item in media if isinstance(item, SampledVideo)]
         if videos and len(videos) != len(media):
             raise OptionsError("SmolVLM2 takes either images or videos in one conversation, not both")
@@ -58,14 +53,7 @@ class SmolVLM2Adapter(Adapter):
         text = "".join(next(pending) if piece in ("<image>", "<video>") else piece
                        for piece in PLACEHOLDER.split(prompt))
         inputs = {**self.processor.tokenizer(text, return_tensors="pt"), **pixels}
-        done = time.perf_counter()
-        visual_map = self._visual_map(inputs["input_ids"], media, views)
-        length = inputs["input_ids"].shape[1]
-        return Prepared(inputs=self._to_device(inputs), visual_map=visual_map,
-                        num_tokens=TokenCounts(text=length - len(visual_map), visual=len(visual_map)),
-                        media=media, prompt=prompt,
-                        timings={"media_s": media_done - started, "processor_s": done - media_done,
-                                 "preprocess_s": done - started})
+        return inputs, self._visual_map(inputs["input_ids"], media, views), prompt
 
     def _process_videos(self, videos: list) -> tuple[dict, list[str]]:
         video_processor = self.processor.video_processor
