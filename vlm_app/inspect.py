@@ -15,9 +15,8 @@ from vlm_app.adapters.registry import family_of
 from vlm_app.errors import SourceError
 from vlm_app.media import load_video
 from vlm_app.media.policies import POLICIES, get_policy, smolvlm2_tokens_per_frame
-from vlm_app.media.video import SampledVideo
+from vlm_app.media.video import RESIZE_OPTIONS, SampledVideo
 
-PIXEL_OPTIONS = ("min_pixels", "max_pixels", "total_pixels", "resized_height", "resized_width")
 SHEET_THUMB_WIDTH = 200
 SHEET_LABEL_HEIGHT = 16
 
@@ -41,7 +40,7 @@ def _options_for(family: str, options: dict, explicit_model: bool) -> dict:
     """Pixel options only mean something to resizing families; when showing every family, drop them elsewhere."""
     if explicit_model or get_policy(family).factor is not None:
         return options
-    return {key: value for key, value in options.items() if key not in PIXEL_OPTIONS}
+    return {key: value for key, value in options.items() if key not in RESIZE_OPTIONS}
 
 
 def visual_tokens(video: SampledVideo, model_name: str) -> int:
