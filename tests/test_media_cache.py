@@ -59,6 +59,17 @@ def test_an_edited_file_is_decoded_again(clip, media_videos, decodes):
     assert len(decodes) == 3 and after.metadata.num_frames == 63 != before.metadata.num_frames
 
 
+def test_a_file_replaced_at_the_same_path_replaces_its_entry(clip, media_videos, decodes, frame_cache):
+    """Uploads are moved into place again on every request: the stale entry must not stay behind."""
+    entry_bytes = load_video(clip).frames.nbytes
+    for _ in range(3):
+        os.remove(clip)
+        shutil.copy(media_videos["h264_24fps_2s"], clip)
+        load_video(clip)
+    assert len(decodes) == 4
+    assert frame_cache._bytes == entry_bytes
+
+
 def test_byte_bound_evicts_least_recently_used(media_videos, tmp_path, decodes, frame_cache):
     clips = [shutil.copy(media_videos["h264_24fps_2s"], tmp_path / f"clip{number}.mp4") for number in range(3)]
     entry_bytes = load_video(clips[0]).frames.nbytes

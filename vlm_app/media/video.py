@@ -79,25 +79,34 @@ def load_video(source, policy: str | SamplingPolicy = "qwen2_5_vl", *, limits: L
 
 
 class FrameCache:
-    """Least recently used `SampledVideo`s, bounded by the total bytes of their frames; thread-safe."""
+    """Least recently used `SampledVideo`s, bounded by the total bytes of their frames; thread-safe.
+
+    Entries are keyed by path and request; the file's identity (inode, size, mtime) is checked on every hit, so a
+    file replaced at the same path (as uploads are) replaces its entry instead of leaving a stale one behind."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._videos: OrderedDict[tuple, SampledVideo] = OrderedDict()
+        self._videos: OrderedDict[tuple, tuple[tuple, SampledVideo]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> SampledVideo | None:
+    def get(self, key: tuple, identity: tuple) -> SampledVideo | None:
         with self._lock:
-            video = self._videos.get(key)
-            if video is not None:
-                self._videos.move_to_end(key)
-            return video
+            entry = self._videos.get(key)
+            if entry is None:
+                return None
+            if entry[0] != identity:
+                self._drop(key)
+                return None
+            self._videos.move_to_end(key)
+            return entry[1]
 
-    def put(self, key: tuple, video: SampledVideo) -> None:
+    def put(self, key: tuple, identity: tuple, video: SampledVideo) -> None:
         with self._lock:
-            if key not in self._videos and video.frames.nbytes <= self.max_bytes:
-                self._videos[key] = video
+            if key in self._videos:
+                self._drop(key)
+            if video.frames.nbytes <= self.max_bytes:
+                self._videos[key] = (identity, video)
                 self._bytes += video.frames.nbytes
             self._evict()
 
@@ -106,10 +115,12 @@ class FrameCache:
             self.max_bytes = max_bytes
             self._evict()
 
+    def _drop(self, key: tuple) -> None:
+        self._bytes -= self._videos.pop(key)[1].frames.nbytes
+
     def _evict(self) -> None:
         while self._bytes > self.max_bytes:
-            _, video = self._videos.popitem(last=False)
-            self._bytes -= video.frames.nbytes
+            self._drop(next(iter(self._videos)))
 
 
 def frame_cache_bytes_from_env() -> int:
@@ -128,12 +139,12 @@ def _load_file_cached(path: str, label: str, policy: SamplingPolicy, options: di
     stat = os.stat(path)
     effective = {name: value for name, value in options.items() if value is not None}
     effective["backend"] = resolve_backend(options.get("backend"))
-    key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, label, policy,
-           tuple(sorted(effective.items())), limits)
-    video = FRAME_CACHE.get(key)
+    key = (os.path.realpath(path), label, policy, tuple(sorted(effective.items())), limits)
+    identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    video = FRAME_CACHE.get(key, identity)
     if video is None:
         video = _load_file(path, label, policy, options, limits)
-        FRAME_CACHE.put(key, video)
+        FRAME_CACHE.put(key, identity, video)
     return replace(video, frames_indices=list(video.frames_indices), timestamps=list(video.timestamps),
                    notes=list(video.notes))
 
