@@ -52,3 +52,30 @@ def test_a_file_ending_before_its_promised_frames_is_padded_with_a_note(broken_m
                for note in video.notes)
     resized = load_video(broken_media["truncated_faststart"], nframes=8)  # the default policy resizes the padding too
     assert (resized.frames[-1] == resized.frames[-2]).all() and resized.frames_indices == video.frames_indices
+
+
+@pytest.fixture
+def pyav_passes(monkeypatch, frame_cache):
+    """The keyword arguments of every PyAV decoding pass load_video starts."""
+    passes = []
+    original = decode._decode_pyav_pass
+
+    def recording(*args, **kwargs):
+        passes.append(kwargs)
+        yield from original(*args, **kwargs)
+
+    monkeypatch.setattr(decode, "_decode_pyav_pass", recording)
+    return passes
+
+
+def test_unwanted_frames_are_skipped_and_the_wanted_ones_are_exact(media_videos, pyav_passes):
+    video = load_video(str(media_videos["h264_2997fps_bframes"]), NATIVE, nframes=6)
+    assert pyav_passes == [{"skip_unwanted": True, "seek": True}]
+    assert frame_ids(video) == video.frames_indices
+
+
+def test_frames_with_unknown_times_fall_back_to_counting(media_videos, pyav_passes, monkeypatch):
+    monkeypatch.setattr(decode, "_index_of_pts", lambda metadata, pts: None)
+    video = load_video(str(media_videos["h264_2997fps_bframes"]), NATIVE, nframes=6)
+    assert [options["skip_unwanted"] for options in pyav_passes] == [True, False]
+    assert frame_ids(video) == video.frames_indices

@@ -6,9 +6,11 @@ torchcodec's exact mode do; that is what makes frame counts, VFR detection and s
 
 Backends:
 - `pyav` (default): one threaded sequential decode, converting only the wanted frames to RGB and stopping after
-  the last one. When the first wanted frame is far in, it seeks to the keyframe before it and checks the first
-  decoded frame's timestamp against the probe; any mismatch (or no frame at all) falls back to decoding from the
-  start.
+  the last one. When every packet carries its own timestamp, frames are found by time and the packets of frames
+  nobody asked for are skipped unless other frames refer to them; a frame with an unknown time falls back to
+  decoding everything and counting. When the first wanted frame is far in, it seeks to the keyframe before it and
+  checks the first decoded frame's timestamp against the probe; any mismatch (or no frame at all) falls back to
+  decoding from the start.
 - `torchcodec` (when installed, with FFmpeg's shared libraries): its random access (`get_frames_at`) in small
   chunks, each frame checked against the probe's presentation time; where it returns neighbouring frames
   (AVI/MPEG-4 B-frame files) the rest is decoded with PyAV, with a note.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import bisect
 import importlib.util
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Iterator
 
@@ -54,6 +56,7 @@ class VideoMetadata:
     source: str
     is_vfr: bool = False
     frame_pts: tuple[int, ...] = field(default=(), repr=False)  # every frame's pts, display order
+    packets_timed: bool = False  # every packet has its own unique pts: frames can be found by time
     time_base: Fraction = field(default=Fraction(1), repr=False)
 
     def frame_time(self, index: int) -> float:
@@ -104,10 +107,11 @@ def probe(path: str, label: str, limits: Limits, deadline: float) -> VideoMetada
         if container.duration and container.duration / av.time_base > limits.max_duration_seconds:
             raise LimitError(f"{label} lasts {container.duration / av.time_base:.0f} s, over the "
                              f"{limits.max_duration_seconds:g} s limit; cut it or raise Limits.max_duration_seconds")
-        frame_pts, end_pts, first_frame = [], None, None
+        frame_pts, end_pts, first_frame, packets_timed = [], None, None, True
         try:
             for packet in container.demux(stream):
                 check_deadline(deadline, limits)
+                packets_timed = packets_timed and (packet.pts is not None or packet.size == 0)
                 pts = packet.pts if packet.pts is not None else packet.dts
                 if packet.size == 0 or pts is None:
                     continue
@@ -125,7 +129,8 @@ def probe(path: str, label: str, limits: Limits, deadline: float) -> VideoMetada
         if not frame_pts or first_frame is None:
             raise DecodeError(f"{label} contains no decodable video frames (empty, truncated or corrupt); "
                               "re-export or re-download it")
-        return _metadata(stream, label, sorted(frame_pts), end_pts, first_frame, limits)
+        metadata = _metadata(stream, label, sorted(frame_pts), end_pts, first_frame, limits)
+        return replace(metadata, packets_timed=packets_timed and len(set(frame_pts)) == len(frame_pts))
 
 
 def _decode_packet(stream, packet) -> list:
@@ -170,13 +175,37 @@ def decode_frames(path: str, metadata: VideoMetadata, indices: list[int], backen
     return _decode_pyav(path, metadata, indices, limits, deadline)
 
 
+class _UntimedFrame(Exception):
+    """A decoded frame's pts is not one the probe saw: frames cannot be found by time in this file."""
+
+
+class _SeekMissed(Exception):
+    """A seek found no frame, or landed after the first wanted one (MPEG-PS/TS seek by byte position)."""
+
+
 def _decode_pyav(path, metadata, indices, limits, deadline):
+    passes = [dict(skip_unwanted=True, seek=True), dict(skip_unwanted=True, seek=False)] if metadata.packets_timed \
+        else []
+    for options in passes:
+        try:
+            yield from _decode_pyav_pass(path, metadata, indices, limits, deadline, **options)
+            return
+        except _SeekMissed:
+            continue  # decode from the start, still skipping what nobody needs
+        except _UntimedFrame:
+            break  # decode every frame, counting them in display order
+    yield from _decode_pyav_pass(path, metadata, indices, limits, deadline, skip_unwanted=False)
+
+
+def _decode_pyav_pass(path, metadata, indices, limits, deadline, skip_unwanted, seek=True):
     wanted = set(indices)
     with _open(path, metadata.source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        frames = (_timed_frames(container, stream, metadata, indices, seek) if skip_unwanted
+                  else _indexed_frames(container, stream, metadata, indices[0]))
         try:
-            for index, frame in _indexed_frames(container, stream, metadata, indices[0]):
+            for index, frame in frames:
                 check_deadline(deadline, limits)
                 if index in wanted:
                     yield index, _frame_seconds(metadata, frame, index), _to_tensor(frame, metadata.rotation)
@@ -184,6 +213,34 @@ def _decode_pyav(path, metadata, indices, limits, deadline):
                     return
         except av.FFmpegError:
             return  # corrupt or truncated data: stop here
+
+
+def _timed_frames(container, stream, metadata, indices, seek: bool) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(index, frame) found by presentation time, decoding only what the wanted frames need: a packet whose frame
+    nobody asked for is skipped unless later frames refer to it (FFmpeg's skip_frame=NONREF, set per packet).
+    On H.264 with B-frames that halves the decoding work; the frames that come out are bit-identical."""
+    wanted_pts = {metadata.frame_pts[index] for index in indices}
+    context = stream.codec_context
+    seeking = seek and metadata.frame_time(indices[0]) >= SEEK_AHEAD_SECONDS
+    if seeking:
+        container.seek(metadata.frame_pts[indices[0]], stream=stream, backward=True)
+    for packet in container.demux(stream):
+        context.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted_pts else "NONREF"
+        for frame in packet.decode():
+            if seeking and _index_after_seek(metadata, frame.pts, indices[0]) is None:
+                raise _SeekMissed
+            seeking = False
+            index = _index_of_pts(metadata, frame.pts)
+            if index is None:
+                raise _UntimedFrame
+            yield index, frame
+    if seeking:
+        raise _SeekMissed
+
+
+def _index_of_pts(metadata, pts) -> int | None:
+    index = bisect.bisect_left(metadata.frame_pts, pts) if pts is not None else metadata.num_frames
+    return index if index < metadata.num_frames and metadata.frame_pts[index] == pts else None
 
 
 def _indexed_frames(container, stream, metadata, first_index) -> Iterator[tuple[int, av.VideoFrame]]:
