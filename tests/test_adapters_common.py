@@ -9,6 +9,7 @@ import torch
 from adapter_fixtures import video_messages
 
 from vlm_app.errors import OptionsError
+from vlm_app.media import load_video
 
 
 @pytest.fixture(params=["qwen_adapter", "smol_adapter"])
@@ -118,3 +119,12 @@ def test_multi_turn_with_system_prompt(adapter, example_clip):
 def test_bad_messages_are_options_errors(qwen_adapter, messages, message):
     with pytest.raises(OptionsError, match=message):
         qwen_adapter.prepare(messages)
+
+
+def test_every_load_video_option_is_accepted_per_item(qwen_adapter, example_clip):
+    """The message schema accepts exactly the media pipeline's options, string-valued ones included."""
+    messages = video_messages(str(example_clip), nframes=4, resize="fast", backend="pyav")
+    prepared = qwen_adapter.prepare(messages)
+    assert prepared.media[0].frames_indices == load_video(str(example_clip), nframes=4).frames_indices
+    with pytest.raises(OptionsError, match="resize must be one of"):
+        qwen_adapter.prepare(video_messages(str(example_clip), resize="lanczos"))

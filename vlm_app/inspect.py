@@ -15,7 +15,8 @@ from vlm_app.adapters.registry import family_of
 from vlm_app.errors import SourceError
 from vlm_app.media import load_video
 from vlm_app.media.policies import POLICIES, get_policy, smolvlm2_tokens_per_frame
-from vlm_app.media.video import RESIZE_OPTIONS, SampledVideo
+from vlm_app.media.options import RESIZE_OPTIONS
+from vlm_app.media.video import SampledVideo
 
 SHEET_THUMB_WIDTH = 200
 SHEET_LABEL_HEIGHT = 16

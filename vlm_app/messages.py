@@ -19,11 +19,9 @@ from numbers import Real
 from typing import Any
 
 from vlm_app.errors import OptionsError
+from vlm_app.media.options import IMAGE_OPTIONS, TEXT_OPTIONS, VIDEO_OPTIONS
 
 ROLES = ("system", "user", "assistant")
-VIDEO_OPTIONS = ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
-                 "resized_height", "resized_width", "video_start", "video_end", "backend")
-IMAGE_OPTIONS = ("min_pixels", "max_pixels", "resized_height", "resized_width")
 
 
 def _item_type(item: dict) -> str:
@@ -60,7 +58,7 @@ def _normalize_item(item: Any, where: str) -> dict:
     if unknown:
         raise OptionsError(f"{where}: unknown {kind} option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
     for key, value in options.items():
-        if key != "backend" and value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+        if key not in TEXT_OPTIONS and value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
             raise OptionsError(f"{where}: {kind} option {key} must be a number, got {value!r}")
     return {"type": kind, kind: source, **{k: v for k, v in options.items() if v is not None}}
 

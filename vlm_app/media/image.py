@@ -10,10 +10,10 @@ from PIL import Image, UnidentifiedImageError
 from vlm_app.errors import DecodeError, LimitError, OptionsError
 from vlm_app.media import sampling
 from vlm_app.media.limits import DEFAULT_LIMITS, Limits
+from vlm_app.media.options import IMAGE_OPTIONS
 from vlm_app.media.policies import SamplingPolicy, get_policy
 from vlm_app.media.sources import local_file
 
-IMAGE_OPTION_NAMES = ("min_pixels", "max_pixels", "resized_height", "resized_width")
 
 
 @dataclass
@@ -53,9 +53,9 @@ def load_image(source, policy: str | SamplingPolicy = "qwen2_5_vl", *, limits: L
     """Open `source` as RGB; for resizing policies (Qwen) snap it to the 28-px grid within the image pixel bounds
     (4..16384 tokens) with PIL bicubic, as qwen-vl-utils' fetch_image does; other policies keep the native size."""
     policy = get_policy(policy) if isinstance(policy, str) else policy
-    unknown = sorted(set(options) - set(IMAGE_OPTION_NAMES))
+    unknown = sorted(set(options) - set(IMAGE_OPTIONS))
     if unknown:
-        raise OptionsError(f"unknown image option(s) {', '.join(unknown)}; valid: {', '.join(IMAGE_OPTION_NAMES)}")
+        raise OptionsError(f"unknown image option(s) {', '.join(unknown)}; valid: {', '.join(IMAGE_OPTIONS)}")
     image = open_rgb_image(source, limits or DEFAULT_LIMITS)
     label = "PIL image" if isinstance(source, Image.Image) else str(source)[:200]
     original_size = image.size

@@ -28,13 +28,10 @@ from vlm_app.media import sampling
 from vlm_app.media.decode import VideoMetadata, decode_frames, probe, resolve_backend
 from vlm_app.media.image import open_rgb_image
 from vlm_app.media.limits import DEFAULT_LIMITS, Limits
+from vlm_app.media.options import RESIZE_KERNELS, RESIZE_OPTIONS, VIDEO_OPTIONS
 from vlm_app.media.policies import SamplingPolicy, get_policy, policy_notes
 from vlm_app.media.sources import is_local, local_file
 
-OPTION_NAMES = ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
-                "resized_height", "resized_width", "video_start", "video_end", "backend", "resize")
-RESIZE_KERNELS = ("exact", "fast")
-RESIZE_OPTIONS = ("min_pixels", "max_pixels", "total_pixels", "resized_height", "resized_width", "resize")
 RESIZE_QUEUE = 4  # decoded frames waiting for the resize thread
 FRAME_LIST_IGNORED = ("nframes", "min_frames", "max_frames", "video_start", "video_end", "backend")
 
@@ -151,9 +148,9 @@ def _load_file_cached(path: str, label: str, policy: SamplingPolicy, options: di
 
 def check_options(options: dict, policy: SamplingPolicy) -> None:
     """Reject unknown, out-of-range and contradictory options before any work."""
-    unknown = sorted(set(options) - set(OPTION_NAMES))
+    unknown = sorted(set(options) - set(VIDEO_OPTIONS))
     if unknown:
-        raise OptionsError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(OPTION_NAMES)}")
+        raise OptionsError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(VIDEO_OPTIONS)}")
     if options.get("fps") is not None and options.get("nframes") is not None:
         raise OptionsError("give either fps or nframes, not both")
     for name in ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
