@@ -54,6 +54,22 @@ def test_describe_folder_jsonl_resume_and_failures(tiny_checkpoints, example_cli
     assert len(out.read_text().splitlines()) == 3  # its old record replaced, not duplicated
 
 
+def test_describe_list_file_same_records_as_one_by_one(tiny_checkpoints, make_clip, tmp_path, capsys):
+    """A .txt list (one video per line, # comments) works on the single-machine engine as on Ray."""
+    clips = [make_clip(tmp_path / f"clip{number}.mp4", 2.0, 12, 96, 64) for number in range(2)]
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"# two clips\n{clips[0]}\n\n{clips[1]}\n")
+    model = str(tiny_checkpoints["smolvlm2"])
+    assert main(["describe", str(listing), "--model", model, "--json", *FAST]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [record["source"] for record in records] == [str(clip) for clip in clips]
+    assert main(["describe", str(clips[1]), "--model", model, "--json", *FAST]) == 0
+    assert json.loads(capsys.readouterr().out)["answer"] == records[1]["answer"]
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    assert main(["describe", str(tmp_path / "empty.txt"), "--model", model, *FAST]) == 2
+    assert "lists no videos" in capsys.readouterr().err
+
+
 def test_describe_dump_features(tiny_checkpoints, example_clip, tmp_path, capsys):
     dump = tmp_path / "features.safetensors"
     model = str(tiny_checkpoints["qwen2_5_vl"])

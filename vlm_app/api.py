@@ -10,10 +10,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from vlm_app.adapters.registry import DEFAULT_MODEL
-from vlm_app.describer import DEFAULT_PROMPT, check_source, describe_folder, describe_video
+from vlm_app.describer import DEFAULT_PROMPT, check_source, collection_sources, describe_folder, describe_video
 
 
 def load(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", attn: str = "auto",
@@ -27,11 +26,11 @@ def load(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
 
 def describe(source, model=DEFAULT_MODEL, prompt: str = DEFAULT_PROMPT, out: str | None = None,
              resume: bool = False, generation: dict | None = None, **sampling) -> dict | list[dict]:
-    """Describe a video (returns its record) or every video in a folder (returns the records; with `out`, also
-    appends them to that JSONL). `model` is a name/path (loaded once, kept in the runtime cache) or an adapter."""
+    """Describe a video (returns its record) or every video of a folder or list file (returns the records; with
+    `out`, also appends them to that JSONL). `model` is a name/path (loaded once, kept in the runtime cache) or an adapter."""
     from vlm_app.runtime import CACHE
 
-    is_folder = isinstance(source, (str, Path)) and Path(source).is_dir()
+    is_folder = collection_sources(source) is not None
     if not is_folder:
         check_source(source)  # before a model is loaded for nothing
     adapter = CACHE.get(model) if isinstance(model, str) else model

@@ -141,7 +141,8 @@ def generation_options(args: argparse.Namespace) -> dict:
 
 def _add_describe(sub) -> None:
     parser = sub.add_parser("describe", help="describe a video (or image), URL or folder of videos with a model")
-    parser.add_argument("source", help="video or image file, file:// or http(s):// URL, or a folder (recursive)")
+    parser.add_argument("source", help="video or image file, file:// or http(s):// URL, a folder (recursive), or "
+                                       "a .txt list of videos (one path or URL per line)")
     _add_model_options(parser)
     _add_generation_options(parser)
     _add_sampling_options(parser)

@@ -23,6 +23,7 @@ from vlm_app.results import JsonlResults
 DEFAULT_PROMPT = "Describe this video."
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
+LIST_SUFFIXES = (".txt", ".lst", ".list")  # one video path or URL per line
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
 
@@ -138,17 +139,37 @@ def find_videos(folder: str | Path) -> list[Path]:
     return sorted(path for path in Path(folder).rglob("*") if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES)
 
 
+def collection_sources(source: Any) -> list[str] | None:
+    """The videos a folder (recursive) or a list file (one path or URL per line; blank lines and # comments
+    skipped) names, for every engine; None when `source` is a single video or image."""
+    if not isinstance(source, (str, Path)):
+        return None
+    path = Path(source)
+    if path.is_dir():
+        videos = [str(video) for video in find_videos(path)]
+        if not videos:
+            raise OptionsError(f"no video files in {path} (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
+        return videos
+    if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        sources = [line for line in lines if line and not line.startswith("#")]
+        if not sources:
+            raise OptionsError(f"{path} lists no videos (one path or URL per line)")
+        return sources
+    return None
+
+
 def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, prompt: str = DEFAULT_PROMPT,
                     sampling: dict | None = None, generation: dict | None = None, resume: bool = False,
                     retry_failed: bool = False, emit: Callable[[dict], None] | None = None,
                     progress: bool = True) -> list[dict]:
-    """Describe every video in `folder`, appending one JSON line per video to `out_path` as it finishes.
-    `resume` and `retry_failed` follow the one resume rule of `vlm_app.results`."""
+    """Describe every video of a folder or list file, appending one JSON line per video to `out_path` as it
+    finishes. `resume` and `retry_failed` follow the one resume rule of `vlm_app.results`."""
     from tqdm import tqdm
 
-    videos = find_videos(folder)
-    if not videos:
-        raise OptionsError(f"no video files in {folder} (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
+    videos = collection_sources(folder)
+    if videos is None:
+        raise OptionsError(f"{folder} is neither a folder nor a list file ({', '.join(LIST_SUFFIXES)})")
     results = JsonlResults(out_path) if out_path else None
     skip = results.start(resume, retry_failed) if results is not None else set()
     records = []
@@ -212,7 +233,7 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
 
     prompt = resolve_prompt(args.prompt, args.template)
     source = args.source
-    is_folder = Path(source).is_dir()
+    is_folder = collection_sources(source) is not None
     resume = args.resume or args.retry_failed
     if resume and not args.out:
         raise OptionsError("--resume and --retry-failed need --out results.jsonl (the file to resume)")

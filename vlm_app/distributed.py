@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from vlm_app.describer import build_record, describe_video, find_videos
+from vlm_app.describer import build_record, collection_sources, describe_video
 from vlm_app.errors import OptionsError, SourceError, VlmAppError
 from vlm_app.messages import conversation
 from vlm_app.results import JsonlResults, sources_to_skip
@@ -125,18 +125,10 @@ class Describer:
 # ---- the driver --------------------------------------------------------------------------------------------------
 def list_sources(source: str | Path) -> list[str]:
     """A folder's videos (recursive), or the lines of a list file (paths or URLs; blank lines and # comments skipped)."""
-    path = Path(source)
-    if path.is_dir():
-        videos = [str(video) for video in find_videos(path)]
-        if not videos:
-            raise OptionsError(f"no video files in {path}")
-        return videos
-    if path.is_file() and path.suffix.lower() in (".txt", ".lst", ".list"):
-        lines = [line.strip() for line in path.read_text().splitlines()]
-        sources = [line for line in lines if line and not line.startswith("#")]
-        if not sources:
-            raise OptionsError(f"{path} lists no videos (one path or URL per line)")
+    sources = collection_sources(source)
+    if sources is not None:
         return sources
+    path = Path(source)
     if path.is_file():
         return [str(path)]
     raise SourceError(f"{source} is neither a folder nor a list file (.txt, one video per line) nor a video")
