@@ -1,12 +1,23 @@
-"""The video and image pipeline: sources -> decode -> sampling -> SampledVideo / SampledImage."""
+"""The video and image pipeline: sources -> decode -> sampling -> SampledVideo / SampledImage.
 
-from vlm_app.media.decode import VideoMetadata, available_backends
-from vlm_app.media.image import SampledImage, load_image
-from vlm_app.media.limits import DEFAULT_LIMITS, Limits
-from vlm_app.media.policies import SamplingPolicy, deepseek_max_frames, get_policy
-from vlm_app.media.sampling import smart_nframes, smart_resize
-from vlm_app.media.video import SampledVideo, load_video
+Names are imported on first use, so light submodules (`vlm_app.media.options`, `.limits`) load without torch or
+PyAV: the message schema and the CLI read them at start-up.
+"""
 
-__all__ = ["DEFAULT_LIMITS", "Limits", "SampledImage", "SampledVideo", "SamplingPolicy", "VideoMetadata",
-           "available_backends", "deepseek_max_frames", "get_policy", "load_image", "load_video", "smart_nframes",
-           "smart_resize"]
+import importlib
+
+_HOMES = {
+    "VideoMetadata": "decode", "available_backends": "decode",
+    "SampledImage": "image", "load_image": "image",
+    "DEFAULT_LIMITS": "limits", "Limits": "limits",
+    "SamplingPolicy": "policies", "deepseek_max_frames": "policies", "get_policy": "policies",
+    "smart_nframes": "sampling", "smart_resize": "sampling",
+    "SampledVideo": "video", "load_video": "video",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'vlm_app.media' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"vlm_app.media.{_HOMES[name]}"), name)
