@@ -1,8 +1,10 @@
-"""The PyAV decoder's defensive paths on real files: seeks that land somewhere unknown start over, and a file that
-ends before the frames its index promised gives the frames it holds, padded, with a note."""
+"""The decode plan on files that test it: seeks by time only where times are proven, skipped frames that leave the
+wanted ones exact, times that turn out wrong, and damaged files re-planned over the frames that decode."""
 
+import av
 import pytest
-from media_fixtures import FASTSTART_SPEC, read_frame_id
+from media_fixtures import FASTSTART_SPEC, VideoSpec, read_frame_id, write_truncated, write_video
+from test_media_real_clips import real_clip
 
 from vlm_app.media import decode, get_policy, load_video
 
@@ -14,68 +16,107 @@ def frame_ids(video):
 
 
 @pytest.fixture
-def seek_outcomes(monkeypatch, frame_cache):
-    """The frame index each seek was placed at (None: not trusted, decoding started over)."""
-    outcomes = []
-    original = decode._index_after_seek
+def seek_plans(monkeypatch, frame_cache):
+    """The keyframes each timed decode seeks to (None: goes on from the start)."""
+    plans = []
+    original = decode._seek_runs
 
-    def recording(metadata, pts, first_index):
-        outcomes.append(original(metadata, pts, first_index))
-        return outcomes[-1]
+    def recording(metadata, indices):
+        runs = original(metadata, indices)
+        plans.append([start for start, _ in runs])
+        return runs
 
-    monkeypatch.setattr(decode, "_index_after_seek", recording)
-    return outcomes
+    monkeypatch.setattr(decode, "_seek_runs", recording)
+    return plans
 
 
-@pytest.mark.parametrize("name, seek_trusted", [
-    ("seek_h264_mkv", True),  # lands on the keyframe before the range
-    ("seek_mpeg2_ps", False),  # lands on a frame that is not the keyframe before the range
-    ("seek_h264_ts", False),  # lands past the end: no frame at all
+@pytest.mark.parametrize("name, proven", [
+    ("seek_h264_mkv", True),  # Matroska stores presentation times: found by time, reached by a seek
+    ("seek_mpeg2_ps", False),  # program and transport streams do not prove them: counted from the start
+    ("seek_h264_ts", False),
 ])
-def test_frames_after_a_seek_are_the_frames_their_indices_name(seek_videos, seek_outcomes, name, seek_trusted):
+def test_frames_far_in_are_the_frames_their_indices_name(seek_videos, seek_plans, name, proven):
     video = load_video(seek_videos[name], NATIVE, video_start=12.0, video_end=13.5)
+    assert video.metadata.timestamps_proven == proven
     assert video.frames_indices[0] >= 12 * video.metadata.fps - 1
     assert frame_ids(video) == video.frames_indices
     assert video.timestamps == pytest.approx([index / video.metadata.fps for index in video.frames_indices], abs=2e-3)
-    trusted = [outcome for outcome in seek_outcomes if outcome is not None]
-    assert bool(trusted) == seek_trusted and all(index <= video.frames_indices[0] for index in trusted)
+    assert bool(seek_plans) == proven and all(plan[0] is not None for plan in seek_plans)
 
 
-def test_a_file_ending_before_its_promised_frames_is_padded_with_a_note(broken_media, frame_cache):
-    video = load_video(broken_media["truncated_faststart"], NATIVE, nframes=8)
-    assert video.metadata.num_frames < FASTSTART_SPEC.num_frames  # the index promised more than the data holds
-    last_decoded = video.frames_indices[-1]
-    assert last_decoded < video.metadata.num_frames - 1 and len(video.frames_indices) == 8
-    assert video.frames_indices == sorted(video.frames_indices) and video.frames_indices[-2] == last_decoded
-    assert frame_ids(video) == video.frames_indices  # decoded frames are the right ones, the rest repeat the last
-    assert any(f"decoding stopped at frame {last_decoded} of {video.metadata.num_frames}" in note
-               for note in video.notes)
-    resized = load_video(broken_media["truncated_faststart"], nframes=8)  # the default policy resizes the padding too
-    assert (resized.frames[-1] == resized.frames[-2]).all() and resized.frames_indices == video.frames_indices
+def test_a_seek_between_samples_skips_whole_groups_of_pictures(tmp_path, seek_plans):
+    path = write_video(tmp_path / "gop.mp4", VideoSpec("gop", num_frames=24 * 12, width=64, height=48))
+    with av.open(str(path)) as container:  # ultrafast x264: a keyframe every 250 frames
+        keyframes = [index for index, packet in enumerate(container.demux(video=0)) if packet.is_keyframe]
+    video = load_video(path, NATIVE, nframes=4)
+    assert frame_ids(video) == video.frames_indices
+    seeks = [start for start in seek_plans[0] if start is not None]
+    assert seeks == [keyframe for keyframe in keyframes if keyframe > video.frames_indices[0] + 11]
 
 
 @pytest.fixture
-def pyav_passes(monkeypatch, frame_cache):
-    """The keyword arguments of every PyAV decoding pass load_video starts."""
-    passes = []
-    original = decode._decode_pyav_pass
+def decoded_frames(monkeypatch):
+    """How many frames the decoder produced."""
+    count = [0]
+    original = decode._decode_packet
 
-    def recording(*args, **kwargs):
-        passes.append(kwargs)
-        yield from original(*args, **kwargs)
+    def counting(stream, packet):
+        frames = original(stream, packet)
+        count[0] += len(frames)
+        return frames
 
-    monkeypatch.setattr(decode, "_decode_pyav_pass", recording)
-    return passes
+    monkeypatch.setattr(decode, "_decode_packet", counting)
+    return count
 
 
-def test_unwanted_frames_are_skipped_and_the_wanted_ones_are_exact(media_videos, pyav_passes):
+def test_unwanted_frames_are_skipped_and_the_wanted_ones_are_exact(media_videos, decoded_frames, frame_cache):
     video = load_video(str(media_videos["h264_2997fps_bframes"]), NATIVE, nframes=6)
-    assert pyav_passes == [{"skip_unwanted": True, "seek": True}]
+    assert video.metadata.timestamps_proven
     assert frame_ids(video) == video.frames_indices
+    assert decoded_frames[0] < video.frames_indices[-1] * 0.8  # the B-frames nobody asked for were not decoded
 
 
-def test_frames_with_unknown_times_fall_back_to_counting(media_videos, pyav_passes, monkeypatch):
-    monkeypatch.setattr(decode, "_index_of_pts", lambda metadata, pts: None)
-    video = load_video(str(media_videos["h264_2997fps_bframes"]), NATIVE, nframes=6)
-    assert [options["skip_unwanted"] for options in pyav_passes] == [True, False]
+def test_times_that_contradict_the_frame_order_are_caught_and_counted_instead(monkeypatch, frame_cache):
+    """Pretend the DivX-style AVI proved its times: the decoded times (1, 2, 3, 5, 4, ...) give it away."""
+    path = str(real_clip("megamind_divx_avi"))
+    counted = load_video(path, NATIVE, nframes=8)
+    from vlm_app.media import video as video_module
+    original = decode.probe
+    monkeypatch.setattr(video_module, "probe", lambda *args: decode.replace(original(*args), timestamps_proven=True))
+    frame_cache.resize(0)
+    video = load_video(path, NATIVE, nframes=8)
+    assert any("contradict its frame order" in note for note in video.notes)
+    assert not video.metadata.timestamps_proven
+    assert video.frames_indices == counted.frames_indices
+    assert (video.frames == counted.frames).all()
+
+
+def sequentially_decodable(path) -> int:
+    count = 0
+    with av.open(str(path)) as container:
+        try:
+            for packet in container.demux(video=0):
+                count += len(packet.decode())
+        except av.FFmpegError:
+            pass
+    return count
+
+
+@pytest.mark.parametrize("keep_fraction", [0.3, 0.6])
+@pytest.mark.parametrize("policy, options", [
+    ("qwen2_5_vl", {"nframes": 2}), ("qwen2_5_vl", {"nframes": 4}), ("qwen2_5_vl", {}), ("smolvlm2", {}),
+    ("deepseek_vl2", {}),
+])
+def test_a_cut_file_is_sampled_over_the_frames_that_decode(tmp_path, frame_cache, keep_fraction, policy, options):
+    whole = write_video(tmp_path / FASTSTART_SPEC.filename, FASTSTART_SPEC)
+    path = write_truncated(tmp_path / "cut.mp4", whole, keep_fraction)
+    decodable = sequentially_decodable(path)
+    native = get_policy(policy).with_overrides(factor=None) if policy == "qwen2_5_vl" else policy
+    video = load_video(path, native, **options)
+    assert len(set(video.frames_indices)) == len(video.frames_indices)  # no frame stands in for another
+    assert max(video.frames_indices) <= decodable - 1
     assert frame_ids(video) == video.frames_indices
+    damage = [note for note in video.notes if "decodable" in note]
+    assert all(f"{decodable} of {video.metadata.num_frames} frames decodable" in note for note in damage)
+    if policy == "qwen2_5_vl":  # its sample spans the whole clip, so it had to be planned again
+        assert damage and max(video.frames_indices) == decodable - 1

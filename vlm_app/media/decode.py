@@ -1,21 +1,26 @@
 """Probing and decoding videos.
 
-Frame `i` always means the i-th frame of a sequential decode in display order. The probe demuxes the stream
-once (no decoding) with PyAV to count frames and read every frame's presentation time, like decord and
-torchcodec's exact mode do; that is what makes frame counts, VFR detection and seeking trustworthy.
+Frame `i` always means the i-th frame of a plain sequential decode, in display order. The probe demuxes the
+stream once (no decoding) with PyAV to count frames, read every frame's presentation time and find the keyframes,
+like decord and torchcodec's exact mode do; that is what makes frame counts, VFR detection and seeking possible.
+
+The decode plan is decided per file. Presentation times are trusted only where the file proves them: a container
+that stores them per frame (MP4/MOV, Matroska/WebM), a codec that puts one frame in each packet, and a pts on
+every packet, all distinct. Such files are decoded by time: a seek to the keyframe before each run of wanted
+frames, and the packets of frames nobody asked for skipped unless other frames refer to them (FFmpeg's
+skip_frame=NONREF, set per packet). The first frames are decoded in full and must come out exactly in the probe's
+order, and every later frame's time must be known and increasing; a contradiction raises `TimestampsUnfit`, and
+the caller decodes again by counting. Every
+other file (AVI, MPEG-PS/TS, packed MPEG-4 B-frames, ...) is decoded from the start, counting frames.
 
 Backends:
-- `pyav` (default): one threaded sequential decode, converting only the wanted frames to RGB and stopping after
-  the last one. When every packet carries its own timestamp, frames are found by time and the packets of frames
-  nobody asked for are skipped unless other frames refer to them; a frame with an unknown time falls back to
-  decoding everything and counting. When the first wanted frame is far in, it seeks to the keyframe before it and
-  checks the first decoded frame's timestamp against the probe; any mismatch (or no frame at all) falls back to
-  decoding from the start.
+- `pyav` (default): the plan above, one threaded decode, converting only the wanted frames to RGB and stopping
+  after the last one. A packet that fails to decode is skipped (timed plan) or ends the decode (counted plan).
 - `torchcodec` (when installed, with FFmpeg's shared libraries): its random access (`get_frames_at`) in small
-  chunks, each frame checked against the probe's presentation time; where it returns neighbouring frames
-  (AVI/MPEG-4 B-frame files) the rest is decoded with PyAV, with a note.
-- `decord` (when installed): its random access (`get_batch`) in small chunks, unchecked (it reports no usable
-  timestamps on AVI or MPEG-PS), so it returns neighbouring frames on AVI/MPEG-4 B-frame files; prefer `pyav` there.
+  chunks, each frame checked against the probe's presentation time; where it returns other frames, or the file's
+  times are not proven, the rest is decoded with PyAV, with a note.
+- `decord` (when installed): its random access (`get_batch`) in small chunks, each chunk's timestamps checked
+  against the probe; the same fall-back to PyAV.
 Every backend returns frames with the display rotation applied (PyAV does not rotate by itself, so we do).
 """
 
@@ -35,11 +40,14 @@ from vlm_app.errors import DecodeError, LimitError, OptionsError
 from vlm_app.media.limits import Limits
 
 BACKENDS = ("pyav", "decord", "torchcodec")
-SEEK_AHEAD_SECONDS = 10.0  # decoding through less than this is cheaper than a seek
 VFR_TOLERANCE = 0.1  # frame intervals spreading more than this (relative) mark a variable-frame-rate clip
 RANDOM_ACCESS_CHUNK = 16  # frames per decord/torchcodec call, to bound memory
 PTS_TOLERANCE_SECONDS = 1e-4  # a neighbouring frame is at least a millisecond away
 TEXT_FORMATS = {"tty"}  # FFmpeg renders any text file as ANSI-art "video"; that is never what a user meant
+TIMED_FORMATS = {"mov", "mp4", "matroska", "webm"}  # containers that store each frame's presentation time
+ONE_FRAME_PER_PACKET = {"h264", "hevc", "vp8", "vp9", "av1", "mjpeg", "prores", "dnxhd", "ffv1", "mpeg2video"}
+SEEK_MIN_FRAMES = 12  # a keyframe fewer frames ahead than this is decoded through rather than sought to
+VERIFY_FRAMES = 24  # frames decoded in full at the start of a timed decode to check the times against the probe
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,8 @@ class VideoMetadata:
     source: str
     is_vfr: bool = False
     frame_pts: tuple[int, ...] = field(default=(), repr=False)  # every frame's pts, display order
-    packets_timed: bool = False  # every packet has its own unique pts: frames can be found by time
+    timestamps_proven: bool = False  # frames can be found by presentation time (see the module docstring)
+    keyframes: tuple[int, ...] = field(default=(), repr=False)  # indices of the frames a decode can start at
     time_base: Fraction = field(default=Fraction(1), repr=False)
 
     def frame_time(self, index: int) -> float:
@@ -65,6 +74,22 @@ class VideoMetadata:
 
     def frame_times(self) -> list[float]:
         return [self.frame_time(index) for index in range(self.num_frames)]
+
+    def index_of_pts(self, pts) -> int | None:
+        index = bisect.bisect_left(self.frame_pts, pts) if pts is not None else self.num_frames
+        return index if index < self.num_frames and self.frame_pts[index] == pts else None
+
+    def restricted_to(self, indices: list[int]) -> VideoMetadata:
+        """The same video as if it held only the frames `indices` (those of a damaged file that decode), for planning
+        a sample over them: position i of the result is frame indices[i] of this one."""
+        keyframes = set(self.keyframes)
+        return replace(self, num_frames=len(indices), frame_pts=tuple(self.frame_pts[index] for index in indices),
+                       keyframes=tuple(position for position, index in enumerate(indices) if index in keyframes),
+                       duration=min(self.duration, len(indices) / self.fps))
+
+
+class TimestampsUnfit(Exception):
+    """Decoded presentation times contradict the probe: whatever was yielded is void; decode again counting."""
 
 
 def available_backends() -> list[str]:
@@ -96,8 +121,8 @@ def _open(path: str, label: str):
 
 
 def probe(path: str, label: str, limits: Limits, deadline: float) -> VideoMetadata:
-    """Count frames and read their presentation times by demuxing once; decode just the first frame for its
-    rotation. Raises DecodeError for non-video, audio-only, empty or undecodable files, LimitError over limits."""
+    """Count frames, read their presentation times and keyframes by demuxing once; decode just the first frame for
+    its rotation. Raises DecodeError for non-video, audio-only, empty or undecodable files, LimitError over limits."""
     with _open(path, label) as container:
         if container.format.name in TEXT_FORMATS:
             raise DecodeError(f"{label} is not a readable video (it is a text file); give a video file")
@@ -107,15 +132,17 @@ def probe(path: str, label: str, limits: Limits, deadline: float) -> VideoMetada
         if container.duration and container.duration / av.time_base > limits.max_duration_seconds:
             raise LimitError(f"{label} lasts {container.duration / av.time_base:.0f} s, over the "
                              f"{limits.max_duration_seconds:g} s limit; cut it or raise Limits.max_duration_seconds")
-        frame_pts, end_pts, first_frame, packets_timed = [], None, None, True
+        frame_pts, keyframe_pts, end_pts, first_frame, every_packet_timed = [], set(), None, None, True
         try:
             for packet in container.demux(stream):
                 check_deadline(deadline, limits)
-                packets_timed = packets_timed and (packet.pts is not None or packet.size == 0)
+                every_packet_timed = every_packet_timed and (packet.pts is not None or packet.size == 0)
                 pts = packet.pts if packet.pts is not None else packet.dts
                 if packet.size == 0 or pts is None:
                     continue
                 frame_pts.append(pts)
+                if packet.is_keyframe:
+                    keyframe_pts.add(pts)
                 end_pts = max(end_pts or pts, pts + (packet.duration or 0))
                 if len(frame_pts) > limits.max_source_frames:
                     raise LimitError(f"{label} has more than {limits.max_source_frames} frames; cut it or raise "
@@ -129,8 +156,13 @@ def probe(path: str, label: str, limits: Limits, deadline: float) -> VideoMetada
         if not frame_pts or first_frame is None:
             raise DecodeError(f"{label} contains no decodable video frames (empty, truncated or corrupt); "
                               "re-export or re-download it")
-        metadata = _metadata(stream, label, sorted(frame_pts), end_pts, first_frame, limits)
-        return replace(metadata, packets_timed=packets_timed and len(set(frame_pts)) == len(frame_pts))
+        ordered = sorted(frame_pts)
+        metadata = _metadata(stream, label, ordered, end_pts, first_frame, limits)
+        proven = (bool(TIMED_FORMATS & set(container.format.name.split(","))) and
+                  stream.codec_context.name in ONE_FRAME_PER_PACKET and every_packet_timed and
+                  len(set(frame_pts)) == len(frame_pts))
+        keyframes = tuple(index for index, pts in enumerate(ordered) if pts in keyframe_pts)
+        return replace(metadata, timestamps_proven=proven, keyframes=keyframes)
 
 
 def _decode_packet(stream, packet) -> list:
@@ -165,111 +197,122 @@ def _metadata(stream, label: str, frame_pts: list[int], end_pts: int, first_fram
 
 def decode_frames(path: str, metadata: VideoMetadata, indices: list[int], backend: str, limits: Limits,
                   deadline: float, notes: list[str]) -> Iterator[tuple[int, float, torch.Tensor]]:
-    """Yield (index, seconds, uint8 CHW frame with rotation applied) for each of the sorted unique `indices`.
-    Stops after the last one; a truncated file may end early (the caller checks what came). A backend that has
-    to deviate from what was asked appends a sentence to `notes`."""
+    """Yield (index, seconds, uint8 CHW frame with rotation applied) for each of the sorted unique `indices`, each
+    frame at most once and in order. Stops after the last one; a damaged file may leave some out (the caller checks
+    what came). Raises TimestampsUnfit when the file's times turn out wrong (decode again with
+    `replace(metadata, timestamps_proven=False)`). A backend that deviates from what was asked adds a note."""
+    if backend == "pyav":
+        return _decode_pyav(path, metadata, indices, limits, deadline)
     if backend == "torchcodec":
-        return _decode_torchcodec(path, metadata, indices, limits, deadline, notes)
-    if backend == "decord":
-        return _decode_decord(path, metadata, indices, limits, deadline)
-    return _decode_pyav(path, metadata, indices, limits, deadline)
+        _torchcodec_decoder_class()  # a torchcodec that cannot load is an error, whatever the file
+    if not metadata.timestamps_proven:
+        notes.append(f"{backend} finds frames by presentation times, which {metadata.source} does not record "
+                     "reliably; its frames were decoded sequentially with PyAV")
+        return _decode_pyav(path, metadata, indices, limits, deadline)
+    if backend == "torchcodec":
+        return _decode_random_access(path, metadata, indices, limits, deadline, notes, backend, _torchcodec_chunks)
+    return _decode_random_access(path, metadata, indices, limits, deadline, notes, backend, _decord_chunks)
 
 
-class _UntimedFrame(Exception):
-    """A decoded frame's pts is not one the probe saw: frames cannot be found by time in this file."""
-
-
-class _SeekMissed(Exception):
-    """A seek found no frame, or landed after the first wanted one (MPEG-PS/TS seek by byte position)."""
-
-
-def _decode_pyav(path, metadata, indices, limits, deadline):
-    passes = [dict(skip_unwanted=True, seek=True), dict(skip_unwanted=True, seek=False)] if metadata.packets_timed \
-        else []
-    for options in passes:
-        try:
-            yield from _decode_pyav_pass(path, metadata, indices, limits, deadline, **options)
-            return
-        except _SeekMissed:
-            continue  # decode from the start, still skipping what nobody needs
-        except _UntimedFrame:
-            break  # decode every frame, counting them in display order
-    yield from _decode_pyav_pass(path, metadata, indices, limits, deadline, skip_unwanted=False)
-
-
-def _decode_pyav_pass(path, metadata, indices, limits, deadline, skip_unwanted, seek=True):
-    wanted = set(indices)
+def decodable_indices(path: str, metadata: VideoMetadata, limits: Limits, deadline: float) -> list[int]:
+    """The frames of a damaged file that decode: every packet decoded, no colour conversion."""
     with _open(path, metadata.source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        frames = (_timed_frames(container, stream, metadata, indices, seek) if skip_unwanted
-                  else _indexed_frames(container, stream, metadata, indices[0]))
+        frames = _timed_frames if metadata.timestamps_proven else _counted_frames
         try:
-            for index, frame in frames:
-                check_deadline(deadline, limits)
+            return [index for index, _ in frames(container, stream, metadata, list(range(metadata.num_frames)),
+                                                 limits, deadline, skip_unwanted=False)]
+        except TimestampsUnfit:
+            return decodable_indices(path, replace(metadata, timestamps_proven=False), limits, deadline)
+
+
+def _decode_pyav(path, metadata, indices, limits, deadline):
+    frames = _timed_frames if metadata.timestamps_proven else _counted_frames
+    with _open(path, metadata.source) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for index, frame in frames(container, stream, metadata, indices, limits, deadline):
+            yield index, _frame_seconds(metadata, frame, index), _to_tensor(frame, metadata.rotation)
+
+
+def _counted_frames(container, stream, metadata, indices, limits, deadline, skip_unwanted=True):
+    """(index, frame) for the wanted `indices`, counting every decoded frame from the start. The first packet that
+    fails to decode (or a truncated tail) ends it: past it the count would no longer name the right frames."""
+    wanted, last = set(indices), indices[-1]
+    index = -1
+    try:
+        for packet in container.demux(stream):
+            check_deadline(deadline, limits)
+            for frame in packet.decode():
+                index += 1
                 if index in wanted:
-                    yield index, _frame_seconds(metadata, frame, index), _to_tensor(frame, metadata.rotation)
-                if index >= indices[-1]:
+                    yield index, frame
+                if index >= last:
                     return
-        except av.FFmpegError:
-            return  # corrupt or truncated data: stop here
+    except av.FFmpegError:
+        return
 
 
-def _timed_frames(container, stream, metadata, indices, seek: bool) -> Iterator[tuple[int, av.VideoFrame]]:
-    """(index, frame) found by presentation time, decoding only what the wanted frames need: a packet whose frame
-    nobody asked for is skipped unless later frames refer to it (FFmpeg's skip_frame=NONREF, set per packet).
-    On H.264 with B-frames that halves the decoding work; the frames that come out are bit-identical."""
-    wanted_pts = {metadata.frame_pts[index] for index in indices}
+def _timed_frames(container, stream, metadata, indices, limits, deadline, skip_unwanted=True):
+    """(index, frame) for the wanted `indices`, found by presentation time, decoding only what they need: a seek
+    to the keyframe before each run of wanted frames that lies past what is already decoded, and (with
+    `skip_unwanted`) a packet whose frame nobody asked for skipped unless later frames refer to it. The frames that
+    come out are bit-identical to a full decode. A packet that fails to decode is passed over."""
     context = stream.codec_context
-    seeking = seek and metadata.frame_time(indices[0]) >= SEEK_AHEAD_SECONDS
-    if seeking:
-        container.seek(metadata.frame_pts[indices[0]], stream=stream, backward=True)
-    for packet in container.demux(stream):
-        context.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted_pts else "NONREF"
-        for frame in packet.decode():
-            if seeking and _index_after_seek(metadata, frame.pts, indices[0]) is None:
-                raise _SeekMissed
-            seeking = False
-            index = _index_of_pts(metadata, frame.pts)
-            if index is None:
-                raise _UntimedFrame
-            yield index, frame
-    if seeking:
-        raise _SeekMissed
+    verified = 0  # the first VERIFY_FRAMES frames are all decoded, and must come out as the probe ordered them
+    for start, run in _seek_runs(metadata, sorted(indices)):
+        if start is not None:
+            container.seek(metadata.frame_pts[start], stream=stream, backward=True)
+        wanted_pts = {metadata.frame_pts[index] for index in run}
+        earliest, previous, expected = metadata.frame_pts[start or 0], None, start or 0
+        try:
+            for packet in container.demux(stream):
+                check_deadline(deadline, limits)
+                skip = skip_unwanted and verified >= VERIFY_FRAMES and packet.pts not in wanted_pts
+                context.skip_frame = "NONREF" if skip else "DEFAULT"
+                for frame in _decode_packet(stream, packet):
+                    if frame.pts is None or frame.pts < earliest:
+                        continue  # leading frames of an open GOP after a seek: not decodable from here
+                    index = metadata.index_of_pts(frame.pts)
+                    if index is None or (previous is not None and index <= previous):
+                        raise TimestampsUnfit
+                    if verified < VERIFY_FRAMES:
+                        if index != expected:
+                            raise TimestampsUnfit
+                        verified, expected = verified + 1, expected + 1
+                    previous = index
+                    while run and run[0] < index:
+                        run.pop(0)  # a frame that did not decode
+                    if run and run[0] == index:
+                        yield run.pop(0), frame
+                    if not run:
+                        break
+                if not run:
+                    break
+        except av.FFmpegError:
+            return  # a truncated tail: nothing after it can be reached
+        finally:
+            context.skip_frame = "DEFAULT"
 
 
-def _index_of_pts(metadata, pts) -> int | None:
-    index = bisect.bisect_left(metadata.frame_pts, pts) if pts is not None else metadata.num_frames
-    return index if index < metadata.num_frames and metadata.frame_pts[index] == pts else None
-
-
-def _indexed_frames(container, stream, metadata, first_index) -> Iterator[tuple[int, av.VideoFrame]]:
-    """(display-order index, frame) pairs, from the keyframe before `first_index` when it is far in. A seek is
-    trusted only when the first frame after it carries a probed timestamp at or before `first_index`; otherwise
-    (MPEG-PS and MPEG-TS seek by byte position and may land anywhere, even at the end) decoding starts over."""
-    if metadata.frame_time(first_index) >= SEEK_AHEAD_SECONDS:
-        container.seek(metadata.frame_pts[first_index], stream=stream, backward=True)
-        frames = container.decode(stream)
-        first = next(frames, None)
-        index = _index_after_seek(metadata, first.pts, first_index) if first is not None else None
-        if index is not None:
-            yield index, first
-            yield from enumerate(frames, index + 1)
-            return
-        container.seek(0, stream=stream)
-    yield from enumerate(container.decode(stream))
-
-
-def _index_after_seek(metadata, pts, first_index) -> int | None:
-    if pts is None:
-        return None
-    index = bisect.bisect_left(metadata.frame_pts, pts)
-    exact = index < metadata.num_frames and metadata.frame_pts[index] == pts
-    return index if exact and index <= first_index else None
+def _seek_runs(metadata, indices) -> list[tuple[int | None, list[int]]]:
+    """Split the sorted wanted `indices` into runs, each decoded from a keyframe: (keyframe to seek to, or None to
+    go on from where the previous run stopped, run indices). A seek is worth it when the keyframe before the next
+    wanted frame lies well past the last frame decoded."""
+    runs, decoded_to = [], 0
+    for index in indices:
+        position = bisect.bisect_right(metadata.keyframes, index) - 1
+        keyframe = metadata.keyframes[position] if position >= 0 else 0
+        if keyframe - decoded_to >= SEEK_MIN_FRAMES or not runs:
+            runs.append((keyframe if keyframe - decoded_to >= SEEK_MIN_FRAMES else None, []))
+        runs[-1][1].append(index)
+        decoded_to = index
+    return runs
 
 
 def _frame_seconds(metadata, frame, index) -> float:
-    if frame.pts is None:
+    if frame.pts is None or not metadata.timestamps_proven:
         return metadata.frame_time(index)
     return float((frame.pts - metadata.frame_pts[0]) * metadata.time_base)
 
@@ -279,47 +322,59 @@ def _to_tensor(frame, rotation: int) -> torch.Tensor:
     return torch.rot90(image, rotation // 90, dims=(1, 2)) if rotation else image
 
 
-def _decode_decord(path, metadata, indices, limits, deadline):
-    import decord  # optional dependency
-
-    reader = decord.VideoReader(path)
-    if len(reader) != metadata.num_frames:
-        raise DecodeError(f"decord counts {len(reader)} frames in {metadata.source} where the stream has "
-                          f"{metadata.num_frames}; use backend pyav for this file")
+def _decode_random_access(path, metadata, indices, limits, deadline, notes, backend, read_chunks):
+    """A random-access backend's frames in chunks, each chunk checked against the probe's presentation times and
+    size; from the first chunk that fails the check (or cannot be read) on, PyAV decodes the rest, with a note."""
+    chunks = read_chunks(path, metadata, indices)
     for start in range(0, len(indices), RANDOM_ACCESS_CHUNK):
         check_deadline(deadline, limits)
         chunk = indices[start : start + RANDOM_ACCESS_CHUNK]
-        batch = torch.from_numpy(reader.get_batch(chunk).asnumpy()).permute(0, 3, 1, 2)
-        for index, image in zip(chunk, batch):
-            yield index, metadata.frame_time(index), image
-
-
-def _decode_torchcodec(path, metadata, indices, limits, deadline, notes):
-    """torchcodec's random access (exact seek mode), checked frame by frame: each frame it returns must carry the
-    presentation time and size our probe gives that index. Where it does not (AVI/MPEG-4 B-frame files, whose
-    packet times its index table trusts; MPEG-PS files decoded with threads) or cannot read the file, the rest is
-    decoded sequentially with PyAV and a note says so. torchcodec's own sequential API (`get_frames_in_range`) is
-    no way out: it holds every frame of the range at full size, and seeks by the same table unless it starts at 0."""
-    VideoDecoder = _torchcodec_decoder_class()
-    try:
-        decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=0)
-    except (RuntimeError, ValueError):
-        decoder = None
-    for start in range(0, len(indices), RANDOM_ACCESS_CHUNK):
-        check_deadline(deadline, limits)
-        chunk = indices[start : start + RANDOM_ACCESS_CHUNK]
-        try:
-            batch = decoder.get_frames_at(indices=chunk) if decoder else None
-        except (RuntimeError, IndexError):  # e.g. an index past the frames it counted
-            batch = None
-        if batch is None or not _are_frames(batch.data, batch.pts_seconds.tolist(), chunk, metadata):
-            notes.append(f"torchcodec could not return frame {chunk[0]} of {metadata.source} and later ones exactly "
+        images, seconds = next(chunks, (None, None))
+        if images is None or not _are_frames(images, seconds, chunk, metadata):
+            notes.append(f"{backend} could not return frame {chunk[0]} of {metadata.source} and later ones exactly "
                          "(its random access gives neighbouring frames on some files); they were decoded "
                          "sequentially with PyAV")
             yield from _decode_pyav(path, metadata, indices[start:], limits, deadline)
             return
-        for index, image in zip(chunk, batch.data):
+        for index, image in zip(chunk, images):
             yield index, metadata.frame_time(index), image
+
+
+def _torchcodec_chunks(path, metadata, indices):
+    """(uint8 NCHW frames, seconds from the stream start) per chunk of `indices`; (None, None) once it fails.
+    torchcodec's own sequential API (`get_frames_in_range`) is no way out of its errors: it holds every frame of the
+    range at full size, and seeks by the same table unless it starts at 0."""
+    VideoDecoder = _torchcodec_decoder_class()
+    try:
+        decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=0)
+    except (RuntimeError, ValueError):
+        return
+    start = float(metadata.frame_pts[0] * metadata.time_base)
+    for offset in range(0, len(indices), RANDOM_ACCESS_CHUNK):
+        try:
+            batch = decoder.get_frames_at(indices=indices[offset : offset + RANDOM_ACCESS_CHUNK])
+        except (RuntimeError, IndexError):  # e.g. an index past the frames it counted
+            return
+        yield batch.data, [seconds - start for seconds in batch.pts_seconds.tolist()]
+
+
+def _decord_chunks(path, metadata, indices):
+    import decord  # optional dependency
+
+    try:
+        reader = decord.VideoReader(path)
+    except decord.DECORDError:
+        return
+    if len(reader) != metadata.num_frames:
+        return
+    start = float(reader.get_frame_timestamp(0)[0])
+    for offset in range(0, len(indices), RANDOM_ACCESS_CHUNK):
+        chunk = indices[offset : offset + RANDOM_ACCESS_CHUNK]
+        try:
+            images = torch.from_numpy(reader.get_batch(chunk).asnumpy()).permute(0, 3, 1, 2)
+        except decord.DECORDError:
+            return
+        yield images, [float(reader.get_frame_timestamp(index)[0]) - start for index in chunk]
 
 
 def _torchcodec_decoder_class():
@@ -333,8 +388,6 @@ def _torchcodec_decoder_class():
 
 def _are_frames(images: torch.Tensor, seconds: list[float], indices: list[int], metadata: VideoMetadata) -> bool:
     """Whether random access gave the frames `indices` name: display size and presentation times as probed."""
-    if tuple(images.shape[-2:]) != (metadata.height, metadata.width):
+    if len(images) != len(indices) or tuple(images.shape[-2:]) != (metadata.height, metadata.width):
         return False
-    start = float(metadata.frame_pts[0] * metadata.time_base)
-    return all(abs(got - start - metadata.frame_time(index)) < PTS_TOLERANCE_SECONDS
-               for got, index in zip(seconds, indices))
+    return all(abs(got - metadata.frame_time(index)) < PTS_TOLERANCE_SECONDS for got, index in zip(seconds, indices))

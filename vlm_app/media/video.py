@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from vlm_app.errors import DecodeError, LimitError, OptionsError
 from vlm_app.media import sampling
-from vlm_app.media.decode import VideoMetadata, decode_frames, probe, resolve_backend
+from vlm_app.media.decode import (TimestampsUnfit, VideoMetadata, decodable_indices, decode_frames, probe,
+                                  resolve_backend)
 from vlm_app.media.image import open_rgb_image
 from vlm_app.media.limits import DEFAULT_LIMITS, Limits
 from vlm_app.media.options import RESIZE_KERNELS, RESIZE_OPTIONS, VIDEO_OPTIONS
@@ -172,18 +173,61 @@ def check_options(options: dict, policy: SamplingPolicy) -> None:
 
 
 def _load_file(path: str, label: str, policy: SamplingPolicy, options: dict, limits: Limits) -> SampledVideo:
+    """Probe, plan, decode. When frames of a damaged file do not decode, the sample is planned again over the frames
+    that do, so no frame ever stands in for another."""
     backend = resolve_backend(options.get("backend"))
     deadline = time.monotonic() + limits.decode_seconds
     metadata = probe(path, label, limits, deadline)
+    indices, fps_sampled, notes = _planned_frames(metadata, policy, options, limits)
+    frames, times, metadata = _decode_sample(path, metadata, indices, backend, policy, options, limits, deadline, notes)
+    if len(times) < len(set(indices)):
+        decodable = decodable_indices(path, metadata, limits, deadline)
+        if not decodable:
+            raise DecodeError(f"{label} contains no decodable video frames (truncated or corrupt); re-export it")
+        positions, fps_sampled, notes = _planned_frames(metadata.restricted_to(decodable), policy, options, limits)
+        notes.append(f"{len(decodable)} of {metadata.num_frames} frames decodable (truncated or corrupt file); "
+                     "the sample was planned over those")
+        indices = [decodable[position] for position in positions]
+        frames, times, metadata = _decode_sample(path, metadata, indices, backend, policy, options, limits, deadline,
+                                                 notes)
+        if len(times) < len(set(indices)):
+            raise DecodeError(f"{label} decodes differently each time (frame {min(set(indices) - set(times))} "
+                              "decoded once, then not); re-export it")
+    return SampledVideo(frames=frames, frames_indices=indices, timestamps=[times[index] for index in indices],
+                        sample_fps=fps_sampled, metadata=metadata, backend=backend, policy=policy, notes=notes)
+
+
+def _planned_frames(metadata: VideoMetadata, policy: SamplingPolicy, options: dict,
+                    limits: Limits) -> tuple[list[int], float, list[str]]:
     indices, fps_sampled, notes = choose_frames(metadata, policy, options)
     if len(indices) > limits.max_sampled_frames:
         raise LimitError(f"{len(indices)} frames requested, over the {limits.max_sampled_frames} limit; lower "
                          "fps/nframes or raise Limits.max_sampled_frames")
+    return indices, fps_sampled, notes
+
+
+def _decode_sample(path, metadata, indices, backend, policy, options, limits, deadline, notes):
+    """(uint8 frames resized to the sample's size, {index: seconds} of the frames that decoded, metadata). A file
+    whose presentation times turn out wrong while decoding is decoded again, counting frames."""
     size = output_size(metadata.height, metadata.width, len(indices), policy, options)
     frames = torch.empty((len(indices), 3, *size), dtype=torch.uint8)  # filled in place: no second copy
     positions = {}
     for position, index in enumerate(indices):
         positions.setdefault(index, []).append(position)
+    try:
+        return frames, _decode_into(frames, positions, path, metadata, backend, limits, deadline, notes, options), \
+            metadata
+    except TimestampsUnfit:
+        metadata = replace(metadata, timestamps_proven=False)
+        notes.append(f"the presentation times in {metadata.source} contradict its frame order; frames were counted "
+                     "in a sequential decode instead")
+        return frames, _decode_into(frames, positions, path, metadata, backend, limits, deadline, notes, options), \
+            metadata
+
+
+def _decode_into(frames, positions, path, metadata, backend, limits, deadline, notes, options) -> dict[int, float]:
+    """Decode the frames `positions` names into `frames`, resizing each as it comes; {index: seconds} decoded."""
+    size, kernel = tuple(frames.shape[2:]), options.get("resize", "exact")
     times = {}
     # One resize thread with one torch thread, overlapping the decode: torch's OpenMP pool spinning against
     # FFmpeg's decode threads costs more than a parallel resize gains. A short queue bounds the native frames held.
@@ -191,18 +235,13 @@ def _load_file(path: str, label: str, policy: SamplingPolicy, options: dict, lim
         pending = deque()
         for index, seconds, image in decode_frames(path, metadata, sorted(positions), backend, limits, deadline,
                                                    notes):
-            pending.append(resizer.submit(_resize_into, frames, positions[index], image, size,
-                                          options.get("resize", "exact")))
+            pending.append(resizer.submit(_resize_into, frames, positions[index], image, size, kernel))
             times[index] = seconds
             if len(pending) > RESIZE_QUEUE:
                 pending.popleft().result()
         for future in pending:
             future.result()
-    if not times:
-        raise DecodeError(f"{label} contains no decodable video frames (truncated or corrupt); re-export it")
-    indices, notes = _fill_missing(indices, frames, times, metadata, notes)
-    return SampledVideo(frames=frames, frames_indices=indices, timestamps=[times[index] for index in indices],
-                        sample_fps=fps_sampled, metadata=metadata, backend=backend, policy=policy, notes=notes)
+    return times
 
 
 def choose_frames(metadata: VideoMetadata, policy: SamplingPolicy, options: dict) -> tuple[list[int], float, list[str]]:
@@ -282,20 +321,6 @@ def resize_frame(image: torch.Tensor, size: tuple[int, int], kernel: str = "exac
         return F.interpolate(image[None], size=size, mode="bicubic", align_corners=False, antialias=True)[0]
     resized = F.interpolate(image[None].float(), size=size, mode="bicubic", align_corners=False, antialias=True)
     return resized[0].clamp_(0, 255).round_().to(torch.uint8)
-
-
-def _fill_missing(indices, frames, times, metadata, notes):
-    """A truncated file can end before the frames its index promised: repeat the last decoded frame."""
-    last_decoded = max(times)
-    if all(index in times for index in indices):
-        return indices, notes
-    source = frames[indices.index(last_decoded)]
-    for position, index in enumerate(indices):
-        if index not in times:
-            frames[position] = source
-    notes = notes + [f"decoding stopped at frame {last_decoded} of {metadata.num_frames} (truncated or corrupt "
-                     "file); later samples repeat that frame"]
-    return [index if index in times else last_decoded for index in indices], notes
 
 
 def _load_frame_list(frames, policy: SamplingPolicy, options: dict, limits: Limits) -> SampledVideo:
