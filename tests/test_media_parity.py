@@ -9,7 +9,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from media_fixtures import MPEG2_SPEC, PARITY_SPECS, VFR_SPEC, read_frame_id
+from media_fixtures import MPEG2_SPEC, PARITY_SPECS, VFR_SPEC, VideoSpec, read_frame_id, write_video
 from qwen_vl_utils import fetch_video, vision_process
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tvF
@@ -102,6 +102,23 @@ def test_webm_frame_rate_is_the_streams_not_torchcodecs_span_rate(media_videos):
     assert ours.frames_indices == stream_metadata["frames_indices"] != span_metadata["frames_indices"]
     assert ours.sample_fps == pytest.approx(stream_sample_fps, rel=1e-12)
     assert ours.timestamps[0] == 0.5  # frame 12 starts at exactly 0.5 s; the span rate skips it
+
+
+@pytest.mark.skipif("torchcodec" not in READERS, reason="torchcodec (optional backend) is not installed")
+@pytest.mark.parametrize("container, codec", [("webm", "libvpx-vp9"), ("mkv", "libx264")])
+def test_estimated_frame_rates_are_the_streams_not_torchcodecs(tmp_path, container, codec):
+    """Matroska/WebM store no frame count: qwen-vl-utils' torchcodec reader derives 24.003 fps from the span of an
+    8 s, 24 fps clip and samples 14 frames at 1.75 fps; we (and its decord reader) count 192 frames at 24 fps: 16 at 2."""
+    spec = VideoSpec(f"estimated_{container}", codec=codec, container=container, num_frames=192, width=64, height=48)
+    path = write_video(tmp_path / spec.filename, spec)
+    _, span_metadata, span_sample_fps = qwen_reference(path, {}, "torchcodec")
+    _, stream_metadata, stream_sample_fps = qwen_reference(path, {}, "decord")
+    ours = load_video(path)
+    assert span_metadata["fps"] == pytest.approx(24.003, abs=1e-3) and len(span_metadata["frames_indices"]) == 14
+    assert span_sample_fps == pytest.approx(1.75, abs=1e-3)
+    assert ours.metadata.fps == stream_metadata["fps"] == 24 and ours.metadata.num_frames == 192
+    assert ours.frames_indices == stream_metadata["frames_indices"] and len(ours.frames_indices) == 16
+    assert ours.sample_fps == stream_sample_fps == 2.0
 
 
 @pytest.mark.parametrize("reader", READERS)
