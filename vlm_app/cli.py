@@ -70,14 +70,18 @@ def _add_bench(sub) -> None:
 
 def _add_bench_sampling(benches) -> None:
     parser = benches.add_parser("sampling", help="our load_video vs qwen-vl-utils vs the decode floor")
-    parser.add_argument("videos", nargs="*", help="videos to measure (default: generated 720p/1080p/long clips)")
+    parser.add_argument("videos", nargs="*", help="videos to measure (default: generated camera-like 720p/1080p/long "
+                        "clips at real bitrates, plus Debian's real clips when installed)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument("--qps", type=float, default=None, help="also run the 1 fps load test at this request rate")
+    parser.add_argument("--requests", type=int, default=100, help="requests in the load test")
     parser.set_defaults(handler=_run_bench_sampling)
 
 
 def _run_bench_sampling(args: argparse.Namespace) -> int:
     from vlm_app.bench.sampling import run_sampling_benchmark
 
-    return run_sampling_benchmark(args.videos)
+    return run_sampling_benchmark(args.videos, rounds=args.rounds, qps=args.qps, requests=args.requests)
 
 
 def _add_ui(sub) -> None:
