@@ -219,10 +219,12 @@ def decodable_indices(path: str, metadata: VideoMetadata, limits: Limits, deadli
     with _open(path, metadata.source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        frames = _timed_frames if metadata.timestamps_proven else _counted_frames
+        every = list(range(metadata.num_frames))
         try:
-            return [index for index, _ in frames(container, stream, metadata, list(range(metadata.num_frames)),
-                                                 limits, deadline, skip_unwanted=False)]
+            frames = (_timed_frames(container, stream, metadata, every, limits, deadline, skip_unwanted=False)
+                      if metadata.timestamps_proven else _counted_frames(container, stream, metadata, every, limits,
+                                                                         deadline))
+            return [index for index, _ in frames]
         except TimestampsUnfit:
             return decodable_indices(path, replace(metadata, timestamps_proven=False), limits, deadline)
 
@@ -233,10 +235,10 @@ def _decode_pyav(path, metadata, indices, limits, deadline):
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for index, frame in frames(container, stream, metadata, indices, limits, deadline):
-            yield index, _frame_seconds(metadata, frame, index), _to_tensor(frame, metadata.rotation)
+            yield index, metadata.frame_time(index), _to_tensor(frame, metadata.rotation)
 
 
-def _counted_frames(container, stream, metadata, indices, limits, deadline, skip_unwanted=True):
+def _counted_frames(container, stream, metadata, indices, limits, deadline):
     """(index, frame) for the wanted `indices`, counting every decoded frame from the start. The first packet that
     fails to decode (or a truncated tail) ends it: past it the count would no longer name the right frames."""
     wanted, last = set(indices), indices[-1]
@@ -309,12 +311,6 @@ def _seek_runs(metadata, indices) -> list[tuple[int | None, list[int]]]:
         runs[-1][1].append(index)
         decoded_to = index
     return runs
-
-
-def _frame_seconds(metadata, frame, index) -> float:
-    if frame.pts is None or not metadata.timestamps_proven:
-        return metadata.frame_time(index)
-    return float((frame.pts - metadata.frame_pts[0]) * metadata.time_base)
 
 
 def _to_tensor(frame, rotation: int) -> torch.Tensor:
