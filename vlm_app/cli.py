@@ -15,6 +15,18 @@ from vlm_app.errors import VlmAppError
 EXIT_USER_ERROR = 2
 
 
+class ListFlag(argparse.Action):
+    """A list-valued flag: `--models a,b`, `--models a b`, mixes and repeats all give ["a", "b"]."""
+
+    def __init__(self, option_strings, dest, nargs="+", **kwargs):
+        super().__init__(option_strings, dest, nargs=nargs, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest, None) or [])
+        items += [item.strip() for value in values for item in value.split(",") if item.strip()]
+        setattr(namespace, self.dest, items)
+
+
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """Video sampling overrides, named after qwen-vl-utils' options. Unset means the model's policy decides."""
     group = parser.add_argument_group("video sampling (defaults come from the model's policy)")
@@ -86,15 +98,16 @@ def _run_bench_sampling(args: argparse.Namespace) -> int:
 
 def _add_ui(sub) -> None:
     parser = sub.add_parser("ui", help="start the web app (chat and compare over videos)")
-    parser.add_argument("--models", nargs="+", default=None, metavar="MODEL",
-                        help="models on offer: short names, hub ids or checkpoint folders (default: smolvlm2-256m)")
+    parser.add_argument("--models", action=ListFlag, default=None, metavar="MODEL",
+                        help="models on offer (a,b or a b): short names, hub ids or checkpoint folders "
+                             "(default: smolvlm2-256m)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     parser.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload")
     parser.add_argument("--max-duration", type=float, default=600.0, help="longest accepted video, seconds")
-    parser.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
-                        help="a folder whose files may be named by path or file:// URL (repeatable)")
+    parser.add_argument("--allow-dir", action=ListFlag, default=[], metavar="DIR",
+                        help="folders whose files may be named by path or file:// URL (a,b or a b; repeatable)")
     parser.add_argument("--votes", default="vlm_app_votes.jsonl", help="JSONL log of blind-comparison votes")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -192,7 +205,8 @@ def _run_describe(args: argparse.Namespace) -> int:
 def _add_compare(sub) -> None:
     parser = sub.add_parser("compare", help="run several models on one video and compare answers and costs")
     parser.add_argument("source", help="video file or URL")
-    parser.add_argument("--models", required=True, help="comma-separated model names, hub ids or folders")
+    parser.add_argument("--models", action=ListFlag, required=True, metavar="MODEL",
+                        help="model names, hub ids or folders (a,b or a b)")
     _add_model_options(parser, many=True)
     _add_generation_options(parser)
     _add_sampling_options(parser)
@@ -223,8 +237,8 @@ def _run_tiny(args: argparse.Namespace) -> int:
 
 def _add_bench_adapter(benches) -> None:
     parser = benches.add_parser("adapter", help="our adapter vs the plain transformers calls (overhead ratio)")
-    parser.add_argument("--models", default=None,
-                        help="comma-separated checkpoints (default: tiny Qwen2.5-VL and SmolVLM2 built on the spot)")
+    parser.add_argument("--models", action=ListFlag, default=None, metavar="MODEL",
+                        help="checkpoints, a,b or a b (default: tiny Qwen2.5-VL and SmolVLM2 built on the spot)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads during the measurement")

@@ -310,9 +310,9 @@ def run_compare_command(args, model_options: dict, sampling: dict, generation: d
 
     from vlm_app.runtime import load_adapter
 
-    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    names = args.models
     if len(names) < 2:
-        raise OptionsError("--models needs at least two comma-separated models to compare")
+        raise OptionsError("--models needs at least two models to compare (a,b or a b)")
     prompt = resolve_prompt(args.prompt, args.template)
     check_source(args.source)
     records = []

@@ -90,14 +90,14 @@ def bench_one(adapter, video: str, repeats: int, max_new_tokens: int) -> dict:
             "generate": generate, "forward": forward, "preprocess": preprocess}
 
 
-def run_adapter_benchmark(models: str | None, repeats: int = 15, max_new_tokens: int = 16, threads: int = 1) -> int:
+def run_adapter_benchmark(models: list[str] | None, repeats: int = 15, max_new_tokens: int = 16, threads: int = 1) -> int:
     from vlm_app.runtime import load_adapter
     from vlm_app.testing.tiny import build_tiny
 
     torch.set_num_threads(threads)  # fixed threads: the ratio should not depend on how busy other cores are
     with tempfile.TemporaryDirectory() as scratch:
         video = str(make_clip(Path(scratch) / "bench.mp4"))
-        names = [name.strip() for name in models.split(",")] if models else \
+        names = models if models else \
             [str(build_tiny(family, Path(scratch) / family)) for family in ("qwen2_5_vl", "smolvlm2")]
         results = [bench_one(load_adapter(name, device="cpu" if not models else "auto"), video, repeats,
                              max_new_tokens) for name in names]
