@@ -1,25 +1,26 @@
-"""Shared helpers for the DeepSeek-VL2 tests: the official-code reference fixtures (see their README)."""
+"""Shared helpers for the DeepSeek-VL2 tests: the official-code reference fixtures in tests/fixtures/deepseek_vl2
+(see its README, first section, for how the repository copy differs from the original set)."""
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
+import tempfile
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from media_fixtures import VideoSpec, write_video
 
-FIXTURES = Path(os.environ.get("DEEPSEEK_VL2_FIXTURES",
-                               Path(__file__).resolve().parents[2] / "shared/reference/deepseek_vl2_fixtures"))
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "deepseek_vl2"
 VARIANTS = ("tiny_mha", "small_mla", "base_noaux")
 CASES = ("text_only", "one_image_1tile", "two_images", "three_images_no_crop", "nine_tiles", "batch_left_padded")
-
-needs_fixtures = pytest.mark.skipif(not (FIXTURES / "reference.json").exists(),
-                                    reason=f"DeepSeek-VL2 reference fixtures not found at {FIXTURES}")
+_CHECKPOINTS = tempfile.TemporaryDirectory(prefix="deepseek_vl2_reference_")  # removed when the run ends
 
 
 @lru_cache(maxsize=1)
@@ -27,8 +28,25 @@ def reference() -> dict:
     return json.loads((FIXTURES / "reference.json").read_text())
 
 
+@lru_cache(maxsize=None)
 def checkpoint(variant: str) -> Path:
-    return FIXTURES / variant / "checkpoint"
+    """The official-format checkpoint of `variant`: its stored text files plus model.safetensors redrawn from the
+    recorded seed, tensor order and shapes (byte-for-byte the tensors the official outputs were made with)."""
+    out = Path(_CHECKPOINTS.name) / variant
+    shutil.copytree(FIXTURES / variant / "checkpoint", out, ignore=shutil.ignore_patterns("weights.json"))
+    recipe = json.loads((FIXTURES / variant / "checkpoint" / "weights.json").read_text())
+    generator = torch.Generator().manual_seed(recipe["seed"])
+    tensors = {}
+    for name, shape in recipe["tensors"]:
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        if "norm" in name and name.endswith("weight"):
+            tensors[name] = 1 + 0.05 * noise
+        elif "e_score_correction_bias" in name:
+            tensors[name] = 0.1 * noise
+        else:
+            tensors[name] = 0.05 * noise
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    return out
 
 
 def load_image(name: str) -> Image.Image:

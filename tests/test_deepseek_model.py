@@ -1,6 +1,7 @@
 """DeepseekVLV2ForCausalLM against the official model outputs (reference fixtures), fp32 and bf16 on CPU."""
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -8,10 +9,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from deepseek_fixtures import CASES, FIXTURES, VARIANTS, checkpoint, needs_fixtures, reference, run_processor
+from deepseek_fixtures import CASES, FIXTURES, VARIANTS, checkpoint, reference, run_processor
 from vlm_app.models.deepseek_vl2 import DeepseekVLV2ForCausalLM, DeepseekVLV2Processor
 
-pytestmark = needs_fixtures
 MODEL_INPUTS = ("input_ids", "attention_mask", "images", "images_seq_mask", "images_spatial_crop")
 
 
@@ -49,8 +49,8 @@ def test_logits_hidden_states_and_greedy_tokens(loaded, variant, case):
     # Pillow < 13 resizes a few pixels of one fixture image one grey level differently from the reference
     # (see test_deepseek_processor); the features of that image then differ, so only text-level agreement holds.
     tolerance = 1e-4 if _same_images_as_reference(batch, case) else 5e-2
-    hidden_diff = (out.hidden_states[-1] - expected["last_hidden_state"])[valid].abs().max()
-    positions = expected["logits_positions"]
+    positions = expected["logits_positions"]  # the repository copy keeps the hidden states at these positions
+    hidden_diff = (out.hidden_states[-1][:, positions] - expected["last_hidden_state"])[valid[:, positions]].abs().max()
     logits_diff = (out.logits[:, positions] - expected["logits"])[valid[:, positions]].abs().max()
     if tolerance == 1e-4:
         assert hidden_diff <= tolerance
@@ -80,6 +80,13 @@ def test_chunked_prefill_gives_the_same_tokens(loaded, variant):
     full = model.generate(**_inputs(batch), max_new_tokens=8, do_sample=False)
     chunked = model.generate(**_inputs(batch), max_new_tokens=8, do_sample=False, prefill_chunk_size=512)
     assert torch.equal(full, chunked)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_redrawn_reference_weights_are_the_official_file(variant):
+    recipe = json.loads((FIXTURES / variant / "checkpoint" / "weights.json").read_text())
+    digest = hashlib.sha256((checkpoint(variant) / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == recipe["model_safetensors_sha256"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

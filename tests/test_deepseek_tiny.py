@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from deepseek_fixtures import FIXTURES
+from deepseek_fixtures import checkpoint
 from vlm_app.models.deepseek_vl2 import DeepseekVLV2Processor
 from vlm_app.testing.tiny_deepseek_vl2 import build_tiny_deepseek_vl2
 
@@ -18,9 +18,7 @@ OFFICIAL = {"tiny": "tiny_mha", "small": "small_mla", "base": "base_noaux"}
 @pytest.mark.parametrize("variant", ["tiny", "small", "base"])
 def test_same_key_layout_as_the_official_checkpoints(tiny_deepseek_dirs, variant):
     ours = safe_open(tiny_deepseek_dirs[variant] / "model.safetensors", "pt").keys()
-    official_file = FIXTURES / OFFICIAL[variant] / "checkpoint" / "model.safetensors"
-    if not official_file.exists():
-        pytest.skip("reference fixtures not available")
+    official_file = checkpoint(OFFICIAL[variant]) / "model.safetensors"
     assert set(ours) == set(safe_open(official_file, "pt").keys())  # same depths, so the same names
 
 
