@@ -14,11 +14,12 @@ import threading
 import urllib.error
 import urllib.request
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from vlm_app.adapters.base import Adapter, ModelInfo
 from vlm_app.adapters import registry
 from vlm_app.adapters.registry import ModelRef, resolve
 from vlm_app.errors import ModelLoadError, OptionsError
@@ -27,6 +28,24 @@ PROBE_TIMEOUT_S = 3.0
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py"]
 QUANTIZATIONS = (None, "4bit", "8bit")
 LARGE_MODEL_BYTES = 8 * 2**30  # above this (on disk), let accelerate spread the model over the devices
+
+
+@dataclass
+class ModelInfo:
+    """Where a loaded model came from and how it runs: the reproducibility record of every result."""
+
+    model_id: str                 # what the user asked for (short name, hub id or folder)
+    path: str                     # the local folder the files were read from
+    family: str
+    revision: str | None = None   # hub commit of the cached snapshot, None for plain folders
+    device: str = "cpu"
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    quantization: str | None = None
+    lora_adapter: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -132,7 +151,7 @@ def _with_lora(model, lora_adapter: str):
 
 def load_adapter(name: str, device: str = "auto", dtype: str = "auto", attn: str = "auto",
                  quantization: str | None = None, lora_adapter: str | None = None, revision: str | None = None,
-                 adapter_class: type[Adapter] | None = None) -> Adapter:
+                 adapter_class: type | None = None):
     """Load `name` (short name, hub id or folder) into its family's adapter (or `adapter_class`)."""
     ref = resolve(name)
     cls = adapter_class or registry.adapter_class(ref.family)
@@ -162,7 +181,7 @@ def load_adapter(name: str, device: str = "auto", dtype: str = "auto", attn: str
     return cls(model, processor, info)
 
 
-def model_bytes(adapter: Adapter) -> int:
+def model_bytes(adapter) -> int:
     return sum(p.numel() * p.element_size() for p in adapter.model.parameters()) + \
         sum(b.numel() * b.element_size() for b in adapter.model.buffers())
 
@@ -179,14 +198,14 @@ class ModelCache:
 
     def __init__(self, budget_bytes: int | None = None):
         self.budget_bytes = budget_bytes if budget_bytes is not None else _default_budget()
-        self._models: OrderedDict[tuple, tuple[Adapter, int]] = OrderedDict()
+        self._models: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
     def _key(name: str, options: dict) -> tuple:
         return (name, tuple(sorted((k, str(v)) for k, v in options.items())))
 
-    def get(self, name: str, **options) -> Adapter:
+    def get(self, name: str, **options):
         """The loaded adapter for `name` with these load options, loading (and evicting) when needed."""
         key = self._key(name, options)
         with self._lock:

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Iterator
 import torch
 
 from vlm_app.messages import media_items, media_options, normalize
+from vlm_app.runtime import ModelInfo, load_adapter
 
 
 @dataclass
@@ -160,24 +161,6 @@ class Generation:
     cancelled: bool = False
 
 
-@dataclass
-class ModelInfo:
-    """Where a loaded model came from and how it runs: the reproducibility record of every result."""
-
-    model_id: str                 # what the user asked for (short name, hub id or folder)
-    path: str                     # the local folder the files were read from
-    family: str
-    revision: str | None = None   # hub commit of the cached snapshot, None for plain folders
-    device: str = "cpu"
-    dtype: str = "float32"
-    attn_implementation: str = "sdpa"
-    quantization: str | None = None
-    lora_adapter: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
 class _TokenRecorder:
     """A `generate` streamer (duck-typed BaseStreamer) that timestamps every new token and optionally queues it."""
 
@@ -296,8 +279,6 @@ class Adapter:
     def load(cls, model_id_or_path: str, device: str = "auto", dtype: str = "auto", attn: str = "auto",
              **options) -> "Adapter":
         """Load through the runtime (device/dtype/attention choice, offline checks, quantization, LoRA)."""
-        from vlm_app.runtime import load_adapter
-
         return load_adapter(model_id_or_path, device=device, dtype=dtype, attn=attn, adapter_class=cls, **options)
 
     @classmethod

@@ -147,7 +147,7 @@ def _count_parameters(model_class, config) -> int:
 
 
 def run_model_benchmark(args) -> int:
-    from vlm_app.adapters.base import ModelInfo
+    from vlm_app.runtime import ModelInfo
     from vlm_app.messages import conversation
     from vlm_app.runtime import pick_device, pick_dtype
 

@@ -8,26 +8,11 @@ byte-identical files (for a fixed transformers version, which `config.json` reco
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-VOCAB_SIZE = 1024          # trained BPE entries; special tokens come after (Qwen) or first (SmolVLM)
-PADDED_VOCAB = 1088        # embedding rows, a multiple of 64 as in the real checkpoints
+from vlm_app.testing.bpe import train_bpe
 
-CORPUS = """\
-A red square moves from the left edge of the frame to the right edge over a blue background.
-The video shows a person walking a dog in a park; later a cyclist passes by and the dog barks.
-Describe this video. Summarize the video in one sentence. What happens at 00:03? List the events with timestamps.
-In the first frames the scene is dark, then the lights turn on and a white progress bar grows along the bottom.
-Question: how many objects are visible? Answer: two objects, a square and a bar.
-The camera pans slowly across a kitchen where someone is cutting vegetables and boiling water in a pot.
-Frame from 00:00: a title card. Frame from 00:01: the first scene. Frame from 00:02: a close-up of the face.
-You are a helpful assistant. You are provided the following series of frames from a video.
-Numbers and times: 0 1 2 3 4 5 6 7 8 9 10 24 30 60 1.5 2.0 12:30 0:00:04 [H:MM:SS] 100% 3/4.
-User: what colour is the square? Assistant: the square is red and it moves to the right.
-The weather is sunny, a car drives along the street, and children play football near the trees.
-Café, naïve, résumé, 東京, Привет, مرحبا — unicode text should round-trip through the byte-level tokenizer.
-"""
+PADDED_VOCAB = 1088        # embedding rows, a multiple of 64 as in the real checkpoints
 
 # Our templates: same prompt layout as the models', written for this project.
 QWEN_CHAT_TEMPLATE = (
@@ -79,25 +64,6 @@ SMOLVLM_SPECIAL = (["<fake_token_around_image>", "<image>", "<global-img>"]
                    + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)] + ["<end_of_utterance>"])
 
 
-def _train_bpe(pre_tokenizer, normalizer=None, leading_tokens=()) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Train a byte-level BPE on CORPUS with the given pipeline; returns (vocab, merges)."""
-    import json
-
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizer
-    if normalizer is not None:
-        tokenizer.normalizer = normalizer
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE + len(leading_tokens), min_frequency=1,
-                                  special_tokens=list(leading_tokens), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
-    model = json.loads(tokenizer.to_str())["model"]
-    return model["vocab"], [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" "))
-                            for merge in model["merges"]]
-
-
 def _qwen_tokenizer():
     from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers
     from transformers import Qwen2TokenizerFast
@@ -105,7 +71,7 @@ def _qwen_tokenizer():
 
     pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    vocab, merges = _train_bpe(pre, normalizers.NFC())
+    vocab, merges = train_bpe(pre, normalizers.NFC())
     tokenizer = Qwen2TokenizerFast(vocab=vocab, merges=merges, unk_token=None, bos_token=None,
                                    eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tokenizer.add_tokens([AddedToken(t, special=True) for t in QWEN_SPECIAL], special_tokens=True)
@@ -118,7 +84,7 @@ def _smolvlm_tokenizer():
     from tokenizers import AddedToken, pre_tokenizers
     from transformers import GPT2TokenizerFast
 
-    vocab, merges = _train_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), leading_tokens=SMOLVLM_LEADING)
+    vocab, merges = train_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), leading_tokens=SMOLVLM_LEADING)
     tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges, unk_token="<|endoftext|>", bos_token="<|im_start|>",
                                   eos_token="<end_of_utterance>", pad_token="<|im_end|>")
     tokenizer.add_tokens([AddedToken(t, special=True) for t in SMOLVLM_SPECIAL], special_tokens=True)
@@ -210,9 +176,10 @@ def build_tiny_smolvlm2(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def build_tiny_deepseek_vl2(out_dir: str | Path, seed: int = 0, variant: str = "tiny") -> Path:
-    """Delegates to the DeepSeek-VL2 port's builder (imported lazily: it lives with that port)."""
-    module = importlib.import_module("vlm_app.testing.tiny_deepseek_vl2")
-    return module.build_tiny_deepseek_vl2(out_dir, variant=variant, seed=seed)
+    """The DeepSeek-VL2 builder lives with that port's test helpers (vlm_app.testing.tiny_deepseek_vl2)."""
+    from vlm_app.testing.tiny_deepseek_vl2 import build_tiny_deepseek_vl2 as build
+
+    return build(out_dir, variant=variant, seed=seed)
 
 
 BUILDERS = {

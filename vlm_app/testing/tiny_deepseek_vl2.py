@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vlm_app.testing.tiny import _train_bpe
+from vlm_app.testing.bpe import train_bpe
 
 SPECIAL_TOKENS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>", "<|ref|>", "<|/ref|>",
                   "<|det|>", "<|/det|>", "<|grounding|>", "<|User|>", "<|Assistant|>"]
@@ -55,7 +55,7 @@ def _tokenizer():
     from tokenizers import AddedToken, pre_tokenizers
     from transformers import GPT2TokenizerFast
 
-    vocab, merges = _train_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), leading_tokens=SPECIAL_TOKENS)
+    vocab, merges = train_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), leading_tokens=SPECIAL_TOKENS)
     tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges, unk_token=None, bos_token=SPECIAL_TOKENS[0],
                                   eos_token=SPECIAL_TOKENS[1], pad_token=SPECIAL_TOKENS[2])
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS],
