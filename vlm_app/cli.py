@@ -225,10 +225,18 @@ def _add_tiny(sub) -> None:
     parser.add_argument("--family", required=True, choices=["qwen2_5_vl", "smolvlm2", "deepseek_vl2"])
     parser.add_argument("--out", required=True, help="folder to write (hub layout)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from-files", metavar="DIR",
+                        help="a real hub repository's text files (tokenizer, chat template, processor and config "
+                             "files): kept as they are, with a shrunk config and random weights")
     parser.set_defaults(handler=_run_tiny)
 
 
 def _run_tiny(args: argparse.Namespace) -> int:
+    if args.from_files:
+        from vlm_app.testing.real_files import build_from_files
+
+        print(build_from_files(args.family, args.from_files, args.out, seed=args.seed))
+        return 0
     from vlm_app.testing.tiny import build_tiny
 
     print(build_tiny(args.family, args.out, seed=args.seed))

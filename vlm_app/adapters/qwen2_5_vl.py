@@ -3,6 +3,11 @@ video metadata, so `second_per_grid_ts` = temporal_patch_size / sample_fps and m
 
 Without the metadata transformers 5 assumes 24 fps (0.083 s per grid instead of 1 s at fps 2), and the
 model card's `fps=[...]` keyword is rejected outright; this is the fix, done once here.
+
+The processor does not resize again (`do_resize=False`), so the checkpoint's own pixel bounds (`min_pixels` /
+`max_pixels` of its preprocessor_config.json; a fine-tune may narrow them) bound our policy instead: frames and
+images are sized within them unless the user sets min_pixels / max_pixels. For the released checkpoints (3136 to
+12845056 pixels) the policy's sizes are unchanged.
 """
 
 from __future__ import annotations
@@ -24,9 +29,24 @@ def hf_video_metadata(video):
                          height=source.height, frames_indices=list(video.frames_indices))
 
 
+def _pixel_bounds(processor) -> tuple[int, int]:
+    """(min_pixels, max_pixels) of a Qwen2-VL image or video processor (transformers 5 keeps them in `size`)."""
+    return processor.size["shortest_edge"], processor.size["longest_edge"]
+
+
 class Qwen2_5_VLAdapter(Adapter):
     family = "qwen2_5_vl"
     policy = "qwen2_5_vl"
+
+    def sampling_defaults(self) -> dict:
+        from vlm_app.media.policies import get_policy
+
+        low, high = _pixel_bounds(self.processor.video_processor)
+        return {"min_pixels": min(max(get_policy(self.policy).min_pixels, low), high), "max_pixels": high}
+
+    def image_defaults(self) -> dict:
+        low, high = _pixel_bounds(self.processor.image_processor)
+        return {"min_pixels": low, "max_pixels": high}
 
     def build_inputs(self, messages: list[dict], media: list, max_new_tokens: int | None = None):
         from vlm_app.media import SampledVideo

@@ -80,7 +80,7 @@ def _qwen_tokenizer():
     return tokenizer
 
 
-def _smolvlm_tokenizer():
+def smolvlm_tokenizer():
     from tokenizers import AddedToken, pre_tokenizers
     from transformers import GPT2TokenizerFast
 
@@ -120,7 +120,7 @@ def smolvlm2_processor(tokenizer=None, image_size: int = 64, image_seq_len: int 
     video_processor = SmolVLMVideoProcessor(
         video_sampling={"fps": 1, "max_frames": max_frames, "video_size": {"longest_edge": image_size}}, **shared)
     return SmolVLMProcessor(image_processor=SmolVLMImageProcessor(do_image_splitting=True, **shared),
-                            tokenizer=tokenizer or _smolvlm_tokenizer(), video_processor=video_processor,
+                            tokenizer=tokenizer or smolvlm_tokenizer(), video_processor=video_processor,
                             image_seq_len=image_seq_len, chat_template=SMOLVLM_CHAT_TEMPLATE)
 
 
@@ -154,7 +154,7 @@ def build_tiny_smolvlm2(out_dir: str | Path, seed: int = 0) -> Path:
     import torch
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 
-    tokenizer = _smolvlm_tokenizer()
+    tokenizer = smolvlm_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     image_size, patch_size, scale_factor = 64, 8, 4
     config = SmolVLMConfig(

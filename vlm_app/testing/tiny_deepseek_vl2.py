@@ -60,6 +60,8 @@ def _tokenizer():
                                   eos_token=SPECIAL_TOKENS[1], pad_token=SPECIAL_TOKENS[2])
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS],
                          special_tokens=True)
+    # declared as the released special_tokens_map.json declares them, so that file can sit beside this tokenizer
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|User|>", "<|Assistant|>"]})
     tokenizer.model_max_length = 4096
     assert len(tokenizer) <= PADDED_VOCAB
     return tokenizer
