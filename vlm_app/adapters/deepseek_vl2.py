@@ -13,7 +13,7 @@ import math
 from PIL import Image
 
 from vlm_app.adapters.base import Adapter, VisualMap
-from vlm_app.errors import LimitError
+from vlm_app.errors import LimitError, OptionsError
 from vlm_app.media.policies import DEEPSEEK_DEFAULT_MAX_NEW_TOKENS, deepseek_max_frames
 from vlm_app.messages import normalize
 
@@ -119,25 +119,37 @@ class DeepseekVL2Adapter(Adapter):
         return frames
 
     def _conversation(self, messages: list[dict], media: list) -> tuple[list[dict], list, list]:
-        """DeepSeek conversation turns, the PIL images in order, and per image its (media index, frame index)."""
-        from vlm_app.media import SampledVideo
-
+        """DeepSeek conversation turns, the PIL images in order, and per image its (media index, frame index).
+        Each image and frame goes where its item is, unless the text places the message's images itself with
+        literal `<image>` tags, as the model card's prompts do (then one tag per image of the message)."""
+        tag = self.processor.image_token
         turns, images, owners = [], [], []
         media_iter = iter(enumerate(media))
         for message in messages:
+            items = [(item, None if item["type"] == "text" else next(media_iter)) for item in message["content"]]
+            tags = sum(item["text"].count(tag) for item, _ in items if item["type"] == "text")
+            placed = [entry for item, entry in items if item["type"] == "image"]
+            if tags and tags != len(placed):
+                raise OptionsError(f"the prompt text holds {tags} literal {tag} tag(s) but the message has "
+                                   f"{len(placed)} image(s); use one {tag} per image, or none (each image then "
+                                   "goes where it is in the message)")
+            by_tag = iter(placed if tags else [])
             text = ""
-            for item in message["content"]:
+            for item, entry in items:
                 if item["type"] == "text":
                     text += item["text"]
-                    continue
-                media_index, shown = next(media_iter)
-                if isinstance(shown, SampledVideo):
-                    for frame_index, (frame, seconds) in enumerate(zip(shown.frames, shown.timestamps)):
-                        text += frame_label(seconds) + self.processor.image_token + "\n"
+                    shown_here = [next(by_tag) for _ in range(item["text"].count(tag))]
+                elif item["type"] == "video":
+                    media_index, video = entry
+                    for frame_index, (frame, seconds) in enumerate(zip(video.frames, video.timestamps)):
+                        text += frame_label(seconds) + tag + "\n"
                         images.append(_frame_image(frame))
                         owners.append((media_index, frame_index))
-                else:
-                    text += self.processor.image_token + "\n"
+                    shown_here = []
+                else:  # an image: at its tag, or here
+                    text += "" if tags else tag + "\n"
+                    shown_here = [] if tags else [entry]
+                for media_index, shown in shown_here:
                     images.append(shown.image if shown is not None else None)
                     owners.append((media_index, -1))
             role = {"user": USER, "assistant": ASSISTANT}.get(message["role"], message["role"])

@@ -5,6 +5,10 @@ real "Frame from MM:SS" time and the video's duration.
 The media placeholders are expanded here, one media item at a time, with the processor's own expansion: the
 stock call reads a video's frame count from the padded batch, so a short video next to a long one would be
 announced with the long one's count.
+
+The prompt comes from the checkpoint's own chat template. The hub template has no video branch (it drops video
+items); only then is transformers' SmolVLM default template, which has one, used instead. (transformers itself
+swaps in its default for every video prompt, even when a fine-tune's own template handles videos.)
 """
 
 from __future__ import annotations
@@ -44,8 +48,7 @@ class SmolVLM2Adapter(Adapter):
         videos = [item for item in media if isinstance(item, SampledVideo)]
         if videos and len(videos) != len(media):
             raise OptionsError("SmolVLM2 takes either images or videos in one conversation, not both")
-        prompt = self.processor.apply_chat_template(for_template(messages), tokenize=False,
-                                                    add_generation_prompt=True)
+        prompt = self._prompt(messages, len(media))
         pixels, expansions = self._process_videos(videos) if videos else self._process_images(media)
         views = [expansion.count(self.processor.image_token) // self.processor.image_seq_len
                  for expansion in expansions]
@@ -54,6 +57,22 @@ class SmolVLM2Adapter(Adapter):
                        for piece in PLACEHOLDER.split(prompt))
         inputs = {**self.processor.tokenizer(text, return_tensors="pt"), **pixels}
         return inputs, self._visual_map(inputs["input_ids"], media, views), prompt
+
+    def _prompt(self, messages: list[dict], num_media: int) -> str:
+        from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
+
+        literal = [tag for m in messages for item in m["content"] if item["type"] == "text"
+                   for tag in PLACEHOLDER.findall(item["text"])]
+        if literal:
+            raise OptionsError(f"the prompt text holds a literal {literal[0]}: SmolVLM2 shows each image or video "
+                               "where its item is in the message; remove the placeholder from the text")
+        conversation = for_template(messages)
+        prompt = self.processor.apply_chat_template(conversation, chat_template=self.processor.chat_template,
+                                                    tokenize=False, add_generation_prompt=True)
+        if len(PLACEHOLDER.findall(prompt)) < num_media:  # a template without a video branch
+            prompt = self.processor.apply_chat_template(conversation, chat_template=DEFAULT_CHAT_TEMPLATE,
+                                                        tokenize=False, add_generation_prompt=True)
+        return prompt
 
     def _process_videos(self, videos: list) -> tuple[dict, list[str]]:
         video_processor = self.processor.video_processor
