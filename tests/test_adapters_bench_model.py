@@ -3,6 +3,8 @@ parameter totals the model cards publish, so a wrong transcribed number shows up
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from transformers import DeepseekOcr2TextConfig, DeepseekV2Config, DeepseekV3Config
 
@@ -44,3 +46,39 @@ def test_too_big_for_this_machine_is_refused_before_allocating(capsys):
     assert main(["bench", "model", "--family", "deepseek_vl2", "--size", "base", "--random-weights",
                  "--device", "cpu", "--dtype", "fp32"]) == 2
     assert "deepseek_vl2-base needs about 102.4 GiB for weights" in capsys.readouterr().err
+
+
+QWEN_TEXT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "vocab_size", "max_position_embeddings", "rms_norm_eps", "hidden_act")
+QWEN_VISION_FIELDS = ("depth", "hidden_size", "intermediate_size", "num_heads", "patch_size", "spatial_merge_size",
+                      "temporal_patch_size", "window_size", "fullatt_block_indexes", "tokens_per_second",
+                      "out_hidden_size", "hidden_act")
+
+
+@pytest.mark.parametrize("size, repo", [("3b", "Qwen__Qwen2.5-VL-3B-Instruct"), ("7b", "Qwen__Qwen2.5-VL-7B-Instruct")])
+def test_qwen_sizes_equal_the_real_config_files(size, repo):
+    from transformers import AutoConfig
+
+    from real_files_fixtures import REAL_FILES
+
+    real = AutoConfig.from_pretrained(REAL_FILES / repo)
+    _, ours, _, _ = FAMILIES["qwen2_5_vl"][0](size)
+    for field in QWEN_TEXT_FIELDS:
+        assert getattr(ours.text_config, field) == getattr(real.text_config, field), field
+    for field in QWEN_VISION_FIELDS:
+        assert getattr(ours.vision_config, field) == getattr(real.vision_config, field), field
+    for field in ("rope_theta", "mrope_section"):
+        assert ours.text_config.rope_parameters[field] == real.text_config.rope_parameters[field], field
+    assert ours.tie_word_embeddings == real.tie_word_embeddings
+
+
+@pytest.mark.parametrize("size", ["256m", "500m", "2.2b"])
+def test_smolvlm2_sizes_equal_the_real_processor_files(size, tmp_path):
+    from real_files_fixtures import SMOLVLM2_REPOS, repository_files
+
+    files = repository_files(SMOLVLM2_REPOS[size], tmp_path)
+    preprocessor = json.loads((files / "preprocessor_config.json").read_text())
+    _, ours, processor, _ = FAMILIES["smolvlm2"][0](size)
+    assert ours.vision_config.image_size == preprocessor["max_image_size"]["longest_edge"] == \
+        preprocessor["video_sampling"]["video_size"]["longest_edge"]
+    assert processor.image_seq_len == json.loads((files / "processor_config.json").read_text())["image_seq_len"]

@@ -17,10 +17,11 @@ import torch
 from vlm_app.errors import OptionsError
 from vlm_app.testing.tiny_deepseek_vl2 import MHA_ATTENTION, NOAUX_ROUTER, SOFTMAX_ROUTER
 
-# Transcribed from the published config.json files (architecture fields only); not in our reference sheets, so
-# checked instead by parameter count against the model cards (tests/test_adapters_bench_model.py): Qwen2.5-VL
-# 3.75B / 8.29B / 33.5B / 73.4B, SmolVLM2 256M / 507M / 2.25B. transformers' Qwen2_5_VLConfig defaults are the
-# 72B text and the shared vision tower (but tokens_per_second 4: the released files say 2).
+# Transcribed from the published config.json files (architecture fields only), checked by parameter count against
+# the model cards (tests/test_adapters_bench_model.py): Qwen2.5-VL 3.75B / 8.29B / 33.5B / 73.4B, SmolVLM2 256M /
+# 507M / 2.25B; Qwen 3B and 7B also field by field against their real config.json, SmolVLM2's tile size and
+# image_seq_len against the real processor files (tests/fixtures/real_checkpoint_files). transformers'
+# Qwen2_5_VLConfig defaults are the 72B text and the shared vision tower (but tokens_per_second 4: the files say 2).
 QWEN2_5_VL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
                          spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                          fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2, hidden_act="silu")
