@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import os
 import threading
 import urllib.error
 import urllib.request
 from collections import OrderedDict
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +45,10 @@ class ModelInfo:
     attn_implementation: str = "sdpa"
     quantization: str | None = None
     lora_adapter: str | None = None
+    notes: list[str] = field(default_factory=list)  # why a faster default was not taken (e.g. no flash-attn)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "notes": list(self.notes)}
 
 
 def pick_device(device: str = "auto") -> str:
@@ -61,10 +64,13 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_dtype(dtype: str | torch.dtype = "auto", device: str = "cpu") -> torch.dtype:
+    """auto: bf16 on a CUDA GPU that supports it, fp16 on older ones (T4, V100), fp32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if not device.startswith("cuda"):
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     named = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
              "fp32": torch.float32, "float32": torch.float32}
     if dtype not in named:
@@ -72,12 +78,33 @@ def pick_dtype(dtype: str | torch.dtype = "auto", device: str = "cpu") -> torch.
     return named[dtype]
 
 
-def pick_attention(attn: str = "auto", device: str = "cpu") -> str:
-    if attn != "auto":
-        return attn
-    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+def _flash_attention_unusable(device: str, dtype: torch.dtype) -> str | None:
+    """None when flash-attention-2 can run here, else why not."""
+    if not device.startswith("cuda"):
+        return f"flash-attention-2 needs a CUDA GPU (device is {device})"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"flash-attention-2 needs fp16 or bf16 (dtype is {str(dtype).removeprefix('torch.')})"
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    if major < 8:
+        return f"flash-attention-2 needs compute capability 8.0 or newer (this GPU has {major}.{minor})"
+    try:
+        import flash_attn  # noqa: F401  (a wheel built for another torch or CUDA fails here, not at find_spec)
+    except Exception as error:  # ImportError, or the OSError/RuntimeError of a broken build
+        return f"flash-attention-2 is not importable ({type(error).__name__}: {error})"
+    return None
+
+
+def pick_attention(attn: str = "auto", device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[str, list[str]]:
+    """(attention implementation, notes). auto: flash-attention-2 where it can run, else sdpa with a note why.
+    Asking for flash_attention_2 where it cannot run is an error, not a silent fallback."""
+    if attn not in ("auto", "flash_attention_2"):
+        return attn, []
+    reason = _flash_attention_unusable(device, dtype)
+    if reason is None:
+        return "flash_attention_2", []
+    if attn == "flash_attention_2":
+        raise OptionsError(f"--attn flash_attention_2 cannot be used: {reason}; use --attn sdpa or auto")
+    return "sdpa", [f"attention: sdpa, as {reason}"]
 
 
 def _endpoint_unreachable(endpoint: str) -> str | None:
@@ -120,11 +147,46 @@ def locate(ref: ModelRef, revision: str | None = None) -> tuple[str, str | None]
     return path, Path(path).name
 
 
-def _weights_bytes(path: str) -> int:
-    return sum(file.stat().st_size for file in Path(path).glob("*.safetensors"))
+ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "8bit": 1, "4bit": 0.5}
 
 
-def _quantization_config(quantization: str | None, device: str):
+def _stored_dtype(folder: Path) -> str:
+    """The dtype the weight files hold, as config.json records it (fp32 when it does not say)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "float32"
+    stored = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return stored if stored in ELEMENT_BYTES else "float32"
+
+
+def weights_bytes(path: str) -> int:
+    """Bytes of the checkpoint's weight files, read from disk before loading. A sharded checkpoint whose index
+    names a shard that is not there is an error here, listing every missing shard."""
+    folder = Path(path)
+    index = next(iter(sorted(folder.glob("*.safetensors.index.json"))), None)
+    if index is None:
+        return sum(file.stat().st_size for file in [*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"{index} is not a readable weight index ({error}); re-download the checkpoint") from error
+    missing = [shard for shard in shards if not (folder / shard).is_file()]
+    if missing:
+        raise ModelLoadError(f"{folder} is missing {len(missing)} of the {len(shards)} weight shards its "
+                             f"{index.name} lists: {', '.join(missing)}; finish the download (`hf download` "
+                             "resumes) or copy the missing files")
+    return sum((folder / shard).stat().st_size for shard in shards)
+
+
+def loaded_bytes_estimate(path: str, dtype: torch.dtype, quantization: str | None = None) -> int:
+    """Memory the model will take once loaded: its file size, rescaled from the stored dtype to the loaded one."""
+    stored = ELEMENT_BYTES[_stored_dtype(Path(path))]
+    loaded = ELEMENT_BYTES.get(quantization) or ELEMENT_BYTES[str(dtype).removeprefix("torch.")]
+    return int(weights_bytes(path) * loaded / stored)
+
+
+def _quantization_config(quantization: str | None, device: str, dtype: torch.dtype):
     if quantization not in QUANTIZATIONS:
         raise OptionsError(f"unknown quantization {quantization!r}; use 4bit or 8bit")
     if quantization is None:
@@ -134,19 +196,42 @@ def _quantization_config(quantization: str | None, device: str):
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16,
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype,
                                   bnb_4bit_quant_type="nf4")
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def _with_lora(model, lora_adapter: str):
+def locate_lora(lora_adapter: str, revision: str | None = None) -> str:
+    """The local folder of a LoRA adapter given as a folder or a hub id (found offline-safe, like a model)."""
+    if os.path.isdir(os.path.expanduser(lora_adapter)):
+        return os.path.expanduser(lora_adapter)
+    if not registry.is_hub_id(lora_adapter):
+        raise ModelLoadError(f"LoRA adapter {lora_adapter} is neither a folder nor a hub id (owner/name)")
+    path, _ = locate(ModelRef(lora_adapter, "LoRA adapter", None, lora_adapter), revision)
+    return path
+
+
+def _with_lora(model, lora_folder: str):
     if importlib.util.find_spec("peft") is None:
         raise OptionsError("--adapter needs peft (pip install 'vlm_app[lora]')")
-    if not os.path.isdir(lora_adapter):
-        raise ModelLoadError(f"LoRA adapter folder {lora_adapter} does not exist")
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, lora_adapter).eval()  # kept separate, not merged
+    return PeftModel.from_pretrained(model, lora_folder).eval()  # kept separate, not merged
+
+
+@contextmanager
+def reading_checkpoint(name: str, path: str):
+    """Errors transformers raises on a checkpoint's files (a config it rejects, a missing or broken file) become
+    one ModelLoadError naming the checkpoint."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    try:
+        yield
+    except (OSError, ValueError, TypeError, KeyError, StrictDataclassError) as error:
+        reason = " ".join(str(error).split())
+        raise ModelLoadError(f"could not load {name} from {path}: {reason}; check its config.json and weight "
+                             "files (a checkpoint of a supported family, complete, for this transformers "
+                             "version)") from error
 
 
 def load_adapter(name: str, device: str = "auto", dtype: str = "auto", attn: str = "auto",
@@ -157,27 +242,27 @@ def load_adapter(name: str, device: str = "auto", dtype: str = "auto", attn: str
     cls = adapter_class or registry.adapter_class(ref.family)
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
-    attention = pick_attention(attn, device)
+    attention, notes = pick_attention(attn, device, torch_dtype)
     path, commit = locate(ref, revision)
+    lora_folder = locate_lora(lora_adapter) if lora_adapter else None
     kwargs = {"dtype": torch_dtype, "attn_implementation": attention}
-    quantization_config = _quantization_config(quantization, device)
+    quantization_config = _quantization_config(quantization, device, torch_dtype)
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-    if device.startswith("cuda") and (quantization_config is not None or _weights_bytes(path) > LARGE_MODEL_BYTES):
+    on_disk = weights_bytes(path)  # also checks that every shard is there before anything loads
+    if device.startswith("cuda") and (quantization_config is not None or on_disk > LARGE_MODEL_BYTES):
         kwargs["device_map"] = "auto"
-    try:
+    with reading_checkpoint(name, path):
         model = cls.load_model(path, **kwargs)
         processor = cls.load_processor(path)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"could not load {name} from {path}: {error}") from error
     if "device_map" not in kwargs:
         model = model.to(device)
     model.eval()
-    if lora_adapter:
-        model = _with_lora(model, lora_adapter)
+    if lora_folder:
+        model = _with_lora(model, lora_folder)
     info = ModelInfo(model_id=name, path=path, family=ref.family, revision=commit, device=str(model.device),
                      dtype=str(torch_dtype).removeprefix("torch."), attn_implementation=attention,
-                     quantization=quantization, lora_adapter=lora_adapter)
+                     quantization=quantization, lora_adapter=lora_adapter, notes=notes)
     return cls(model, processor, info)
 
 
@@ -212,13 +297,19 @@ class ModelCache:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key][0]
-            ref = resolve(name)
-            estimate = _weights_bytes(ref.local_path) if ref.local_path else 0
+            estimate = self._estimate(name, options)
             self._evict_until(self.budget_bytes - estimate)
             adapter = load_adapter(name, **options)
             self._models[key] = (adapter, model_bytes(adapter))
             self._evict_until(self.budget_bytes, keep=key)
             return adapter
+
+    @staticmethod
+    def _estimate(name: str, options: dict) -> int:
+        """The model's loaded size from its files (found, or downloaded, first), before any weight is loaded."""
+        path, _ = locate(resolve(name), options.get("revision"))
+        dtype = pick_dtype(options.get("dtype", "auto"), pick_device(options.get("device", "auto")))
+        return loaded_bytes_estimate(path, dtype, options.get("quantization"))
 
     def _evict_until(self, limit: int, keep: tuple | None = None) -> None:
         while self._models and self.used_bytes > limit:

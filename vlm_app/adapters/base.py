@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Iterator
 import torch
 
 from vlm_app.messages import media_items, media_options, normalize
-from vlm_app.runtime import ModelInfo, load_adapter
+from vlm_app.runtime import ModelInfo, load_adapter, reading_checkpoint
 
 
 @dataclass
@@ -303,7 +303,8 @@ class Adapter:
     def without_weights(cls, path: str) -> "Adapter":
         """The checkpoint's processor and config but no model: enough for `load_media`, which then samples exactly
         as the loaded adapter would (the Ray engine's decode workers)."""
-        return cls(None, cls.load_processor(path), None, config=cls.load_config(path))
+        with reading_checkpoint(path, path):
+            return cls(None, cls.load_processor(path), None, config=cls.load_config(path))
 
     @property
     def tokenizer(self):

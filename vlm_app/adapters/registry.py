@@ -67,6 +67,11 @@ class ModelRef:
     repo_id: str | None      # set for hub models
 
 
+def is_hub_id(name: str) -> bool:
+    """owner/name, not a relative path."""
+    return bool(_HUB_ID.match(name)) and not name.startswith(".")
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "~")) or "/" in name or os.sep in name
 
@@ -101,7 +106,7 @@ def resolve(name: str) -> ModelRef:
             raise ModelLoadError(f"{name} is a folder but has no config.json; point --model at a checkpoint folder "
                                  "(the one holding config.json and the weights)")
         return ModelRef(name, family_from_config(config), folder, None)
-    if _HUB_ID.match(name) and not name.startswith("."):
+    if is_hub_id(name):
         return ModelRef(name, _hub_family(name), None, name)
     if _looks_like_path(name):
         raise ModelLoadError(f"model folder {name} does not exist; pass --model with an existing checkpoint folder")
