@@ -128,10 +128,14 @@ def _add_model_options(parser: argparse.ArgumentParser, many: bool = False) -> N
         group.add_argument("--model", default="smolvlm2-256m",
                            help="short name, hub id or local checkpoint folder (default: smolvlm2-256m)")
     group.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    group.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
-    group.add_argument("--attn", default="auto", help="auto (flash_attention_2 if installed on CUDA, else sdpa)")
+    group.add_argument("--dtype", default="auto",
+                       help="auto (bf16 on GPUs that support it, else fp16; fp32 on CPU), bf16, fp16, fp32")
+    group.add_argument("--attn", default="auto",
+                       help="auto (flash_attention_2 where it runs: fp16/bf16, compute capability >= 8.0, "
+                            "flash-attn importable; else sdpa), sdpa, eager, flash_attention_2")
     group.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="bitsandbytes loading (CUDA)")
-    group.add_argument("--adapter", dest="lora_adapter", metavar="PATH", help="a peft LoRA adapter folder (not merged)")
+    group.add_argument("--adapter", dest="lora_adapter", metavar="PATH",
+                       help="a peft LoRA adapter: a folder or a hub id (not merged)")
     group.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
 
 
