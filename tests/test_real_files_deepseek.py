@@ -43,7 +43,8 @@ def test_a_model_card_prompt_places_the_image_at_its_tag(real_deepseek, photo):
                                              {"type": "text", "text": CARD_PROMPT}]}]
     prepared = real_deepseek.prepare(messages, max_new_tokens=4)
     assert prepared.prompt == f"<|User|>: {CARD_PROMPT}\n\n<|Assistant|>:"
-    assert len(prepared.visual_map) == int((prepared.inputs["input_ids"] == real_deepseek.processor.image_token_id).sum())
+    image_tokens = prepared.inputs["input_ids"] == real_deepseek.processor.image_token_id
+    assert len(prepared.visual_map) == int(image_tokens.sum())
     plain = real_deepseek.prepare([{"role": "user", "content": [{"type": "image", "image": str(photo)},
                                                                 {"type": "text", "text": "The red square."}]}],
                                   max_new_tokens=4)

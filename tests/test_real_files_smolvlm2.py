@@ -58,7 +58,8 @@ def test_the_real_template_has_no_video_branch_and_videos_still_get_their_frames
 def test_a_fine_tunes_own_video_template_is_kept(real_smolvlm2_dirs, example_clip):
     adapter = load(str(real_smolvlm2_dirs["256m"]), device="cpu")
     adapter.processor.chat_template = (
-        "<|im_start|>{% for message in messages %}Fine-tuned {{ message['role'] }}: {% for line in message['content'] %}"
+        "<|im_start|>{% for message in messages %}Fine-tuned {{ message['role'] }}: "
+        "{% for line in message['content'] %}"
         "{% if line['type'] == 'text' %}{{ line['text'] }}{% elif line['type'] == 'video' %}<video>{% endif %}"
         "{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
     prepared = adapter.prepare(video_messages(str(example_clip)))

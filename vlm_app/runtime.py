@@ -94,7 +94,8 @@ def _flash_attention_unusable(device: str, dtype: torch.dtype) -> str | None:
     return None
 
 
-def pick_attention(attn: str = "auto", device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[str, list[str]]:
+def pick_attention(attn: str = "auto", device: str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> tuple[str, list[str]]:
     """(attention implementation, notes). auto: flash-attention-2 where it can run, else sdpa with a note why.
     Asking for flash_attention_2 where it cannot run is an error, not a silent fallback."""
     if attn not in ("auto", "flash_attention_2"):
@@ -201,13 +202,13 @@ def _quantization_config(quantization: str | None, device: str, dtype: torch.dty
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def locate_lora(lora_adapter: str, revision: str | None = None) -> str:
+def locate_lora(lora_adapter: str) -> str:
     """The local folder of a LoRA adapter given as a folder or a hub id (found offline-safe, like a model)."""
     if os.path.isdir(os.path.expanduser(lora_adapter)):
         return os.path.expanduser(lora_adapter)
     if not registry.is_hub_id(lora_adapter):
         raise ModelLoadError(f"LoRA adapter {lora_adapter} is neither a folder nor a hub id (owner/name)")
-    path, _ = locate(ModelRef(lora_adapter, "LoRA adapter", None, lora_adapter), revision)
+    path, _ = locate(ModelRef(lora_adapter, "LoRA adapter", None, lora_adapter))
     return path
 
 

@@ -357,8 +357,8 @@ class Adapter:
 
     def load_media(self, messages: list[dict], sampling_overrides: dict, max_new_tokens: int | None = None) -> list:
         """Sample every image/video item with this family's policy; already sampled items pass through.
-        Precedence: per-item options > call overrides (videos) > checkpoint defaults > policy. `max_new_tokens`: the answer
-        budget, as in `prepare` (a family whose frame count depends on it overrides this method)."""
+        Precedence: per-item options > call overrides (videos) > checkpoint defaults > policy. `max_new_tokens`: the
+        answer budget, as in `prepare` (a family whose frame count depends on it overrides this method)."""
         from vlm_app.media import SampledImage, SampledVideo, load_image, load_video
 
         shown = []
@@ -370,7 +370,8 @@ class Adapter:
                 shown.append(load_video(source, policy=self.policy,
                                          **{**self.sampling_defaults(), **sampling_overrides, **media_options(item)}))
             else:
-                shown.append(load_image(source, policy=self.policy, **{**self.image_defaults(), **media_options(item)}))
+                shown.append(load_image(source, policy=self.policy,
+                                        **{**self.image_defaults(), **media_options(item)}))
         return shown
 
     def _to_device(self, inputs) -> dict[str, torch.Tensor]:

@@ -90,7 +90,8 @@ def bench_one(adapter, video: str, repeats: int, max_new_tokens: int) -> dict:
             "generate": generate, "forward": forward, "preprocess": preprocess}
 
 
-def run_adapter_benchmark(models: list[str] | None, repeats: int = 15, max_new_tokens: int = 16, threads: int = 1) -> int:
+def run_adapter_benchmark(models: list[str] | None, repeats: int = 15, max_new_tokens: int = 16,
+                          threads: int = 1) -> int:
     from vlm_app.runtime import load_adapter
     from vlm_app.testing.tiny import build_tiny
 
