@@ -152,7 +152,7 @@ def test_http_video_is_fetched_and_cleaned_up(http_server, media_videos, tmp_pat
 
 @pytest.mark.parametrize("path, limits, message", [
     ("/missing", {}, "answered HTTP 404"),
-    ("/slow", {"http_timeout_seconds": 0.5}, "timed out after 0.5 s"),
+    ("/slow", {"http_connect_seconds": 0.5}, "no answer within 0.5 s"),
     ("/loop", {"http_max_redirects": 3}, "redirected more than 3 times"),
     ("/big", {"max_file_bytes": 1000}, "over the 1000 byte download limit"),
 ])

@@ -26,3 +26,11 @@ class OptionsError(VlmAppError):
 
 class ModelLoadError(VlmAppError):
     """A model could not be found or loaded (unknown name, offline hub id, missing folder)."""
+
+
+class NotOfferedError(ModelLoadError):
+    """A client named a model that this app or server does not offer."""
+
+
+class ExposureError(VlmAppError):
+    """Listening beyond this machine without authentication was asked for."""

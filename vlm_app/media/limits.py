@@ -1,7 +1,9 @@
-"""Explicit limits on what the media pipeline accepts, so no input can hang it or exhaust memory.
+"""Explicit limits on what the media pipeline accepts, so no input can hang it or exhaust memory, and on what it
+may read or fetch.
 
 Pass `limits=DEFAULT_LIMITS.with_overrides(max_duration_seconds=7200)` to `load_video` / `load_image` to change
-them per call.
+them per call. The defaults suit the CLI on one's own machine (any local path, any address); front doors open to
+the network (the web app, the server) use `Limits.for_remote_clients(...)`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,19 @@ class Limits:
     max_frame_pixels: int = 8192 * 8192  # decoded frame size (16K video and larger images are refused)
     max_sampled_frames: int = 4096
     decode_seconds: float = 900.0  # wall clock for probing + decoding one video
-    http_timeout_seconds: float = 30.0  # connect / read timeout per operation
+    http_connect_seconds: float = 10.0  # per request: connect, TLS handshake and the first byte of the answer
+    http_total_seconds: float = 300.0  # the whole download, redirects included
     http_max_redirects: int = 5
+    allowed_dirs: tuple[str, ...] | None = None  # None: any local path; else only files under these (symlinks resolved)
+    allow_private_addresses: bool = True  # False: refuse loopback, private, link-local, ... (non-global) addresses
+    allowed_hosts: tuple[str, ...] = ()  # hosts exempt from the address check, as written in the URL
+
+    @classmethod
+    def for_remote_clients(cls, allowed_dirs=(), allowed_hosts=(), **overrides) -> Limits:
+        """Limits for sources that a remote client names: local files only under `allowed_dirs` (none by
+        default), and no fetch of an address that is not globally routable unless its host is in `allowed_hosts`."""
+        return cls(allowed_dirs=tuple(str(folder) for folder in allowed_dirs), allow_private_addresses=False,
+                   allowed_hosts=tuple(host.strip("[]").rstrip(".").lower() for host in allowed_hosts), **overrides)
 
     def with_overrides(self, **fields) -> Limits:
         return replace(self, **fields)

@@ -1,26 +1,42 @@
-"""Turning a source string into a local file: paths, file:// and http(s):// URLs, data: URIs.
+"""Turning a source string into a local file: paths, file:// and http(s):// URLs, data: URIs. This is the one
+fetch guard every front door (CLI, web app, API server) goes through, configured by `Limits`.
 
 Downloads and data URIs go to a temporary file that is deleted when the `with` block ends. Every failure is a
 `SourceError` (or `LimitError` for size) whose message says what to do.
+
+A download resolves each host once, refuses addresses that are not globally routable when the limits say so
+(unless the host is allowed), then connects to exactly the address it checked, so a second DNS answer cannot
+redirect it (TLS and the Host header still use the name). Redirects are followed by hand, each hop checked again.
+Two deadlines bound every download: connect + first byte per request, and the whole transfer.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urljoin, urlparse, urlsplit
+
+import httpcore
 
 from vlm_app.errors import DecodeError, LimitError, SourceError
 from vlm_app.media.limits import Limits
 
 URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
-DOWNLOAD_CHUNK_BYTES = 1 << 20
+REDIRECTS = (301, 302, 303, 307, 308)
+CGNAT = ipaddress.ip_network("100.64.0.0/10")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# legacy IPv4 spellings (2130706433, 0x7f.1, 0177.0.0.1, 127.1) that the C resolver accepts
+IPV4_LEGACY = re.compile(r"^[0-9a-fx.]+$", re.IGNORECASE)
 
 
 @contextmanager
@@ -58,6 +74,11 @@ def _scheme(text: str) -> str | None:
 
 def _checked_local(path: str, limits: Limits) -> str:
     file = Path(path).expanduser()
+    if limits.allowed_dirs is not None:
+        file = file.resolve()  # the real path: a symlink inside an allowed folder may point anywhere
+        if not any(file.is_relative_to(Path(folder).expanduser().resolve()) for folder in limits.allowed_dirs):
+            raise SourceError(f"{path} is outside the folders this app may read; upload the file instead, or start "
+                              "the app with --allow-dir pointing at its folder")
     if not file.exists():
         raise SourceError(f"no such file: {path}; check the path")
     if file.is_dir():
@@ -98,34 +119,204 @@ def _data_uri_bytes(uri: str, limits: Limits) -> bytes:
 
 
 def _download(url: str, path: Path, limits: Limits) -> None:
-    import httpx
+    deadline = _Deadline(limits)
+    for _ in range(limits.http_max_redirects + 1):
+        location = _get(_vet(url, limits), path, limits, deadline)
+        if location is None:
+            if path.stat().st_size == 0:
+                raise DecodeError(f"{url} returned an empty body")
+            return
+        url = urljoin(url, location)
+    raise SourceError(f"{url} redirected more than {limits.http_max_redirects} times; use the final URL")
 
-    timeout = httpx.Timeout(limits.http_timeout_seconds)
+
+@dataclass(frozen=True)
+class _Target:
+    """One request's URL, split, with the addresses it may connect to."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    netloc: str        # the Host header: the name as written, with its port
+    path: str          # path and query
+    addresses: tuple[str, ...]
+
+
+def _vet(url: str, limits: Limits) -> _Target:
+    """Split, resolve and check one hop's URL; SourceError when it may not be fetched."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise SourceError(f"{url}: only http(s) URLs are fetched (a redirect to {scheme or 'no scheme'}: is refused)")
     try:
-        with httpx.Client(follow_redirects=True, max_redirects=limits.http_max_redirects, timeout=timeout) as client:
-            with client.stream("GET", url) as response:
-                if response.status_code >= 400:
-                    raise SourceError(f"{url} answered HTTP {response.status_code}; check the URL or download the "
-                                      "file yourself")
-                declared = int(response.headers.get("content-length") or 0)
-                if declared > limits.max_file_bytes:
-                    raise _too_big(url, limits)
-                _write_capped(response.iter_bytes(DOWNLOAD_CHUNK_BYTES), path, url, limits)
-    except httpx.TimeoutException:
-        raise SourceError(f"{url} timed out after {limits.http_timeout_seconds:g} s; try again or download it "
-                          "yourself") from None
-    except httpx.TooManyRedirects:
-        raise SourceError(f"{url} redirected more than {limits.http_max_redirects} times; use the final URL") from None
-    except httpx.HTTPError as error:
-        raise SourceError(f"could not fetch {url} ({type(error).__name__}: {error}); check the URL and network") from None
-    if path.stat().st_size == 0:
-        raise DecodeError(f"{url} returned an empty body")
+        host = (parts.hostname or "").rstrip(".").encode("idna").decode("ascii")
+        port = parts.port or (443 if scheme == "https" else 80)
+    except (UnicodeError, ValueError):
+        raise SourceError(f"{url} has an invalid host or port; check the URL") from None
+    if not host:
+        raise SourceError(f"{url} names no host; check the URL")
+    addresses = _resolve(host, port, url)
+    if not limits.allow_private_addresses and host not in limits.allowed_hosts:
+        for address in addresses:
+            reason = _refusal(address)
+            if reason:
+                raise SourceError(f"refused to fetch {url}: {host} is {address}, a {reason} address, which clients "
+                                  f"of this app may not reach; if {host} is meant to be reachable, start the app "
+                                  f"with --allow-host {host}")
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Target(url, scheme, host, port, netloc, target, addresses)
 
 
-def _write_capped(chunks, path: Path, url: str, limits: Limits) -> None:
+def _resolve(host: str, port: int, url: str) -> tuple[str, ...]:
+    """The host's addresses; IP literals in any spelling are decoded here, without a DNS query."""
+    try:
+        return (str(ipaddress.ip_address(host)),)
+    except ValueError:
+        pass
+    if IPV4_LEGACY.match(host):
+        try:
+            return (str(ipaddress.IPv4Address(socket.inet_aton(host))),)
+        except OSError:
+            pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise SourceError(f"cannot resolve the host of {url} ({error}); check the URL and network") from None
+    return tuple(dict.fromkeys(info[4][0] for info in infos))
+
+
+def _refusal(address: str) -> str | None:
+    """Why a remote client's fetch may not reach `address` (loopback, private, ...), or None when it is global."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6:  # these reach an IPv4 address: judge that one
+        if ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        elif ip in NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        elif ip.sixtofour:
+            ip = ip.sixtofour
+    for reason, refused in (("loopback", ip.is_loopback), ("unspecified", ip.is_unspecified),
+                            ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                            ("shared (CGNAT)", ip in CGNAT), ("private", ip.is_private), ("reserved", ip.is_reserved)):
+        if refused:
+            return reason
+    return None if ip.is_global else "non-global"
+
+
+class _Deadline:
+    """When the current wait must end: the answer's first byte by `first_byte_at` (per request), everything by
+    `total_at`."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.total_at = time.monotonic() + limits.http_total_seconds
+        self.first_byte_at: float | None = None
+
+    def start_request(self) -> None:
+        self.first_byte_at = time.monotonic() + self.limits.http_connect_seconds
+
+    def answered(self) -> None:
+        self.first_byte_at = None
+
+    def timeout(self, error: type[Exception]) -> float:
+        """Seconds left for the next network operation; raises `error` when none are."""
+        ends = self.total_at if self.first_byte_at is None else min(self.first_byte_at, self.total_at)
+        left = ends - time.monotonic()
+        if left <= 0:
+            raise error("deadline passed")
+        return left
+
+    def message(self, target: _Target, error: Exception) -> str:
+        if time.monotonic() >= self.total_at:
+            return (f"downloading {target.url} took over {self.limits.http_total_seconds:g} s "
+                    "(Limits.http_total_seconds); download the file yourself or raise the limit")
+        if isinstance(error, httpcore.ConnectTimeout):
+            return (f"timed out connecting to {target.host}:{target.port} after {self.limits.http_connect_seconds:g} s "
+                    "(Limits.http_connect_seconds); check the URL or try again")
+        return (f"{target.url} sent no answer within {self.limits.http_connect_seconds:g} s of the request "
+                "(Limits.http_connect_seconds); try again or download it yourself")
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read, write and handshake ends by the deadline, whatever httpcore asks for."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline):
+        self.stream, self.deadline = stream, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.stream.read(max_bytes, self.deadline.timeout(httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.stream.write(buffer, self.deadline.timeout(httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:
+        stream = self.stream.start_tls(ssl_context, server_hostname, self.deadline.timeout(httpcore.ConnectTimeout))
+        return _DeadlineStream(stream, self.deadline)
+
+    def get_extra_info(self, info: str):
+        return self.stream.get_extra_info(info)
+
+
+class _PinnedBackend(httpcore.NetworkBackend):
+    """Dials the vetted addresses whatever host httpcore names: the connection goes where the check looked."""
+
+    def __init__(self, addresses: tuple[str, ...], deadline: _Deadline):
+        self.addresses, self.deadline = addresses, deadline
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        failure = None
+        for address in self.addresses:
+            try:
+                stream = httpcore.SyncBackend().connect_tcp(address, port, self.deadline.timeout(httpcore.ConnectTimeout),
+                                                            socket_options=socket_options)
+                return _DeadlineStream(stream, self.deadline)
+            except httpcore.ConnectError as error:
+                failure = error
+        raise failure
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def _get(target: _Target, path: Path, limits: Limits, deadline: _Deadline) -> str | None:
+    """GET one hop into `path`; the redirect's Location, or None once the body is written."""
+    url = httpcore.URL(scheme=target.scheme, host=target.host, port=target.port, target=target.path)
+    headers = [(b"Host", target.netloc.encode("ascii")), (b"Accept-Encoding", b"identity")]
+    deadline.start_request()
+    try:
+        with httpcore.ConnectionPool(network_backend=_PinnedBackend(target.addresses, deadline)) as pool:
+            with pool.stream("GET", url, headers=headers) as response:
+                deadline.answered()
+                fields = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in response.headers}
+                if response.status in REDIRECTS and "location" in fields:
+                    return fields["location"]
+                if response.status >= 300:
+                    raise SourceError(f"{target.url} answered HTTP {response.status}; check the URL or download "
+                                      "the file yourself")
+                if int(fields.get("content-length") or 0) > limits.max_file_bytes:
+                    raise _too_big(target.url, limits)
+                _write_capped(response.iter_stream(), path, target.url, limits, deadline)
+    except httpcore.TimeoutException as error:
+        raise SourceError(deadline.message(target, error)) from None
+    except httpcore.ConnectError as error:
+        raise SourceError(f"could not connect to {target.host}:{target.port} ({error}); check the URL and "
+                          "network") from None
+    except (httpcore.NetworkError, httpcore.ProtocolError, ValueError) as error:
+        raise SourceError(f"could not fetch {target.url} ({type(error).__name__}: {error}); check the URL and "
+                          "network") from None
+    return None
+
+
+def _write_capped(chunks, path: Path, url: str, limits: Limits, deadline: _Deadline) -> None:
     written = 0
     with path.open("wb") as out:
         for chunk in chunks:
+            deadline.timeout(httpcore.ReadTimeout)  # a slow drip ends at the total deadline, not after it
             written += len(chunk)
             if written > limits.max_file_bytes:
                 raise _too_big(url, limits)
