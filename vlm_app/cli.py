@@ -101,13 +101,23 @@ def _add_ui(sub) -> None:
     parser.add_argument("--models", action=ListFlag, default=None, metavar="MODEL",
                         help="models on offer (a,b or a b): short names, hub ids or checkpoint folders "
                              "(default: smolvlm2-256m)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (0.0.0.0 for all; any non-loopback host needs --auth)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    parser.add_argument("--share", action="store_true",
+                        help="also open a temporary public gradio.live link (needs --auth)")
+    parser.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="require this login")
+    parser.add_argument("--auth-file", default=None, metavar="FILE",
+                        help="require one of these logins: a file of USER:PASSWORD lines (keeps them out of `ps`)")
+    parser.add_argument("--insecure-no-auth", action="store_true",
+                        help="allow a non-loopback --host or --share without a login (trusted networks only)")
     parser.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload")
     parser.add_argument("--max-duration", type=float, default=600.0, help="longest accepted video, seconds")
     parser.add_argument("--allow-dir", action=ListFlag, default=[], metavar="DIR",
                         help="folders whose files may be named by path or file:// URL (a,b or a b; repeatable)")
+    parser.add_argument("--allow-host", action=ListFlag, default=[], metavar="HOST",
+                        help="hosts whose URLs may be fetched although they are loopback, private or link-local "
+                             "(a,b or a b; repeatable)")
     parser.add_argument("--votes", default="vlm_app_votes.jsonl", help="JSONL log of blind-comparison votes")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")

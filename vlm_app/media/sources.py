@@ -72,13 +72,21 @@ def _scheme(text: str) -> str | None:
     return match.group(1).lower() if match and len(match.group(1)) > 1 else None
 
 
-def _checked_local(path: str, limits: Limits) -> str:
+def allowed_path(path: str, limits: Limits) -> Path:
+    """`path` (its real path, symlinks resolved, when `limits.allowed_dirs` is set) if the limits let it be read;
+    SourceError otherwise."""
     file = Path(path).expanduser()
-    if limits.allowed_dirs is not None:
-        file = file.resolve()  # the real path: a symlink inside an allowed folder may point anywhere
-        if not any(file.is_relative_to(Path(folder).expanduser().resolve()) for folder in limits.allowed_dirs):
-            raise SourceError(f"{path} is outside the folders this app may read; upload the file instead, or start "
-                              "the app with --allow-dir pointing at its folder")
+    if limits.allowed_dirs is None:
+        return file
+    file = file.resolve()  # a symlink inside an allowed folder may point anywhere
+    if not any(file.is_relative_to(Path(folder).expanduser().resolve()) for folder in limits.allowed_dirs):
+        raise SourceError(f"{path} is outside the folders this app may read; upload the file instead, or start "
+                          "the app with --allow-dir pointing at its folder")
+    return file
+
+
+def _checked_local(path: str, limits: Limits) -> str:
+    file = allowed_path(path, limits)
     if not file.exists():
         raise SourceError(f"no such file: {path}; check the path")
     if file.is_dir():

@@ -8,12 +8,15 @@ Named endpoints for scripts: `/chat`, `/compare`, `/stop` (see `ChatHandlers.api
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import gradio as gr
 
 from gradio.utils import get_upload_folder
 
 from vlm_app.describer import prompt_templates
+from vlm_app.errors import OptionsError, VlmAppError
+from vlm_app.security import check_exposure
 from vlm_app.ui.answer import SETTING_NAMES
 from vlm_app.ui.backend import Backend
 from vlm_app.ui.chat import ChatHandlers, seek, toggle_subtitles
@@ -76,11 +79,17 @@ def _model_panel(backend: Backend):
         return backend.models_table(), backend.memory_summary()
 
     def load_model(name):
-        backend.adapter(name)
+        try:
+            backend.adapter(name)
+        except VlmAppError as error:
+            raise gr.Error(str(error)) from None
         return status()
 
     def unload_model(name):
-        backend.unload(name)
+        try:
+            backend.unload(name)
+        except VlmAppError as error:
+            raise gr.Error(str(error)) from None
         return status()
 
     load.click(load_model, model, [table, memory], **PRIVATE, **GPU)
@@ -209,38 +218,60 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
 
 
 def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: float = 600,
-               allow_dirs: tuple[str, ...] = (), votes_path: str = "vlm_app_votes.jsonl", device: str = "auto",
-               dtype: str = "auto", memory_budget_gb: float | None = None) -> tuple[gr.Blocks, Backend]:
+               allow_dirs: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = (),
+               votes_path: str = "vlm_app_votes.jsonl", device: str = "auto", dtype: str = "auto",
+               memory_budget_gb: float | None = None) -> tuple[gr.Blocks, Backend]:
     """The app and its backend, queued (one model job at a time), not yet launched."""
     from vlm_app.adapters.registry import resolve
 
     for name in models:
         resolve(name)  # unknown names and missing folders fail here, before the server starts
-    policy = UploadPolicy(max_file_mb=max_upload_mb, max_duration_s=max_duration_s,
-                          upload_dir=get_upload_folder(), allowed_dirs=tuple(allow_dirs))
+    policy = UploadPolicy(max_file_mb=max_upload_mb, max_duration_s=max_duration_s, upload_dir=get_upload_folder(),
+                          allowed_dirs=tuple(allow_dirs), allowed_hosts=tuple(allow_hosts))
     backend = Backend(models, policy, votes_path, device=device, dtype=dtype, memory_budget_gb=memory_budget_gb)
     demo = build_app(backend)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return demo, backend
 
 
-def launch_options(backend: Backend, host: str, port: int | None, share: bool) -> dict:
-    """`demo.launch` keyword arguments: uploads capped at the policy's size, scratch files servable."""
-    return {"server_name": host, "server_port": port, "share": share,
+def launch_options(backend: Backend, host: str, port: int | None, share: bool,
+                   auth: list[tuple[str, str]] | None = None) -> dict:
+    """`demo.launch` keyword arguments: uploads capped at the policy's size, scratch files servable, Gradio's
+    login when `auth` holds (user, password) pairs."""
+    return {"server_name": host, "server_port": port, "share": share, "auth": auth or None,
             "max_file_size": int(backend.policy.max_file_mb * 2**20), "allowed_paths": [str(backend.workdir)],
             "theme": gr.themes.Soft(), "footer_links": ["api", "settings"], "show_error": True}
 
 
+def auth_pairs(auth: str | None, auth_file: str | None) -> list[tuple[str, str]]:
+    """(user, password) pairs from `--auth USER:PASSWORD` and `--auth-file FILE` (one USER:PASSWORD a line, so
+    that passwords stay out of the process list)."""
+    lines = [auth] if auth else []
+    if auth_file:
+        try:
+            lines += [line.strip() for line in Path(auth_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeError) as error:
+            raise OptionsError(f"cannot read --auth-file {auth_file} ({error}); give a readable text file") from None
+    pairs = [tuple(line.partition(":")[::2]) for line in lines]
+    if any(not user or not password for user, password in pairs):
+        raise OptionsError("--auth and --auth-file take USER:PASSWORD (both non-empty)")
+    return pairs
+
+
 def serve(args) -> int:
-    """`python -m vlm_app ui`: build, launch and block until interrupted; scratch files go with the app."""
+    """`python -m vlm_app ui`: refuse an unauthenticated exposed bind, build, launch and block until
+    interrupted; scratch files go with the app."""
     from vlm_app.adapters.registry import DEFAULT_MODEL
 
+    auth = auth_pairs(args.auth, args.auth_file)
+    check_exposure(args.host, authenticated=bool(auth), insecure=args.insecure_no_auth, share=args.share,
+                   auth_option="--auth USER:PASSWORD (or --auth-file FILE)")
     demo, backend = create_app(args.models or [DEFAULT_MODEL], max_upload_mb=args.max_upload_mb,
                                max_duration_s=args.max_duration, allow_dirs=tuple(args.allow_dir),
-                               votes_path=args.votes, device=args.device, dtype=args.dtype,
-                               memory_budget_gb=args.memory_budget_gb)
+                               allow_hosts=tuple(args.allow_host), votes_path=args.votes, device=args.device,
+                               dtype=args.dtype, memory_budget_gb=args.memory_budget_gb)
     try:
-        demo.launch(**launch_options(backend, args.host, args.port, args.share))
+        demo.launch(**launch_options(backend, args.host, args.port, args.share, auth))
     finally:
         backend.close()
     return 0

@@ -1,5 +1,8 @@
 """State the web app shares across browser sessions: the models on offer, the loaded-model cache (through
 `vlm_app.runtime`), one cancel flag per session, the upload policy and a scratch folder per session.
+
+Session ids come from the client (Gradio's session hash), so they only look things up: a session's scratch
+folder gets a random name chosen here, and only models on offer ever load.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from vlm_app.security import offered_model
 from vlm_app.ui.limits import UploadPolicy
 
 MIB = 2**20
@@ -30,6 +35,7 @@ class Backend:
         self.load_options = {"device": device, "dtype": dtype}
         self.cache = ModelCache(budget_bytes=None if memory_budget_gb is None else int(memory_budget_gb * 2**30))
         self._cancels: dict[str, threading.Event] = {}
+        self._folders: dict[str, Path] = {}
 
     # ---- models -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -42,11 +48,12 @@ class Backend:
         return [(self.label(model), model) for model in self.models]
 
     def adapter(self, name: str):
-        """The loaded adapter for `name`, loading it (and evicting others under the budget) when needed."""
-        return self.cache.get(name, **self.load_options)
+        """The loaded adapter for `name` (one of the models on offer), loading it (and evicting others under the
+        budget) when needed."""
+        return self.cache.get(offered_model(name, self.models), **self.load_options)
 
     def unload(self, name: str) -> None:
-        self.cache.unload(name)
+        self.cache.unload(offered_model(name, self.models))
 
     def models_table(self) -> list[list]:
         """One row per model on offer: name, state, family, device, memory in MiB."""
@@ -79,15 +86,18 @@ class Backend:
             event.set()
 
     def session_dir(self, session: str) -> Path:
-        folder = self.workdir / (session or "api")
-        folder.mkdir(parents=True, exist_ok=True)
+        """The session's scratch folder, under a random name: the client's id never becomes a path."""
+        folder = self._folders.setdefault(session, self.workdir / uuid.uuid4().hex)
+        folder.mkdir(exist_ok=True)
         return folder
 
     def end_session(self, session: str) -> None:
         """Drop what a closed browser tab left behind: its cancel flag and its scratch files."""
         self.stop(session)
         self._cancels.pop(session, None)
-        shutil.rmtree(self.workdir / session, ignore_errors=True)
+        folder = self._folders.pop(session, None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -10,6 +10,7 @@ import random
 import gradio as gr
 
 from vlm_app.errors import VlmAppError
+from vlm_app.security import offered_model
 from vlm_app.ui.answer import Settings, answer_stream, settings_from, settings_from_dict, stats_markdown
 
 MAX_MODELS = 3
@@ -17,11 +18,17 @@ LETTERS = "ABC"
 TIE = "Tie"
 
 
-def chosen_models(models: list[str] | None) -> list[str]:
-    models = list(dict.fromkeys(models or []))
+def chosen_models(models: list[str] | None, offered: list[str]) -> list[str]:
+    """The 2–3 distinct models to compare, all of them on offer; gr.Error otherwise."""
+    if not isinstance(models, list) or not all(isinstance(model, str) for model in models):
+        raise gr.Error("Give the models to compare as a list of names.")
+    models = list(dict.fromkeys(models))
     if not 2 <= len(models) <= MAX_MODELS:
         raise gr.Error(f"Choose 2 or {MAX_MODELS} models to compare (got {len(models)}).")
-    return models
+    try:
+        return [offered_model(model, offered) for model in models]
+    except VlmAppError as error:
+        raise gr.Error(str(error)) from None
 
 
 def as_history(message: dict) -> list[dict]:
@@ -61,7 +68,7 @@ class CompareHandlers:
 
     def run(self, request: gr.Request, message: dict, models: list[str], blind: bool, *settings_values):
         """Stream the comparison into the columns; blind mode shuffles the order and hides the names."""
-        models = chosen_models(models)
+        models = chosen_models(models, self.backend.models)
         order = random.sample(models, len(models)) if blind else models
         names = [f"Model {LETTERS[i]}" if blind else self.backend.label(model) for i, model in enumerate(order)]
         columns = [gr.Column(visible=position < len(order)) for position in range(MAX_MODELS)]
@@ -101,7 +108,7 @@ class CompareHandlers:
     def api_compare(self, message: dict, models: list[str], options: dict | None, request: gr.Request):
         """`/compare` for scripts: streams the list of {model, answer, stats} records, one per model;
         `options` as {setting name: value} (see `Settings`)."""
-        models = chosen_models(models)
+        models = chosen_models(models, self.backend.models)
         try:
             settings = settings_from_dict(options)
         except VlmAppError as error:

@@ -1,8 +1,9 @@
 """What the web app accepts: upload size and duration limits, readable folders, and guarded URL fetching.
 
 Only files inside the upload folder (where Gradio stores uploads) or in folders the operator allowed
-(`--allow-dir`) are read; anything else a client names is refused. URLs go through the same guarded fetch as
-the CLI (`vlm_app.media.sources`), with this app's size and duration limits.
+(`--allow-dir`) are read; anything else a client names is refused. URLs go through the fetch guard
+(`vlm_app.media.sources`) with `Limits.for_remote_clients`: no loopback, private or link-local address unless
+the operator allowed its host (`--allow-host`), and this app's size and duration limits.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from urllib.parse import urlparse
 
 from vlm_app.errors import LimitError, SourceError
 from vlm_app.media.decode import probe
-from vlm_app.media.limits import DEFAULT_LIMITS, Limits
-from vlm_app.media.sources import local_file
+from vlm_app.media.limits import Limits
+from vlm_app.media.sources import allowed_path, is_local, local_file
 
 MB = 1024 * 1024
 
@@ -29,21 +30,21 @@ class UploadPolicy:
     max_duration_s: float = 600.0
     upload_dir: str = ""                      # Gradio's upload cache; always readable
     allowed_dirs: tuple[str, ...] = field(default=())
+    allowed_hosts: tuple[str, ...] = field(default=())  # exempt from the fetch guard's address check
 
     @property
     def limits(self) -> Limits:
-        return DEFAULT_LIMITS.with_overrides(max_file_bytes=int(self.max_file_mb * MB),
-                                             max_duration_seconds=float(self.max_duration_s))
+        """The fetch guard's limits for this app's clients: readable folders, allowed hosts, size and duration."""
+        return Limits.for_remote_clients(allowed_dirs=self.readable_dirs(), allowed_hosts=self.allowed_hosts,
+                                         max_file_bytes=int(self.max_file_mb * MB),
+                                         max_duration_seconds=float(self.max_duration_s))
 
     def readable_dirs(self) -> list[Path]:
         return [Path(folder).resolve() for folder in (self.upload_dir, *self.allowed_dirs) if folder]
 
     def check_readable(self, path: str) -> Path:
-        """The resolved path if it lies in a readable folder; SourceError otherwise."""
-        resolved = Path(path).expanduser().resolve()
-        if not any(resolved.is_relative_to(folder) for folder in self.readable_dirs()):
-            raise SourceError(f"{path} is outside the folders this app may read; upload the file instead, or start "
-                              "the app with --allow-dir pointing at its folder")
+        """The real path if it lies in a readable folder; SourceError otherwise."""
+        resolved = allowed_path(path, self.limits)
         if not resolved.is_file():
             raise SourceError(f"{path} does not exist or is not a file; upload it again")
         return resolved
@@ -65,13 +66,14 @@ class UploadPolicy:
                              "cut the video, or start the app with a larger --max-duration")
 
     def fetch(self, url: str, folder: str) -> str:
-        """Download an http(s) or data: URL into `folder` through the guarded fetch; local paths must be readable."""
+        """A readable local path as it is; an http(s) or data: URL downloaded into `folder`. Both through the
+        fetch guard with this app's limits."""
         url = url.strip()
-        if not url.startswith(("http://", "https://", "data:")):
-            return str(self.check_readable(url.removeprefix("file://")))
-        target = Path(folder) / f"{uuid.uuid4().hex[:8]}_{download_name(url)}"
-        target.parent.mkdir(parents=True, exist_ok=True)
         with local_file(url, self.limits) as (path, _):
+            if is_local(url):
+                return path
+            target = Path(folder) / f"{uuid.uuid4().hex[:8]}_{download_name(url)}"
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
         return str(target)
 
