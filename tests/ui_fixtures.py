@@ -26,6 +26,7 @@ class UiServer:
     models: list[str]
     votes: Path
     log: Path
+    scratch_parent: Path  # the server's TMPDIR: its scratch folder lives inside, next to a canary file
 
 
 def _free_port() -> int:
@@ -53,8 +54,11 @@ def ui_server(tmp_path_factory, tiny_checkpoints) -> UiServer:
     models = [str(tiny_checkpoints["smolvlm2"]), str(tiny_checkpoints["qwen2_5_vl"])]
     port = _free_port()
     log = root / "server.log"
+    scratch_parent = root / "tmp"
+    scratch_parent.mkdir()
+    (scratch_parent / "canary.txt").write_text("the scratch folder's parent must survive every request")
     env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch_parent)}
     command = [sys.executable, "-m", "vlm_app", "ui", "--models", *models, "--port", str(port),
                "--max-upload-mb", str(UI_MAX_UPLOAD_MB), "--max-duration", str(UI_MAX_DURATION_S),
                "--votes", str(root / "votes.jsonl"), "--device", "cpu"]
@@ -63,7 +67,8 @@ def ui_server(tmp_path_factory, tiny_checkpoints) -> UiServer:
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_until_up(url, process, log)
-        yield UiServer(url=url, pid=process.pid, models=models, votes=root / "votes.jsonl", log=log)
+        yield UiServer(url=url, pid=process.pid, models=models, votes=root / "votes.jsonl", log=log,
+                       scratch_parent=scratch_parent)
     finally:
         process.terminate()
         try:

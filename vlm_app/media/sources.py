@@ -169,7 +169,8 @@ def _vet(url: str, limits: Limits) -> _Target:
         for address in addresses:
             reason = _refusal(address)
             if reason:
-                raise SourceError(f"refused to fetch {url}: {host} is {address}, a {reason} address, which clients "
+                named = "" if address == host else f" (what {host} resolves to)"
+                raise SourceError(f"refused to fetch {url}: {address} is a {reason} address{named}, which clients "
                                   f"of this app may not reach; if {host} is meant to be reachable, start the app "
                                   f"with --allow-host {host}")
     netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")

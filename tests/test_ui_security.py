@@ -1,0 +1,288 @@
+"""The web app against hostile clients, through its real HTTP routes (the `python -m vlm_app ui` server on
+loopback): session ids that try to be paths, models not on offer, URLs at loopback, logins, and exposed binds.
+
+Events are called the way a browser calls them (POST queue/join, then read queue/data), private ones included,
+since nothing stops a hostile client from doing the same."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import http.server
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote, urlencode, urlsplit
+
+import gradio as gr
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from ui_fixtures import SERVER_START_TIMEOUT_S, _free_port
+from vlm_app.cli import main
+from vlm_app.errors import NotOfferedError
+from vlm_app.security import is_loopback_host, offered_model
+
+
+def call_event(url: str, api_name: str, data: list, session: str) -> dict:
+    """Run one event as `session`; the queue's final message ({"success": ..., "output": ...})."""
+    config = json.load(urllib.request.urlopen(url + "config", timeout=30))
+    event = next(event for event in config["dependencies"] if event["api_name"] == api_name)
+    body = {"data": data, "fn_index": event["id"], "trigger_id": event["targets"][0][0], "session_hash": session,
+            "event_data": None}
+    join = urllib.request.Request(url + "gradio_api/queue/join", data=json.dumps(body).encode(),
+                                  headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(join, timeout=30).read()
+    with urllib.request.urlopen(url + "gradio_api/queue/data?" + urlencode({"session_hash": session}),
+                                timeout=120) as stream:
+        for line in stream:
+            if line.startswith(b"data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError("the event never completed")
+
+
+def heartbeat(url: str, raw_session: str) -> int:
+    """Open and close `/gradio_api/heartbeat/<raw_session>` with the path sent exactly as given (what
+    `curl --path-as-is` does); closing it is what makes Gradio run the unload handler."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.putrequest("GET", f"/gradio_api/heartbeat/{raw_session}", skip_accept_encoding=True)
+        connection.endheaders()
+        response = connection.getresponse()
+        if response.status == 200:
+            response.fp.readline()  # "data: ALIVE": the session is open
+        return response.status
+    finally:
+        connection.close()
+
+
+def answers(url: str) -> int | None:
+    """The HTTP status of GET `url`config, or None while nothing listens."""
+    try:
+        with urllib.request.urlopen(url + "config", timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+def wait_for(condition, seconds=10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def png_data_uri() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def history_paths(message: dict) -> list[str]:
+    """The file paths in the chatbot value that add_turn returned."""
+    history = message["output"]["data"][2]
+    return [part["file"]["path"] for turn in history if turn["role"] == "user" and isinstance(turn["content"], list)
+            for part in turn["content"] if part.get("type") == "file"]
+
+
+def last_notice(message: dict) -> str:
+    """The text of the error notice that add_turn put last in the chatbot."""
+    turn = message["output"]["data"][2][-1]
+    assert turn["role"] == "assistant" and turn["metadata"]["title"] == "Error", turn
+    return " ".join(part["text"] for part in turn["content"])
+
+
+def scratch_folder(ui_server) -> Path:
+    folders = list(ui_server.scratch_parent.glob("vlm_app_ui_*"))
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+HOSTILE_IDS = ["..", ".", "../escaped", "a/b", "x" * 1000, "été-ünï", "..\\..", "%2e%2e"]
+
+
+def test_session_ids_never_become_paths(ui_server):
+    """Each hostile id gets a scratch folder that the server named, inside its scratch root; closing its
+    heartbeat removes that folder and nothing else. On 50890a8, `..` deleted the scratch root's parent."""
+    absolute = str(ui_server.scratch_parent / "escaped_abs")
+    root = scratch_folder(ui_server)
+    folders = {}
+    for session in [*HOSTILE_IDS, absolute]:
+        message = call_event(ui_server.url, "add_turn", [{"text": "hi", "files": []}, png_data_uri(), []], session)
+        assert message["success"], message
+        # the chatbot's copy of the file lives in Gradio's cache; the fetched original names the session folder
+        fetched = [path for path in root.rglob("*_download.png")]
+        new = [path for path in fetched if path.parent not in folders.values()]
+        assert len(new) == 1 and history_paths(message), (session, fetched)
+        folder = new[0].parent
+        assert folder.parent == root and len(folder.name) == 32 and folder.name.isalnum(), folder
+        folders[session] = folder
+    assert sorted(path.name for path in ui_server.scratch_parent.iterdir()) == ["canary.txt", root.name]
+
+    # through the route, as sent by `curl --path-as-is`: only ids without a slash reach the unload handler
+    for session in ["..", ".", "x" * 1000, "été-ünï", "..\\..", "%2e%2e"]:
+        heartbeat(ui_server.url, quote(session, safe="."))
+        assert wait_for(lambda: not folders[session].exists()), f"unload never ran for {session!r}"
+    for raw in ["../escaped", "a%2Fb", quote(absolute, safe=""), "..%2F..", "%2e%2e%2f"]:
+        heartbeat(ui_server.url, raw)
+    time.sleep(1)
+    assert (ui_server.scratch_parent / "canary.txt").exists() and root.is_dir()
+    assert folders["a/b"].exists() and folders[absolute].exists()  # their sessions never closed
+    assert sorted(path.name for path in ui_server.scratch_parent.iterdir()) == ["canary.txt", root.name]
+
+
+class _Clip(http.server.BaseHTTPRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self):
+        type(self).requests.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "4")
+        self.end_headers()
+        self.wfile.write(b"\0\0\0\0")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def loopback_clip():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Clip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Clip.requests.clear()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def test_pasted_urls_at_loopback_are_refused_before_any_request(ui_server, loopback_clip):
+    """On 50890a8 the server fetched these."""
+    for url, reason in [(f"http://127.0.0.1:{loopback_clip}/clip.mp4", "127.0.0.1 is a loopback"),
+                        (f"http://2130706433:{loopback_clip}/clip.mp4", "a loopback"),
+                        (f"http://[::ffff:127.0.0.1]:{loopback_clip}/clip.mp4", "a loopback"),
+                        ("http://169.254.169.254/latest/meta-data/", "a link-local"),
+                        ("file:///etc/passwd", "outside the folders this app may read"),
+                        ("ftp://example.com/clip.mp4", "unsupported URL scheme")]:
+        message = call_event(ui_server.url, "add_turn", [{"text": "hi", "files": []}, url, []], "guard")
+        assert reason in last_notice(message), url
+    message = call_event(ui_server.url, "add_turn", [{"text": "", "files": []},
+                                                     f"http://127.0.0.1:{loopback_clip}/a.mp4", []], "guard")
+    assert "--allow-host 127.0.0.1" in last_notice(message)
+    assert _Clip.requests == []
+
+
+@pytest.fixture(scope="module")
+def model_not_on_offer(tiny_checkpoints, tmp_path_factory) -> str:
+    """A working checkpoint folder that the server was not started with."""
+    copy = tmp_path_factory.mktemp("not_offered") / "smolvlm2_copy"
+    shutil.copytree(tiny_checkpoints["smolvlm2"], copy)
+    return str(copy)
+
+
+def test_compare_loads_only_models_on_offer(ui_client, ui_server, ui_clip, model_not_on_offer):
+    """On 50890a8 `/compare` loaded any folder or hub id it was given."""
+    message = {"text": "What happens?", "files": [handle_file(str(ui_clip))]}
+    for intruder in (model_not_on_offer, "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "/etc"):
+        with pytest.raises(Exception, match="is not on offer here; choose one of"):
+            ui_client.predict(message, [ui_server.models[0], intruder], {"max_new_tokens": 2}, api_name="/compare")
+
+
+def test_chat_and_load_refuse_models_not_on_offer(ui_client, ui_server, ui_clip, model_not_on_offer):
+    message = {"text": "Hi", "files": [handle_file(str(ui_clip))]}
+    with pytest.raises(Exception):
+        ui_client.predict(message, [], model_not_on_offer, {"max_new_tokens": 2}, api_name="/chat")
+    for event in ("load_model", "unload_model"):
+        assert not call_event(ui_server.url, event, [model_not_on_offer], "loader")["success"]
+    table = call_event(ui_server.url, "status", [], "loader")["output"]["data"][0]["data"]
+    assert [row[0] for row in table] == [Path(model).name for model in ui_server.models]
+
+
+def test_offered_model_names_the_offer():
+    assert offered_model("a", ["a", "b"]) == "a"
+    for name in ("c", "../a", None, ["a"]):
+        with pytest.raises(NotOfferedError, match="choose one of: a, b"):
+            offered_model(name, ["a", "b"])
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.0.0.5", True), ("::1", True),
+                                            ("[::1]", True), ("localhost", True), ("0.0.0.0", False),
+                                            ("::", False), ("192.168.1.20", False), ("", False)])
+def test_is_loopback_host(host, loopback):
+    assert is_loopback_host(host) is loopback
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Record `demo.launch` instead of serving."""
+    calls = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **options: calls.append(options))
+    return calls
+
+
+def test_exposed_binds_need_auth(launches, capsys, tiny_checkpoints, tmp_path):
+    """On 50890a8 these launched without a login."""
+    model = str(tiny_checkpoints["smolvlm2"])
+    for exposed in (["--host", "0.0.0.0"], ["--host", "192.168.1.20"], ["--share"], ["--host", "::"]):
+        assert main(["ui", "--models", model, *exposed]) == 2
+        error = capsys.readouterr().err
+        assert "without authentication" in error and "--auth USER:PASSWORD" in error and "--insecure-no-auth" in error
+    assert launches == []
+    credentials = tmp_path / "logins.txt"
+    credentials.write_text("ann:s3cret\nbob:pa:ss\n")
+    assert main(["ui", "--models", model, "--host", "0.0.0.0", "--auth", "cy:pw", "--auth-file", str(credentials)]) == 0
+    assert launches[-1]["auth"] == [("cy", "pw"), ("ann", "s3cret"), ("bob", "pa:ss")]
+    assert launches[-1]["server_name"] == "0.0.0.0"
+    assert main(["ui", "--models", model, "--host", "0.0.0.0", "--insecure-no-auth"]) == 0
+    assert main(["ui", "--models", model]) == 0  # loopback needs nothing
+    assert [call["auth"] for call in launches[1:]] == [None, None]
+    for bad, message in ((["--auth", "nopassword"], "take USER:PASSWORD"), (["--auth", ":pw"], "take USER:PASSWORD"),
+                         (["--auth-file", str(tmp_path / "missing")], "cannot read --auth-file")):
+        assert main(["ui", "--models", model, *bad]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_auth_file_login_through_the_cli(tiny_checkpoints, tmp_path):
+    """`ui --auth-file` on loopback: nothing works without the login, everything with it."""
+    credentials = tmp_path / "logins.txt"
+    credentials.write_text("ann:s3cret\n")
+    port = _free_port()
+    log = tmp_path / "server.log"
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)}
+    with log.open("w") as output:
+        process = subprocess.Popen([sys.executable, "-m", "vlm_app", "ui", "--models",
+                                    str(tiny_checkpoints["smolvlm2"]), "--port", str(port), "--auth-file",
+                                    str(credentials), "--device", "cpu"], stdout=output, stderr=subprocess.STDOUT,
+                                   env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        assert wait_for(lambda: answers(url) or process.poll() is not None, SERVER_START_TIMEOUT_S), log.read_text()
+        assert answers(url) == 401, log.read_text()  # the config itself needs the login
+        join = urllib.request.Request(url + "gradio_api/queue/join", data=b"{}",
+                                      headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(join, timeout=10)
+        with pytest.raises(Exception):
+            Client(url, verbose=False)
+        with pytest.raises(Exception):
+            Client(url, auth=("ann", "wrong"), verbose=False)
+        client = Client(url, auth=("ann", "s3cret"), verbose=False)
+        assert "/chat" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
