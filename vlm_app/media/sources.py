@@ -128,13 +128,14 @@ def _data_uri_bytes(uri: str, limits: Limits) -> bytes:
 
 def _download(url: str, path: Path, limits: Limits) -> None:
     deadline = _Deadline(limits)
+    hop = url
     for _ in range(limits.http_max_redirects + 1):
-        location = _get(_vet(url, limits), path, limits, deadline)
+        location = _get(_vet(hop, limits), path, limits, deadline)
         if location is None:
             if path.stat().st_size == 0:
-                raise DecodeError(f"{url} returned an empty body")
+                raise DecodeError(f"{hop} returned an empty body")
             return
-        url = urljoin(url, location)
+        hop = urljoin(hop, location)
     raise SourceError(f"{url} redirected more than {limits.http_max_redirects} times; use the final URL")
 
 
@@ -146,7 +147,7 @@ class _Target:
     scheme: str
     host: str
     port: int
-    netloc: str        # the Host header: the name as written, with its port
+    netloc: str        # the Host header: the name, with the port when the URL gives one
     path: str          # path and query
     addresses: tuple[str, ...]
 
