@@ -78,19 +78,18 @@ def _model_panel(backend: Backend):
     def status():
         return backend.models_table(), backend.memory_summary()
 
-    def load_model(name):
+    def act(action, name):
         try:
-            backend.adapter(name)
-        except VlmAppError as error:
+            action(name)
+        except VlmAppError as error:  # a model not on offer, or one that fails to load
             raise gr.Error(str(error)) from None
         return status()
 
+    def load_model(name):
+        return act(backend.adapter, name)
+
     def unload_model(name):
-        try:
-            backend.unload(name)
-        except VlmAppError as error:
-            raise gr.Error(str(error)) from None
-        return status()
+        return act(backend.unload, name)
 
     load.click(load_model, model, [table, memory], **PRIVATE, **GPU)
     unload.click(unload_model, model, [table, memory], **PRIVATE, **GPU)
