@@ -114,6 +114,10 @@ def test_respond_shows_errors_in_the_chat(backend, ui_long_clip, tmp_path):
     outside.write_bytes(b"x")
     shown = list(chat.respond(request(), [user(outside, text="Hi")], backend.models[0], True, *[None] * 10))[-1][0]
     assert "outside the folders" in shown[-1]["content"]
+    # the client sends the whole conversation: files in earlier turns are checked too
+    earlier = [user(outside, text="Hi"), bot("A square."), user(text="And now?")]
+    shown = list(chat.respond(request(), earlier, backend.models[0], True, *[None] * 10))[-1][0]
+    assert "outside the folders" in shown[-1]["content"]
 
 
 def test_timeline_outputs_write_subtitles_and_seek(tmp_path, ui_clip):

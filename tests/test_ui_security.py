@@ -286,3 +286,4 @@ def test_auth_file_login_through_the_cli(tiny_checkpoints, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+

@@ -227,8 +227,8 @@ def answer_stream(backend, history: list[dict], model: str, settings: Settings,
     (final text, run, None); or ("", None, message) when the turn failed. Failures never escape: a user mistake
     comes back as its message, a bug as a short notice (with the traceback in the server log)."""
     try:
-        for path in history_files(last_user(history)):
-            backend.policy.check_file(path, media_kind(path))
+        for path in (path for message in history if message["role"] == "user" for path in history_files(message)):
+            backend.policy.check_file(path, media_kind(path))  # every turn's: the client sends the whole history
         run = AnswerRun(backend.adapter(model), model, to_messages(history, settings), settings, cancel)
         for text in run:
             yield text, None, None
