@@ -76,6 +76,14 @@ def test_unwanted_frames_are_skipped_and_the_wanted_ones_are_exact(media_videos,
     assert decoded_frames[0] < video.frames_indices[-1] * 0.8  # the B-frames nobody asked for were not decoded
 
 
+@pytest.mark.parametrize("threads", [1, 4])
+def test_skipping_is_exact_with_any_number_of_decoder_threads(media_videos, frame_cache, monkeypatch, threads):
+    """FFmpeg's frame threads take skip_frame from each packet's submit: a wanted B-frame is never skipped."""
+    monkeypatch.setattr(decode, "DECODE_THREADS", threads)
+    video = load_video(str(media_videos["h264_2997fps_bframes"]), NATIVE, fps=7)
+    assert frame_ids(video) == video.frames_indices and not video.notes
+
+
 def test_times_that_contradict_the_frame_order_are_caught_and_counted_instead(monkeypatch, frame_cache):
     """Pretend the DivX-style AVI proved its times: the decoded times (1, 2, 3, 5, 4, ...) give it away."""
     path = str(real_clip("megamind_divx_avi"))

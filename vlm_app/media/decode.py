@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import importlib.util
+import os
 import time
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -48,6 +49,8 @@ TIMED_FORMATS = {"mov", "mp4", "matroska", "webm"}  # containers that store each
 ONE_FRAME_PER_PACKET = {"h264", "hevc", "vp8", "vp9", "av1", "mjpeg", "prores", "dnxhd", "ffv1", "mpeg2video"}
 SEEK_MIN_FRAMES = 12  # a keyframe fewer frames ahead than this is decoded through rather than sought to
 VERIFY_FRAMES = 24  # frames decoded in full at the start of a timed decode to check the times against the probe
+# One core is left to the resize thread that runs beside the decoder; FFmpeg's threads take the rest.
+DECODE_THREADS = max(len(os.sched_getaffinity(0)) - 1, 1)
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,7 @@ def _decode_pyav(path, metadata, indices, limits, deadline):
     frames = _timed_frames if metadata.timestamps_proven else _counted_frames
     with _open(path, metadata.source) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type, stream.thread_count = "AUTO", DECODE_THREADS
         for index, frame in frames(container, stream, metadata, indices, limits, deadline):
             yield index, metadata.frame_time(index), _to_tensor(frame, metadata.rotation)
 
