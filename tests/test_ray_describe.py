@@ -10,7 +10,8 @@ import pytest
 
 from vlm_app import distributed
 from vlm_app.cli import main
-from vlm_app.describer import DEFAULT_PROMPT, describe_video
+from vlm_app.describer import DEFAULT_PROMPT
+from vlm_app.service import execute, one_turn
 from vlm_app.messages import conversation
 
 MAX_NEW_TOKENS = 8
@@ -46,7 +47,7 @@ def test_records_equal_sequential_describe(ray_run, ray_videos, smol_adapter):
     assert broken["answer"] is None and "broken.mp4 is not a readable video" in broken["error"]
     answers = set()
     for source, record in records.items():
-        expected = describe_video(smol_adapter, source, DEFAULT_PROMPT, {}, GENERATION)
+        expected = execute(smol_adapter, one_turn(DEFAULT_PROMPT, source, {}, GENERATION))
         assert record["error"] is None
         assert {key: record[key] for key in REPRODUCIBILITY} == {key: expected[key] for key in REPRODUCIBILITY}
         assert record["model_info"]["path"] == expected["model_info"]["path"]

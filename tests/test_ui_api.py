@@ -10,8 +10,8 @@ from gradio_client import handle_file
 
 from ui_fixtures import UI_MAX_DURATION_S, UI_MAX_UPLOAD_MB
 
-STATS_KEYS = {"model", "family", "frames", "visual_tokens", "text_tokens", "preprocess_s", "ttft_s",
-              "tokens_per_s", "new_tokens", "peak_memory_mb", "stopped"}
+STATS_KEYS = {"model", "family", "frames", "visual_tokens", "text_tokens", "preprocess_s", "prefill_s", "decode_s",
+              "tokens_per_s", "new_tokens", "peak_memory_bytes", "cancelled"}
 
 
 def ask(text, *files):
@@ -37,7 +37,7 @@ def test_chat_streams_partials_then_final_answer(ui_client, ui_server, ui_clip):
     stats = details["stats"]
     assert STATS_KEYS <= set(stats) and stats["model"] == model
     assert stats["frames"] == len(details["frames"]) > 0 and stats["visual_tokens"] > 0
-    assert 0 < stats["new_tokens"] <= 24 and stats["stopped"] is False
+    assert 0 < stats["new_tokens"] <= 24 and stats["cancelled"] is False
     assert details["frames"][0].startswith("#1 frame 0 · 0.00 s")
 
 
@@ -95,7 +95,7 @@ def test_stop_ends_generation_inside_the_model(ui_client, ui_server, ui_clip):
         time.sleep(0.05)
     ui_client.predict(api_name="/stop")
     _, details = job.result(timeout=60)
-    assert details["stats"]["stopped"] is True
+    assert details["stats"]["cancelled"] is True
     assert details["stats"]["new_tokens"] < 2048
 
 

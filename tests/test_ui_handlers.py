@@ -188,12 +188,14 @@ def test_answer_budget_reaches_prepare(tiny_deepseek_dirs, deepseek_long_video):
     """DeepSeek-VL2 sizes its frame count by the answer budget: a chat turn must prepare with the budget it then
     generates with (the max-new-tokens control), not the family default."""
     from vlm_app.adapters.deepseek_vl2 import DeepseekVL2Adapter
+    from vlm_app.service import Request, Run
     from vlm_app.ui.answer import AnswerRun
 
     adapter = DeepseekVL2Adapter.load(str(tiny_deepseek_dirs["tiny"]), device="cpu", dtype="float32")
     history = [user(deepseek_long_video, text="What happens?")]
     settings = Settings(max_new_tokens=8)
-    run = AnswerRun(adapter, "deepseek", to_messages(history, settings), settings)
+    request = Request(to_messages(history, settings), generation=settings.generate_options())
+    run = AnswerRun("deepseek", Run(adapter, request))
     list(run)
     messages = to_messages(history, settings)
     assert adapter.frame_budget(messages, 8) != adapter.frame_budget(messages, 512)  # the budget matters here

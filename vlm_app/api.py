@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-
 from vlm_app.adapters.registry import DEFAULT_MODEL
-from vlm_app.describer import DEFAULT_PROMPT, check_source, collection_sources, describe_folder, describe_video
+from vlm_app.describer import DEFAULT_PROMPT, check_source, collection_sources, describe_folder
+from vlm_app.service import execute, one_turn
 
 
 def load(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", attn: str = "auto",
@@ -36,4 +36,4 @@ def describe(source, model=DEFAULT_MODEL, prompt: str = DEFAULT_PROMPT, out: str
     adapter = CACHE.get(model) if isinstance(model, str) else model
     if is_folder:
         return describe_folder(adapter, source, out, prompt, sampling, generation, resume=resume, progress=False)
-    return describe_video(adapter, source, prompt, sampling, generation)
+    return execute(adapter, one_turn(prompt, source, sampling, generation))

@@ -1,9 +1,9 @@
-"""Describe videos: one video (or image) -> one record; a folder of videos -> JSONL with a progress bar and resume.
+"""The CLI's describe and compare: one video (or image) -> one record; a folder of videos -> JSONL with a
+progress bar and resume; several models -> a table.
 
-`describe_video(adapter, source, prompt, sampling, generation)` is the unit of work (a Ray engine reuses it);
-`build_record` is the one place the record's fields are defined. Every record carries what is needed to
-reproduce it: model id and revision, dtype, device, sampling options, generation options and seed, the frame
-indices and timestamps actually shown, token counts and timings; and the answer's grounding boxes, if any.
+Every record comes from `vlm_app.service` (the one request layer; `service.build_record` defines its fields):
+model id and revision, dtype, device, sampling options, generation options and seed, the frame indices and
+timestamps actually shown, token counts and timings, and the answer's grounding boxes, if any.
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ from urllib.parse import urlparse
 
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.grounding import draw_boxes, parse_grounding
-from vlm_app.messages import conversation
 from vlm_app.results import JsonlResults
+from vlm_app.service import IMAGE_SUFFIXES, compare, execute, is_image, one_turn
 
 DEFAULT_PROMPT = "Describe this video."
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
 LIST_SUFFIXES = (".txt", ".lst", ".list")  # one video path or URL per line
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
 
 
 def prompt_templates() -> dict[str, Path]:
@@ -49,76 +47,6 @@ def resolve_prompt(prompt: str | None = None, template: str | None = None) -> st
     if prompt:
         raise OptionsError(f"template {template!r} has no {{question}} slot; pass --prompt or --template, not both")
     return text
-
-
-def is_image(source: Any) -> bool:
-    """Whether a source names a still image (by its file extension) rather than a video."""
-    from PIL import Image
-
-    if isinstance(source, (str, os.PathLike)):
-        return Path(urlparse(os.fspath(source)).path).suffix.lower() in IMAGE_SUFFIXES
-    return isinstance(source, Image.Image)
-
-
-def source_messages(prompt: str, source: Any) -> list[dict]:
-    """The one-turn conversation asking `prompt` about an image or a video."""
-    return conversation(prompt, image=source) if is_image(source) else conversation(prompt, video=source)
-
-
-def _shown_video(prepared):
-    """The video a prepared prompt shows; None for an image (or nothing prepared)."""
-    from vlm_app.media import SampledVideo
-
-    shown = prepared.media[0] if prepared is not None and prepared.media else None
-    return shown if isinstance(shown, SampledVideo) else None
-
-
-def build_record(adapter, source: Any, prompt: str, sampling: dict, generation: dict, prepared=None,
-                 result=None, error: str | None = None) -> dict:
-    """The JSON-ready record of one video or image (also for failures: then `error` is set and the rest may be
-    empty). `boxes`: the grounding boxes of the answer (DeepSeek-VL2), on the model's 0-999 grid."""
-    video = _shown_video(prepared)
-    return {
-        "source": str(source),
-        "model": adapter.info.model_id,
-        "answer": result.text if result is not None else None,
-        "boxes": [box.as_dict() for box in parse_grounding(result.text)] if result is not None else [],
-        "error": error,
-        "prompt": prompt,
-        "frames_indices": list(video.frames_indices) if video is not None else [],
-        "timestamps": [round(t, 6) for t in video.timestamps] if video is not None else [],
-        "sample_fps": video.sample_fps if video is not None else None,
-        "num_visual_tokens": prepared.num_tokens.visual if prepared is not None else 0,
-        "num_tokens": prepared.num_tokens.as_dict() if prepared is not None else None,
-        "timings": result.timings.as_dict() if result is not None else None,
-        "cancelled": result.cancelled if result is not None else False,
-        "model_info": adapter.info.as_dict(),
-        "sampling": {"policy": adapter.policy, **{**adapter.sampling_defaults(), **sampling}},
-        "generation": {key: generation.get(key) for key in GENERATION_KEYS},
-    }
-
-
-def describe_video(adapter, source: Any, prompt: str = DEFAULT_PROMPT, sampling: dict | None = None,
-                   generation: dict | None = None, on_text: Callable[[str], None] | None = None,
-                   video=None) -> dict:
-    """Run one video (or image) through `adapter` and return its record. User-caused failures (missing or broken file,
-    bad options, over a limit) become the record's `error`; bugs propagate. `video` is `source` already
-    sampled by `adapter.load_media` elsewhere (the Ray engine's decode workers)."""
-    sampling, generation = dict(sampling or {}), dict(generation or {})
-    prepared = None
-    try:
-        messages = source_messages(prompt, source) if video is None else conversation(prompt, video=video)
-        prepared = adapter.prepare(messages, max_new_tokens=generation.get("max_new_tokens"), **sampling)
-        if on_text is None:
-            result = adapter.generate(prepared, **generation)
-        else:
-            stream = adapter.stream(prepared, **generation)
-            for piece in stream:
-                on_text(piece)
-            result = stream.generation
-    except VlmAppError as error:
-        return build_record(adapter, source, prompt, sampling, generation, prepared, error=str(error))
-    return build_record(adapter, source, prompt, sampling, generation, prepared, result)
 
 
 def check_source(source: Any) -> None:
@@ -176,7 +104,7 @@ def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, pr
     todo = [video for video in videos if str(video) not in skip]
     try:
         for video in tqdm(todo, desc="describe", unit="video", disable=not progress, file=sys.stderr):
-            record = describe_video(adapter, video, prompt, sampling, generation)
+            record = execute(adapter, one_turn(prompt, video, sampling, generation))
             records.append(record)
             if results is not None:
                 results.add(record)
@@ -196,8 +124,10 @@ def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str |
     import torch
     from safetensors.torch import save_file
 
-    prepared = adapter.prepare(source_messages(prompt, source), max_new_tokens=max_new_tokens, **sampling)
-    video = _shown_video(prepared)
+    from vlm_app.media import SampledVideo
+
+    prepared = adapter.prepare(one_turn(prompt, source).messages, max_new_tokens=max_new_tokens, **sampling)
+    video = next((item for item in prepared.media if isinstance(item, SampledVideo)), None)
     output = adapter.forward(prepared, output_hidden_states=True)
     tensors = {"hidden_states": torch.stack([h[0] for h in output.hidden_states]).float().cpu(),
                "input_ids": prepared.inputs["input_ids"][0].cpu(),
@@ -264,8 +194,8 @@ def _describe_one(args, adapter, prompt: str, sampling: dict, generation: dict, 
     """One video or image: the answer (streamed to a terminal), its record in --out, then features and boxes."""
     source = args.source
     streaming = not args.json and (args.stream or sys.stdout.isatty())
-    record = describe_video(adapter, source, prompt, sampling, generation,
-                            on_text=_print_answer_line if streaming else None)
+    record = execute(adapter, one_turn(prompt, source, sampling, generation),
+                     on_text=_print_answer_line if streaming else None)
     if results is not None:
         with results:
             results.add(record)
@@ -306,8 +236,6 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 def run_compare_command(args, model_options: dict, sampling: dict, generation: dict) -> int:
     """Each model in turn: load, describe, unload (so only one model is in memory at a time)."""
-    import gc
-
     from vlm_app.runtime import load_adapter
 
     names = args.models
@@ -315,12 +243,8 @@ def run_compare_command(args, model_options: dict, sampling: dict, generation: d
         raise OptionsError("--models needs at least two models to compare (a,b or a b)")
     prompt = resolve_prompt(args.prompt, args.template)
     check_source(args.source)
-    records = []
-    for name in names:
-        adapter = load_adapter(name, **model_options)
-        records.append(describe_video(adapter, args.source, prompt, sampling, generation))
-        del adapter
-        gc.collect()
+    request = one_turn(prompt, args.source, sampling, generation)
+    records = [run.execute() for _, run in compare(names, request, lambda name: load_adapter(name, **model_options))]
     if args.json:
         for record in records:
             print(json.dumps(record))

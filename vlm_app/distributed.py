@@ -6,7 +6,7 @@
 
 Both stages are actor pools, so Ray Data never fuses decoding into the model actors (it fuses a task stage into
 the next actor stage): frames are decoded while the model generates. Only uint8 frames and small metadata cross
-the object store. Records come from `describer.describe_video` / `build_record`, so they equal the sequential
+the object store. Records come from `vlm_app.service` (`execute` / `build_record`), so they equal the sequential
 path's records, answers included. Without `address` a local Ray is started and stopped around the job.
 """
 
@@ -20,10 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from vlm_app.describer import build_record, collection_sources, describe_video
+from vlm_app.describer import collection_sources
 from vlm_app.errors import OptionsError, SourceError, VlmAppError
-from vlm_app.messages import conversation
 from vlm_app.results import JsonlResults, sources_to_skip
+from vlm_app.service import build_record, execute, one_turn
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install -e ".[ray]"  (or: pip install "ray[data]>=2.40" pyarrow)'
 PARQUET_PART_ROWS = 64  # records per Parquet part file: a crash loses at most this many finished records
@@ -92,9 +92,9 @@ class Decoder:
         self.job = job
 
     def __call__(self, row: dict) -> dict:
-        messages = conversation(self.job.prompt, video=row["location"])
+        request = one_turn(self.job.prompt, row["location"], self.job.sampling, self.job.generation)
         try:
-            video = self.sampler.load_media(messages, self.job.sampling, self.job.generation.get("max_new_tokens"))[0]
+            video = self.sampler.load_media(request.messages, request.media, request.max_new_tokens)[0]
         except VlmAppError as error:
             return {"source": row["source"], "video": None, "error": str(error)}
         return {"source": row["source"], "video": video, "error": None}
@@ -113,12 +113,12 @@ class Describer:
 
     def __call__(self, row: dict) -> dict:
         job = self.job
+        shown = row["video"] if row["error"] is None else row["source"]
+        request = one_turn(job.prompt, shown, job.sampling, job.generation, label=row["source"])
         if row["error"] is not None:
-            record = build_record(self.adapter, row["source"], job.prompt, job.sampling, job.generation,
-                                  error=row["error"])
+            record = build_record(self.adapter, request, error=row["error"])
         else:
-            record = describe_video(self.adapter, row["source"], job.prompt, job.sampling, job.generation,
-                                    video=row["video"])
+            record = execute(self.adapter, request)
         return {"record": json.dumps(record)}
 
 

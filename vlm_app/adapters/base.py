@@ -323,14 +323,16 @@ class Adapter:
         return getattr(self.config, "text_config", self.config).num_hidden_layers
 
     # ---- inputs --------------------------------------------------------------------------------------------
-    def prepare(self, messages: list[dict], max_new_tokens: int | None = None, **sampling_overrides) -> Prepared:
+    def prepare(self, messages: list[dict], max_new_tokens: int | None = None, limits=None,
+                **sampling_overrides) -> Prepared:
         """The model inputs for `messages`: their media sampled with the family's policy (`load_media`), then the
         family's processing (`build_inputs`), each timed. `max_new_tokens` is the answer budget the caller will
         generate with: a family whose prompt must leave room for the answer (DeepSeek-VL2 fits prompt and answer
-        in 4096 tokens) sizes its frame count by it; the others ignore it. None: the family's default budget."""
+        in 4096 tokens) sizes its frame count by it; the others ignore it. None: the family's default budget.
+        `limits`: the media pipeline's `Limits` (None: its defaults); the server passes its fetch guard here."""
         messages = normalize(messages)
         started = time.perf_counter()
-        media = self.load_media(messages, sampling_overrides, max_new_tokens)
+        media = self.load_media(messages, sampling_overrides, max_new_tokens, limits)
         media_done = time.perf_counter()
         inputs, visual_map, prompt = self.build_inputs(messages, media, max_new_tokens)
         done = time.perf_counter()
@@ -355,7 +357,8 @@ class Adapter:
         """Image options this checkpoint sets on top of the family policy (e.g. its processor's pixel bounds)."""
         return {}
 
-    def load_media(self, messages: list[dict], sampling_overrides: dict, max_new_tokens: int | None = None) -> list:
+    def load_media(self, messages: list[dict], sampling_overrides: dict, max_new_tokens: int | None = None,
+                   limits=None) -> list:
         """Sample every image/video item with this family's policy; already sampled items pass through.
         Precedence: per-item options > call overrides (videos) > checkpoint defaults > policy. `max_new_tokens`: the
         answer budget, as in `prepare` (a family whose frame count depends on it overrides this method)."""
@@ -367,10 +370,12 @@ class Adapter:
             if isinstance(source, (SampledVideo, SampledImage)):
                 shown.append(source)
             elif item["type"] == "video":
-                shown.append(load_video(source, policy=self.policy,
-                                         **{**self.sampling_defaults(), **sampling_overrides, **media_options(item)}))
+                asked = {**sampling_overrides, **media_options(item)}
+                defaults = {key: value for key, value in self.sampling_defaults().items()
+                            if not (key == "fps" and "nframes" in asked)}  # a frame count replaces the default rate
+                shown.append(load_video(source, policy=self.policy, limits=limits, **{**defaults, **asked}))
             else:
-                shown.append(load_image(source, policy=self.policy,
+                shown.append(load_image(source, policy=self.policy, limits=limits,
                                         **{**self.image_defaults(), **media_options(item)}))
         return shown
 

@@ -1,7 +1,7 @@
 """`python -m vlm_app bench batch`: describing a folder sequentially (one process) vs on a local Ray.
 
 Both paths do the same work per video, split the same way: decode + sample (the adapter's `load_media`), then the
-processor and generation (`describe_video` on the sampled video). The sequential run times each part, which shows
+processor and generation (`service.execute` on the sampled video). The sequential run times each part, which shows
 where the time goes; the Ray run reports end-to-end throughput (Ray and actor start-up included) and the
 steady-state rate between its first and last record. On a 2-core machine expect little gain: one decode worker
 and one model replica share the two cores, and each actor imports torch and loads the model once.
@@ -14,8 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from vlm_app.describer import DEFAULT_PROMPT, describe_video
+from vlm_app.describer import DEFAULT_PROMPT
 from vlm_app.messages import conversation
+from vlm_app.service import execute, one_turn
 from vlm_app.testing.videos import make_textured_clip
 
 
@@ -46,7 +47,7 @@ def run_batch_benchmark(videos: int = 12, seconds: int = 4, max_new_tokens: int 
             tick = time.perf_counter()
             video = adapter.load_media(conversation(DEFAULT_PROMPT, video=str(path)), {}, max_new_tokens)[0]
             parts["decode+sample"] += time.perf_counter() - tick
-            record = describe_video(adapter, str(path), DEFAULT_PROMPT, {}, generation, video=video)
+            record = execute(adapter, one_turn(DEFAULT_PROMPT, video, {}, generation, label=str(path)))
             parts["processor"] += record["timings"]["preprocess_s"]
             parts["generation"] += record["timings"]["prefill_s"] + record["timings"]["decode_s"]
             answers[record["source"]] = record["answer"]

@@ -1,7 +1,8 @@
-"""One model answering one conversation: chat history → messages → prepare → streamed text, stats, frames seen.
+"""One model answering one conversation: chat history → a `vlm_app.service` request → streamed text, stats,
+frames seen.
 
-Talks only to the public adapter API (`prepare`, `stream`, `Prepared`, `Generation`); nothing here imports
-Gradio, so the Chat tab, the Compare tab and the API endpoints all share it.
+Talks only to the request layer (`service.Run`) and what it prepared; nothing here imports Gradio, so the Chat
+tab, the Compare tab and the API endpoints all share it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any, Iterator
 from PIL import Image
 
 from vlm_app.errors import OptionsError, VlmAppError
+from vlm_app.service import Request, Run
+from vlm_app.service import stats as service_stats
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpeg", ".mpg", ".ts", ".flv", ".gif")
 ERROR_TITLE = "Error"  # assistant messages with this metadata title are notices, not model turns
@@ -105,39 +108,29 @@ def to_messages(history: list[dict], settings: Settings) -> list[dict]:
 
 class AnswerRun:
     """Iterate to stream the answer text so far; afterwards `stats()` and `seen()` describe the run.
+    A thin view of one `vlm_app.service.Run` (the one request layer).
 
     Setting `cancel` stops generation inside the model within one token (the adapter's stopping criterion).
     """
 
-    def __init__(self, adapter, model_name: str, messages: list[dict], settings: Settings,
-                 cancel: threading.Event | None = None):
-        self.adapter = adapter
+    def __init__(self, model_name: str, run: Run):
         self.model_name = model_name
-        self.messages = messages
-        self.settings = settings
-        self.cancel = cancel or threading.Event()
+        self.run = run
         self.text = ""
-        self.prepared = None
-        self.generation = None
 
     def __iter__(self) -> Iterator[str]:
-        options = self.settings.generate_options()
-        self.prepared = self.adapter.prepare(self.messages, max_new_tokens=options["max_new_tokens"])
-        stream = self.adapter.stream(self.prepared, cancel=self.cancel, **options)
-        try:
-            for piece in stream:
-                self.text += piece
-                yield self.text
-        finally:
-            stream.close()
-        self.generation = stream.generation
-        if self.generation is not None:
-            self.text = self.generation.text
+        for piece in self.run:
+            self.text += piece
+            yield self.text
         yield self.text
 
     @property
+    def prepared(self):
+        return self.run.prepared
+
+    @property
     def stopped(self) -> bool:
-        return bool(self.generation and self.generation.cancelled)
+        return self.run.record["cancelled"]
 
     def duration(self) -> float | None:
         """Length in seconds of the last video the model was shown (the one a timeline refers to)."""
@@ -145,18 +138,8 @@ class AnswerRun:
         return videos[-1].metadata.duration if videos else None
 
     def stats(self) -> dict[str, Any]:
-        """What the model was shown and what the answer cost. Empty values before `prepare` ran."""
-        record: dict[str, Any] = {"model": self.model_name, "family": getattr(self.adapter, "family", "")}
-        if self.prepared is not None:
-            counts = self.prepared.num_tokens
-            record.update(frames=sum(len(frames_of(item)) for item in self.prepared.media),
-                          visual_tokens=counts.visual, text_tokens=counts.text)
-        if self.generation is not None:
-            timings = self.generation.timings
-            record.update(preprocess_s=round(timings.preprocess_s, 4), ttft_s=round(timings.prefill_s, 4),
-                          tokens_per_s=round(timings.tokens_per_s, 2), new_tokens=timings.new_tokens,
-                          peak_memory_mb=round(timings.peak_memory_bytes / 2**20, 1), stopped=self.stopped)
-        return record
+        """What the model was shown and what the answer cost (`service.stats`), under the name it was picked by."""
+        return {**service_stats(self.run.record), "model": self.model_name}
 
     def seen(self) -> list[tuple[Image.Image, str]]:
         """The frames and images the model was shown, as (thumbnail, caption) pairs for a gallery."""
@@ -221,15 +204,23 @@ def last_user(history: list[dict]) -> dict:
     return next((message for message in reversed(history) if message["role"] == "user"), {"content": []})
 
 
-def answer_stream(backend, history: list[dict], model: str, settings: Settings,
-                  cancel: threading.Event) -> Iterator[tuple[str, AnswerRun | None, str | None]]:
-    """Answer the conversation with one model: yields (text so far, None, None) while streaming, then
-    (final text, run, None); or ("", None, message) when the turn failed. Failures never escape: a user mistake
-    comes back as its message, a bug as a short notice (with the traceback in the server log)."""
+def ui_request(history: list[dict], settings: Settings, policy) -> Request:
+    """The service request for a chat history: its files checked against the app's policy, read under its limits."""
+    for path in (path for message in history if message["role"] == "user" for path in history_files(message)):
+        policy.check_file(path, media_kind(path))  # every turn's: the client sends the whole history
+    return Request(to_messages(history, settings), generation=settings.generate_options(), limits=policy.limits)
+
+
+def answer_stream(backend, history: list[dict], model: str, settings: Settings, cancel: threading.Event,
+                  run: Run | None = None) -> Iterator[tuple[str, AnswerRun | None, str | None]]:
+    """Answer the conversation with one model (or go on with `run`, one model of a comparison): yields (text so
+    far, None, None) while streaming, then (final text, run, None); or ("", None, message) when the turn failed.
+    Failures never escape: a user mistake comes back as its message, a bug as a short notice (with the
+    traceback in the server log)."""
     try:
-        for path in (path for message in history if message["role"] == "user" for path in history_files(message)):
-            backend.policy.check_file(path, media_kind(path))  # every turn's: the client sends the whole history
-        run = AnswerRun(backend.adapter(model), model, to_messages(history, settings), settings, cancel)
+        if run is None:
+            run = Run(lambda: backend.adapter(model), ui_request(history, settings, backend.policy), cancel)
+        run = AnswerRun(model, run)
         for text in run:
             yield text, None, None
     except VlmAppError as error:
@@ -245,8 +236,10 @@ def answer_stream(backend, history: list[dict], model: str, settings: Settings,
 def stats_markdown(stats: dict[str, Any]) -> str:
     """The stats record as a compact two-column table."""
     labels = {"frames": "frames shown", "visual_tokens": "visual tokens", "text_tokens": "text tokens",
-              "preprocess_s": "preprocessing (s)", "ttft_s": "time to first token (s)",
-              "tokens_per_s": "tokens/s", "new_tokens": "new tokens", "peak_memory_mb": "peak memory (MiB)",
-              "stopped": "stopped"}
-    rows = [f"| {label} | {stats[key]} |" for key, label in labels.items() if key in stats]
+              "preprocess_s": "preprocessing (s)", "prefill_s": "time to first token (s)",
+              "tokens_per_s": "tokens/s", "new_tokens": "new tokens", "peak_memory_bytes": "peak memory (MiB)",
+              "cancelled": "stopped"}
+    shown = {**stats, "peak_memory_bytes": round(stats.get("peak_memory_bytes", 0) / 2**20, 1)}
+    rows = [f"| {label} | {round(shown[key], 4) if isinstance(shown[key], float) else shown[key]} |"
+            for key, label in labels.items() if key in stats]
     return "\n".join(["| | |", "|---|---|", *rows]) if rows else ""

@@ -11,7 +11,8 @@ import gradio as gr
 
 from vlm_app.errors import VlmAppError
 from vlm_app.security import offered_model
-from vlm_app.ui.answer import Settings, answer_stream, settings_from, settings_from_dict, stats_markdown
+from vlm_app.service import compare
+from vlm_app.ui.answer import Settings, answer_stream, settings_from, settings_from_dict, stats_markdown, ui_request
 
 MAX_MODELS = 3
 LETTERS = "ABC"
@@ -43,27 +44,30 @@ class CompareHandlers:
         self.backend = backend
 
     def results(self, message: dict, models: list[str], settings: Settings, session: str):
-        """Answer with each model in turn; yields (position, record, run) whenever a model's answer grows.
-        A record is {model, answer, stats} (plus error); run is set once that model has finished."""
+        """Answer with each model in turn (`service.compare`); yields (position, record, run) whenever a model's
+        answer grows. A record is {model, answer, stats} (plus error); run is set once that model has finished."""
         message = message or {}
         if not (message.get("text") or "").strip() and not message.get("files"):
             raise gr.Error("Type a question and attach a video or image to compare on.")
         history = as_history(message)
-        stopped = False
-        for position, model in enumerate(models):
+        try:
+            request = ui_request(history, settings, self.backend.policy)
+        except VlmAppError as error:
+            raise gr.Error(str(error)) from None
+        # each model gets the session's fresh Stop flag; Stop ends the whole comparison (service.compare)
+        runs = compare(models, request, self.backend.adapter, lambda: self.backend.begin(session))
+        for position, (model, model_run) in enumerate(runs):
             record = {"model": model, "answer": "", "stats": {}}
-            if stopped:  # Stop ends the whole comparison, not just the model that was running
+            if model_run is None:
                 record["error"] = record["answer"] = "stopped before this model ran"
                 yield position, record, None
                 continue
-            cancel = self.backend.begin(session)
-            for text, run, error in answer_stream(self.backend, history, model, settings, cancel):
+            for text, run, error in answer_stream(self.backend, history, model, settings, model_run.cancel, model_run):
                 record["answer"] = error or text
                 if error:
                     record["error"] = error
                 if run is not None:
                     record["stats"] = run.stats()
-                    stopped = run.stopped
                 yield position, record, run
 
     def run(self, request: gr.Request, message: dict, models: list[str], blind: bool, *settings_values):

@@ -1,0 +1,254 @@
+"""The one request layer: a `Request` (messages, media options, generation options, limits) → a record, or a
+stream of text pieces and then the record. The CLI, the Python API, the Ray engine, the web app and the HTTP
+server all call it; none builds records or stats on its own.
+
+    request = Request(conversation("What happens?", video="clip.mp4"), media={"fps": 1},
+                      generation={"max_new_tokens": 64, "stop": ["\\n\\n"]})
+    record = execute(adapter, request)                  # or: run = Run(adapter, request); for piece in run: ...
+
+The record (see `build_record`) has one stats schema: `timings` is the adapter's `Timings.as_dict()`
+(preprocess_s, prefill_s = time to first token, decode_s, new_tokens, tokens_per_s, peak_memory_bytes).
+User mistakes (`VlmAppError`) become the record's `error`; bugs propagate.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import urlparse
+
+from vlm_app.errors import OptionsError, VlmAppError
+from vlm_app.grounding import parse_grounding
+from vlm_app.messages import conversation, media_items, normalize
+
+GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "stop")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+@dataclass
+class Request:
+    """One question to one model.
+
+    messages:   the conversation (the `vlm_app.messages` schema; per-item options win over `media`)
+    media:      video sampling options for every video (load_video's names: fps, nframes, max_pixels, ...)
+    generation: max_new_tokens, temperature, top_p, seed, do_sample, stop (a string or a list of strings)
+    limits:     the media pipeline's `Limits` (None: the defaults, local files and addresses allowed)
+    source:     what the record names as its input (default: the first media item's source)
+    """
+
+    messages: list[dict]
+    media: dict = field(default_factory=dict)
+    generation: dict = field(default_factory=dict)
+    limits: Any = None
+    source: str | None = None
+
+    def __post_init__(self):
+        self.messages = normalize(self.messages)
+        unknown = sorted(set(self.generation) - set(GENERATION_KEYS))
+        if unknown:
+            raise OptionsError(f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(GENERATION_KEYS)}")
+
+    @property
+    def stop(self) -> list[str]:
+        stop = self.generation.get("stop") or []
+        return [stop] if isinstance(stop, str) else [text for text in stop if text]
+
+    @property
+    def max_new_tokens(self) -> int:
+        return int(self.generation.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+
+    def generate_options(self) -> dict:
+        """The keywords for `adapter.stream` (stop strings are applied here, not by the model)."""
+        options = {key: value for key, value in self.generation.items() if key != "stop" and value is not None}
+        return {**options, "max_new_tokens": self.max_new_tokens}
+
+    def label(self) -> str | None:
+        if self.source is not None:
+            return self.source
+        items = media_items(self.messages)
+        return str(items[0][items[0]["type"]]) if items else None
+
+    def prompt(self) -> str:
+        """The text of the last user turn."""
+        items = self.messages[-1]["content"]
+        return "\n".join(item["text"] for item in items if item["type"] == "text")
+
+
+def is_image(source: Any) -> bool:
+    """Whether a source names a still image (by its file extension) rather than a video."""
+    from PIL import Image
+
+    if isinstance(source, (str, os.PathLike)):
+        return Path(urlparse(os.fspath(source)).path).suffix.lower() in IMAGE_SUFFIXES
+    return isinstance(source, Image.Image)
+
+
+def one_turn(prompt: str, source: Any, media: dict | None = None, generation: dict | None = None,
+             limits=None, label: str | None = None) -> Request:
+    """The request asking `prompt` about one image or video (an already sampled video passes through)."""
+    messages = conversation(prompt, image=source) if is_image(source) else conversation(prompt, video=source)
+    return Request(messages, dict(media or {}), dict(generation or {}), limits,
+                   str(label if label is not None else source))
+
+
+class Run:
+    """One request on one adapter. `prepare()` samples the media and builds the inputs (raising `VlmAppError` on
+    a user mistake); iterating yields the answer's text pieces (stop strings cut the answer and stop the model);
+    `record` is the finished record. Setting `cancel` stops generation within one token."""
+
+    def __init__(self, adapter, request: Request, cancel: threading.Event | None = None):
+        self.adapter = adapter  # or a function that loads it, called by `prepare` (load failures are the run's)
+        self.request = request
+        self.cancel = cancel or threading.Event()
+        self.prepared = None
+        self.generation = None
+        self.answer = ""
+        self.stopped_by_text = False
+        self.error: VlmAppError | None = None
+
+    def prepare(self):
+        if callable(self.adapter):
+            self.adapter = self.adapter()
+        if self.prepared is None:
+            self.prepared = self.adapter.prepare(self.request.messages, max_new_tokens=self.request.max_new_tokens,
+                                                 limits=self.request.limits, **self.request.media)
+        return self.prepared
+
+    def __iter__(self) -> Iterator[str]:
+        self.prepare()
+        stream = self.adapter.stream(self.prepared, cancel=self.cancel, **self.request.generate_options())
+        try:
+            yield from self._until_stop(stream)
+        finally:
+            stream.close()
+        self.generation = stream.generation
+
+    def _until_stop(self, pieces: Iterator[str]) -> Iterator[str]:
+        """Pass text on, holding back a tail that could be the start of a stop string; at a stop string, end
+        the answer before it and stop the model."""
+        stops = self.request.stop
+        hold = max(map(len, stops), default=1) - 1
+        text, sent = "", 0
+        for piece in pieces:
+            text += piece
+            found = [index for index in (text.find(stop, max(0, sent - hold)) for stop in stops) if index >= 0]
+            if found:
+                self.answer, self.stopped_by_text = text[:min(found)], True
+                self.cancel.set()
+                yield text[sent:min(found)]
+                return
+            if len(text) - hold > sent:
+                yield text[sent:len(text) - hold]
+                sent = len(text) - hold
+        self.answer = text
+        if len(text) > sent:
+            yield text[sent:]
+
+    def finish_reason(self) -> str | None:
+        """'stop' (end of answer or a stop string), 'length' (the token budget), 'cancelled', or None."""
+        if self.generation is None:
+            return None
+        if self.stopped_by_text:
+            return "stop"
+        if self.generation.cancelled:
+            return "cancelled"
+        return "length" if self.generation.timings.new_tokens >= self.request.max_new_tokens else "stop"
+
+    @property
+    def record(self) -> dict:
+        return build_record(self.adapter, self.request, self.prepared, self if self.generation else None,
+                            str(self.error) if self.error is not None else None)
+
+    def execute(self, on_text: Callable[[str], None] | None = None) -> dict:
+        """Run to the end and return the record; a user mistake becomes the record's `error`."""
+        try:
+            for piece in self:
+                if on_text is not None:
+                    on_text(piece)
+        except VlmAppError as error:
+            if callable(self.adapter):  # the model did not load: there is nothing to record
+                raise
+            self.error = error
+        return self.record
+
+
+def execute(adapter, request: Request, on_text: Callable[[str], None] | None = None,
+            cancel: threading.Event | None = None) -> dict:
+    """The record of `request` on `adapter` (text pieces to `on_text` as they come)."""
+    return Run(adapter, request, cancel).execute(on_text)
+
+
+def compare(models: list[str], request: Request, adapter_for: Callable[[str], Any],
+            new_cancel: Callable[[], threading.Event] = threading.Event) -> Iterator[tuple[str, Run | None]]:
+    """The same request on each model in turn, one model in memory at a time when `adapter_for` loads afresh.
+    Yields (model, Run) for the caller to iterate or execute (the run loads its model when it starts; its cancel
+    flag comes from `new_cancel`). A run cancelled by its flag (Stop) ends the comparison: the models not yet run
+    come as (model, None)."""
+    stopped = False
+    for model in models:
+        if stopped:
+            yield model, None
+            continue
+        run = Run(lambda model=model: adapter_for(model), request, new_cancel())
+        yield model, run
+        stopped = run.generation is not None and run.record["cancelled"]
+        run.adapter = None  # the caller is done with this model: free it before the next one loads
+        gc.collect()
+
+
+def shown_media(prepared) -> list[dict]:
+    """What each image or video item was shown as: frames and timestamps for videos, the size for images."""
+    from vlm_app.media import SampledVideo
+
+    shown = []
+    for item in prepared.media if prepared is not None else []:
+        if isinstance(item, SampledVideo):
+            shown.append({"type": "video", "frames_indices": list(item.frames_indices),
+                          "timestamps": [round(t, 6) for t in item.timestamps], "sample_fps": item.sample_fps})
+        else:
+            shown.append({"type": "image", "size": list(getattr(item, "image", item).size)})
+    return shown
+
+
+def build_record(adapter, request: Request, prepared=None, run: Run | None = None, error: str | None = None) -> dict:
+    """The JSON-ready record of one request (also for failures: then `error` is set and the rest may be
+    empty). Top-level frames and timestamps are those of the first video; `media` lists every item.
+    `boxes`: the answer's grounding boxes (DeepSeek-VL2), on the model's 0-999 grid."""
+    media = shown_media(prepared)
+    video = next((item for item in media if item["type"] == "video"), {})
+    generation = run.generation if run is not None else None
+    return {
+        "source": request.label(),
+        "model": adapter.info.model_id,
+        "answer": run.answer if run is not None else None,
+        "boxes": [box.as_dict() for box in parse_grounding(run.answer)] if run is not None else [],
+        "error": error,
+        "prompt": request.prompt(),
+        "frames_indices": video.get("frames_indices", []),
+        "timestamps": video.get("timestamps", []),
+        "sample_fps": video.get("sample_fps"),
+        "media": media,
+        "num_visual_tokens": prepared.num_tokens.visual if prepared is not None else 0,
+        "num_tokens": prepared.num_tokens.as_dict() if prepared is not None else None,
+        "timings": generation.timings.as_dict() if generation is not None else None,
+        "cancelled": generation.cancelled and not run.stopped_by_text if generation is not None else False,
+        "finish_reason": run.finish_reason() if run is not None else None,
+        "model_info": adapter.info.as_dict(),
+        "sampling": {"policy": adapter.policy, **{**adapter.sampling_defaults(), **request.media}},
+        "generation": {key: request.generation.get(key) for key in GENERATION_KEYS},
+    }
+
+
+def stats(record: dict) -> dict:
+    """The record's costs as one flat dict (the web app's and the server's stats): what was shown, then
+    `timings` under its own names."""
+    counts = record["num_tokens"] or {}
+    frames = sum(len(item["frames_indices"]) if item["type"] == "video" else 1 for item in record["media"])
+    return {"model": record["model"], "family": record["model_info"]["family"], "frames": frames,
+            "visual_tokens": counts.get("visual", 0), "text_tokens": counts.get("text", 0),
+            **(record["timings"] or {}), "cancelled": record["cancelled"]}
