@@ -132,6 +132,36 @@ def _run_ui(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+def _add_serve(sub) -> None:
+    parser = sub.add_parser("serve", help="start the OpenAI-compatible HTTP API (/v1/chat/completions)")
+    parser.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                        help="models on offer (only these load): short names, hub ids or checkpoint folders")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (non-loopback needs --api-key)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=None, help="clients must send 'Authorization: Bearer KEY'")
+    parser.add_argument("--insecure-no-auth", action="store_true",
+                        help="allow a non-loopback --host without --api-key (anyone who reaches it may use it)")
+    parser.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
+                        help="a folder whose files clients may name as file:// URLs (repeatable)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                        help="a host clients may name in media URLs even if it is loopback or private (repeatable)")
+    parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest accepted request body")
+    parser.add_argument("--max-media-mb", type=float, default=512.0, help="largest video or image a client may name")
+    parser.add_argument("--body-timeout", type=float, default=10.0, help="seconds a request body may take to arrive")
+    parser.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the model (then 429)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--memory-budget-gb", type=float, default=None,
+                        help="unload least recently used models beyond this (default: 90%% of GPU / half of RAM)")
+    parser.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from vlm_app.server import run_serve_command
+
+    return run_serve_command(args)
+
+
 def _add_model_options(parser: argparse.ArgumentParser, many: bool = False) -> None:
     group = parser.add_argument_group("model loading")
     if not many:
@@ -319,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tiny(sub)
     _add_bench(sub)
     _add_ui(sub)
+    _add_serve(sub)
     return parser
 
 

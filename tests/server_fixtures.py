@@ -1,0 +1,84 @@
+"""Server-area fixtures: `python -m vlm_app serve` started the way a user starts it, on two tiny checkpoints, once
+per session, bound to 127.0.0.1 on a free port, with an API key, one allowed folder, a one-slot queue and a short
+body deadline (so the queue and slow-body cases are cheap to make)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ui_fixtures import _free_port
+
+API_KEY = "test-key-0123456789"
+BODY_TIMEOUT_S = 3
+SERVER_START_TIMEOUT_S = 120
+
+
+@dataclass
+class ApiServer:
+    url: str          # http://127.0.0.1:PORT/v1
+    pid: int
+    models: list[str]
+    allowed: Path     # the --allow-dir folder (holds clip.mp4 and image.png)
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"the server did not answer within {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def api_server(tmp_path_factory, tiny_checkpoints, make_clip) -> ApiServer:
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("api_server")
+    allowed = root / "allowed"
+    allowed.mkdir()
+    make_clip(allowed / "clip.mp4", 2.0, 12, 160, 120)
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(allowed / "image.png")
+    models = [str(tiny_checkpoints["smolvlm2"]), str(tiny_checkpoints["qwen2_5_vl"])]
+    port = _free_port()
+    log = root / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "vlm_app", "serve", "--models", *models, "--host", "127.0.0.1",
+               "--port", str(port), "--api-key", API_KEY, "--allow-dir", str(allowed), "--allow-host", "localhost",
+               "--max-queue", "1", "--body-timeout", str(BODY_TIMEOUT_S), "--device", "cpu"]
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_until_up(f"http://127.0.0.1:{port}/health", process, log)
+        yield ApiServer(url=f"http://127.0.0.1:{port}/v1", pid=process.pid, models=models, allowed=allowed, log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def client(api_server):
+    """The official openai client, pointed at the server (no retries, so a 429 is seen as one)."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=api_server.url, api_key=API_KEY, max_retries=0, timeout=60)

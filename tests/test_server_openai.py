@@ -1,0 +1,155 @@
+"""The OpenAI-compatible server through the official `openai` client, against `python -m vlm_app serve` on tiny
+checkpoints (loopback only)."""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from server_fixtures import API_KEY
+
+
+def video_message(api_server, text: str = "What happens?") -> list[dict]:
+    url = f"file://{api_server.allowed / 'clip.mp4'}"
+    return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                         {"type": "text", "text": text}]}]
+
+
+def png_data_uri(api_server) -> str:
+    return "data:image/png;base64," + base64.b64encode((api_server.allowed / "image.png").read_bytes()).decode()
+
+
+def test_models_lists_exactly_the_models_on_offer(client, api_server):
+    assert [model.id for model in client.models.list()] == api_server.models
+
+
+@pytest.mark.parametrize("position, options, frames", [
+    (0, {"mm_processor_kwargs": {"fps": 1.5, "max_frames": 3}}, 3),
+    (1, {"media_io_kwargs": {"video": {"num_frames": 4}}, "mm_processor_kwargs": {"max_pixels": 128 * 28 * 28}}, 4)],
+    ids=["smolvlm2", "qwen2_5_vl"])
+def test_video_answer_with_usage_and_what_the_model_saw(client, api_server, position, options, frames):
+    model = api_server.models[position]
+    response = client.chat.completions.create(model=model, messages=video_message(api_server), max_tokens=6, seed=1,
+                                              extra_body=options)
+    choice = response.choices[0]
+    assert response.model == model and choice.message.role == "assistant" and choice.message.content
+    shown = response.model_extra["vlm_app"]
+    assert len(shown["frames_indices"]) == len(shown["timestamps"]) == frames  # vLLM's option names, mapped
+    assert shown["media"][0]["type"] == "video"
+    counts = shown["num_tokens"]
+    assert counts["visual"] > 0 and response.usage.prompt_tokens == counts["text"] + counts["visual"]
+    assert 0 < response.usage.completion_tokens <= 6 and shown["timings"]["new_tokens"] == response.usage.completion_tokens
+    assert choice.finish_reason == ("length" if response.usage.completion_tokens == 6 else "stop")
+    assert shown["timings"]["prefill_s"] > 0
+
+
+def test_image_from_a_data_uri(client, api_server):
+    response = client.chat.completions.create(
+        model=api_server.models[1], max_completion_tokens=4,
+        messages=[{"role": "system", "content": "Be brief."},
+                  {"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_uri(api_server)}},
+                                               {"type": "text", "text": "Colour?"}]}])
+    shown = response.model_extra["vlm_app"]
+    assert shown["media"] == [{"type": "image", "size": shown["media"][0]["size"]}]
+    assert shown["num_tokens"]["visual"] > 0 and response.usage.completion_tokens <= 4
+
+
+def test_streaming_gives_the_same_answer_in_pieces_then_usage(client, api_server):
+    model = api_server.models[0]
+    options = {"model": model, "messages": video_message(api_server), "max_tokens": 12, "temperature": 0}
+    whole = client.chat.completions.create(**options)
+    chunks = list(client.chat.completions.create(**options, stream=True, stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 2 and "".join(pieces) == whole.choices[0].message.content
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].model_extra["vlm_app"]["frames_indices"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_stop_strings_cut_the_answer(client, api_server):
+    model = api_server.models[0]
+    options = {"model": model, "messages": video_message(api_server), "max_tokens": 16}
+    whole = client.chat.completions.create(**options).choices[0].message.content
+    stop = whole[len(whole) // 2:len(whole) // 2 + 2]
+    assert stop.strip(), whole
+    cut = client.chat.completions.create(**options, stop=[stop])
+    assert cut.choices[0].message.content == whole[:whole.index(stop)] and cut.choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].delta.content or "" for c in
+                       client.chat.completions.create(**options, stop=stop, stream=True) if c.choices)
+    assert streamed == whole[:whole.index(stop)]
+
+
+def test_errors_are_openai_error_objects(client, api_server):
+    with pytest.raises(openai.AuthenticationError) as raised:
+        openai.OpenAI(base_url=api_server.url, api_key="wrong", max_retries=0).models.list()
+    assert raised.value.status_code == 401 and raised.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="smolvlm2-256m", messages=video_message(api_server))
+    assert raised.value.body["param"] == "model" and "not on offer" in raised.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=api_server.models[0], messages=video_message(api_server), max_tokens=0)
+    assert set(raised.value.body) == {"message", "type", "param", "code"} and raised.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as raised:  # a media mistake found while sampling, still a 400
+        client.chat.completions.create(model=api_server.models[0], messages=video_message(api_server),
+                                       extra_body={"mm_processor_kwargs": {"fps": 2, "num_frames": 4}})
+    assert "fps" in raised.value.body["message"]
+
+
+def _finished_jobs(api_server) -> list[tuple[str, int]]:
+    return [(reason, int(tokens)) for reason, tokens in
+            re.findall(r"finish=(\w+) new_tokens=(\d+)", api_server.log_text())]
+
+
+def _stream_request(api_server, max_tokens: int) -> dict:
+    return {"model": api_server.models[0], "messages": video_message(api_server), "max_tokens": max_tokens,
+            "stream": True}
+
+
+def test_a_client_that_disconnects_stops_generation(api_server):
+    before = len(_finished_jobs(api_server))
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", api_server.url + "/chat/completions", json=_stream_request(api_server, 4000),
+                         headers=headers) as response:
+            assert response.status_code == 200
+            received = 0
+            for line in response.iter_lines():
+                received += line.startswith("data: ")
+                if received == 4:
+                    break  # leaving the block closes the connection
+    deadline = time.monotonic() + 20
+    while len(_finished_jobs(api_server)) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reason, tokens = _finished_jobs(api_server)[-1]
+    assert reason == "cancelled" and tokens < 400, (reason, tokens)  # a 4000-token answer, stopped early
+
+
+def test_a_full_queue_answers_429(client, api_server):
+    """One job runs, one waits (--max-queue 1): the third gets 429 at once; the waiting one is served after."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    waited: dict = {}
+    with httpx.Client(timeout=120) as http:
+        with http.stream("POST", api_server.url + "/chat/completions", json=_stream_request(api_server, 4000),
+                         headers=headers) as running:
+            lines = running.iter_lines()
+            next(lines)  # the first job holds the model (keep `lines`: dropping it closes the stream)
+
+            def second():
+                waited["response"] = client.chat.completions.create(model=api_server.models[0], max_tokens=2,
+                                                                    messages=video_message(api_server))
+
+            waiting = threading.Thread(target=second)
+            waiting.start()
+            time.sleep(1.0)  # let it reach the queue
+            with pytest.raises(openai.RateLimitError) as raised:
+                client.chat.completions.create(model=api_server.models[0], max_tokens=2,
+                                               messages=video_message(api_server))
+            assert raised.value.status_code == 429 and raised.value.body["code"] == "queue_full"
+    waiting.join(timeout=60)
+    assert waited["response"].usage.completion_tokens <= 2

@@ -1,0 +1,253 @@
+"""The OpenAI-compatible HTTP server (`python -m vlm_app serve`): FastAPI routes over `vlm_app.service`.
+
+    GET  /v1/models              the models on offer (--models)
+    POST /v1/chat/completions    one answer, or server-sent chunks ending with `data: [DONE]`
+    GET  /health                 liveness (no key needed)
+
+Every /v1 route checks the Bearer key (constant-time) before reading the body; the body is read with a byte cap
+and a deadline. One model job runs at a time, in a worker thread; up to `max_queue` wait, and more get 429. A
+client that goes away cancels its job, which stops the model within one token. Failures are OpenAI error
+objects with a 4xx status for every client mistake; a 500 means a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from vlm_app.errors import DecodeError, LimitError, ModelLoadError, NotOfferedError, OptionsError, SourceError, \
+    VlmAppError
+from vlm_app.security import offered_model
+from vlm_app.server.protocol import ApiError, chunk, completion, completion_id, extension, finish_reason, \
+    parse_chat, usage
+from vlm_app.service import Run
+
+log = logging.getLogger("vlm_app.server")
+MIB = 2**20
+
+
+@dataclass
+class ServerConfig:
+    models: list[str]
+    api_key: str | None = None
+    limits: Any = None                 # the media pipeline's Limits for client-named media (the fetch guard)
+    max_body_bytes: int = 16 * MIB
+    body_seconds: float = 10.0         # the whole body must arrive within this
+    max_queue: int = 8                 # jobs that may wait while one runs
+    load_options: dict = field(default_factory=dict)  # device, dtype
+    memory_budget_bytes: int | None = None
+
+
+class Jobs:
+    """One model job at a time; at most `max_queue` waiting for it, more are refused with 429."""
+
+    def __init__(self, max_queue: int):
+        self.max_queue = max_queue
+        self._lock = asyncio.Lock()
+        self._waiting = 0
+
+    async def enter(self) -> None:
+        if self._lock.locked() and self._waiting >= self.max_queue:
+            raise ApiError(429, f"the server is busy ({self.max_queue} requests already wait for the model); "
+                                "retry later", code="queue_full", kind="rate_limit_error")
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+
+    def leave(self) -> None:
+        self._lock.release()
+
+
+def as_api_error(error: VlmAppError) -> ApiError:
+    """The HTTP form of a user-caused failure."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, ModelLoadError):
+        return ApiError(503, f"the model could not be loaded: {error}", "model", "model_unavailable", "server_error")
+    if isinstance(error, DecodeError):
+        return ApiError(422, str(error), "messages", "undecodable_media")
+    codes = {SourceError: "invalid_source", LimitError: "limit_exceeded", OptionsError: "invalid_options"}
+    return ApiError(400, str(error), "messages", next((code for kind, code in codes.items() if isinstance(error, kind)),
+                                                      "invalid_request"))
+
+
+def _sse(payload: dict | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+class Server:
+    def __init__(self, config: ServerConfig):
+        from vlm_app.runtime import ModelCache
+
+        self.config = config
+        self.cache = ModelCache(config.memory_budget_bytes)
+        self.jobs = Jobs(config.max_queue)
+        self.started = int(time.time())
+        self._key = config.api_key.encode() if config.api_key else None
+
+    # ---- checks, in the order a request meets them ------------------------------------------------------------
+    def check_key(self, request: Request) -> None:
+        if self._key is None:
+            return
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self._key):
+            raise ApiError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'", None,
+                           "invalid_api_key")
+
+    async def read_json(self, request: Request) -> Any:
+        cap = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > cap):
+            raise ApiError(413, f"the request body is over this server's {cap // MIB} MiB limit; send media by "
+                                "URL instead of inline", None, "body_too_large")
+        chunks: list[bytes] = []
+
+        async def collect() -> None:
+            size = 0
+            async for piece in request.stream():
+                size += len(piece)
+                if size > cap:
+                    raise ApiError(413, f"the request body is over this server's {cap // MIB} MiB limit", None,
+                                   "body_too_large")
+                chunks.append(piece)
+
+        try:
+            await asyncio.wait_for(collect(), self.config.body_seconds)
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {self.config.body_seconds:g} s", None,
+                           "body_timeout") from None
+        try:
+            return json.loads(b"".join(chunks))
+        except (ValueError, RecursionError) as error:
+            raise ApiError(400, f"the request body is not valid JSON ({str(error)[:200]})", None,
+                           "invalid_json") from None
+
+    def check_model(self, name: str) -> None:
+        try:
+            offered_model(name, self.config.models)
+        except NotOfferedError as error:
+            raise ApiError(404, f"{error} (GET /v1/models lists them)", "model", "model_not_found") from None
+
+    # ---- the model job ------------------------------------------------------------------------------------------
+    def _work(self, call, cancel: threading.Event, loop, events: asyncio.Queue) -> None:
+        """In a worker thread: load (cached), prepare, generate; every step goes to `events`. Leaves the job
+        slot when done, so the next job starts only after this one's model work has really stopped."""
+        def put(kind: str, value: Any = None) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+        try:
+            run = Run(self.cache.get(call.model, **self.config.load_options), call.request, cancel)
+            run.prepare()
+            put("ready")
+            for piece in run:
+                put("text", piece)
+            record = run.record
+            log.info("%s finish=%s new_tokens=%d", call.model, record["finish_reason"],
+                     record["timings"]["new_tokens"])
+            put("done", record)
+        except VlmAppError as error:
+            put("error", as_api_error(error))
+        except Exception as error:  # a bug: logged with its traceback, answered as a 500
+            log.exception("request on %s failed", call.model)
+            put("error", error)
+        finally:
+            loop.call_soon_threadsafe(self.jobs.leave)
+
+    async def chat(self, request: Request):
+        self.check_key(request)
+        call = parse_chat(await self.read_json(request), self.config.limits)
+        self.check_model(call.model)
+        await self.jobs.enter()
+        cancel, events = threading.Event(), asyncio.Queue()
+        threading.Thread(target=self._work, args=(call, cancel, asyncio.get_running_loop(), events),
+                         daemon=True).start()
+        kind, value = await events.get()
+        if kind == "error":
+            raise value
+        call_id = completion_id()
+        if call.stream:
+            return StreamingResponse(self._chunks(call, call_id, events, cancel), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
+        try:
+            while (event := await events.get())[0] == "text":
+                pass
+        finally:
+            watcher.cancel()
+        kind, value = event
+        if kind == "error":
+            raise value
+        return JSONResponse(completion(call_id, call.model, value))
+
+    async def _chunks(self, call, call_id: str, events: asyncio.Queue, cancel: threading.Event) -> AsyncIterator[str]:
+        try:
+            yield _sse(chunk(call_id, call.model, {"role": "assistant", "content": ""}))
+            while True:
+                kind, value = await events.get()
+                if kind == "text":
+                    yield _sse(chunk(call_id, call.model, {"content": value}))
+                    continue
+                if kind == "done":
+                    yield _sse(chunk(call_id, call.model, {}, finish_reason(value), vlm_app=extension(value)))
+                    if call.include_usage:
+                        yield _sse({**chunk(call_id, call.model, {}), "choices": [], "usage": usage(value)})
+                else:
+                    failure = value if isinstance(value, ApiError) else ApiError(500, "internal error", kind="server_error")
+                    yield _sse(failure.body())
+                break
+            yield _sse("[DONE]")
+        finally:
+            cancel.set()  # the client went away (or the stream ended): stop the model within one token
+
+    def models(self, request: Request) -> dict:
+        self.check_key(request)
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": self.started,
+                                            "owned_by": "vlm_app"} for name in self.config.models]}
+
+
+async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set `cancel` when the client disconnects (the body is already read, so the next message is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancel.set()
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    server = Server(config)
+    app = FastAPI(title="vlm_app", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError):
+        return _error_response(error)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        return _error_response(ApiError(error.status_code, str(error.detail), None, "not_found"
+                                        if error.status_code == 404 else "http_error"))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, error: Exception):
+        log.error("unhandled %s: %s", type(error).__name__, error)
+        return _error_response(ApiError(500, "internal server error (a bug; see the server log)", kind="server_error"))
+
+    app.add_api_route("/v1/models", server.models, methods=["GET"])
+    app.add_api_route("/v1/chat/completions", server.chat, methods=["POST"])
+    app.add_api_route("/health", lambda: {"status": "ok"}, methods=["GET"])
+    return app

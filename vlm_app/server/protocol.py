@@ -1,0 +1,221 @@
+"""The OpenAI chat-completions wire format: a request body → a `service.Request`, a record → a response or
+stream chunks, a failure → OpenAI's error object. Every client value is checked here (type, range, count)
+before anything runs; media sources are only named, never opened (the fetch guard in the media pipeline
+decides what may be read).
+
+Media options use vLLM's names, in `mm_processor_kwargs` (every video) and `media_io_kwargs`
+({"video": {...}, "image": {...}}); `VLLM_OPTION_NAMES` maps them to ours.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from numbers import Real
+from typing import Any
+
+from vlm_app.errors import VlmAppError
+from vlm_app.service import Request
+
+MAX_MESSAGES = 64
+MAX_CONTENT_PARTS = 64          # per request, over all messages
+MAX_MEDIA_ITEMS = 8
+MAX_COMPLETION_TOKENS = 4096
+MAX_STOP_STRINGS = 4
+# vLLM's (and the HF processors') option names -> ours (load_video / load_image)
+VLLM_OPTION_NAMES = {"fps": "fps", "num_frames": "nframes", "max_frames": "max_frames", "min_frames": "min_frames",
+                     "max_pixels": "max_pixels", "min_pixels": "min_pixels", "total_pixels": "total_pixels",
+                     "video_start": "video_start", "video_end": "video_end"}
+IMAGE_OPTION_NAMES = ("max_pixels", "min_pixels")
+PART_TYPES = ("text", "image_url", "video_url")
+
+
+class ApiError(VlmAppError):
+    """A request the server refuses: the HTTP status and OpenAI's error fields."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def bad(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param, code)
+
+
+@dataclass
+class ChatCall:
+    model: str
+    request: Request
+    stream: bool
+    include_usage: bool
+
+
+def _number(body: dict, name: str, low: float, high: float, integer: bool = False) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int if integer else Real):
+        raise bad(f"{name} must be {'an integer' if integer else 'a number'}, got {type(value).__name__}", name,
+                  "invalid_type")
+    if not low <= value <= high:
+        raise bad(f"{name} must be between {low:g} and {high:g}, got {value}", name)
+    return value
+
+
+def _media_options(body: dict) -> tuple[dict, dict]:
+    """(video options, image options) from `mm_processor_kwargs` and `media_io_kwargs`, in our names."""
+    video, image = {}, {}
+    sources = [("mm_processor_kwargs", body.get("mm_processor_kwargs"), video)]
+    io = body.get("media_io_kwargs")
+    if io is not None and not isinstance(io, dict):
+        raise bad("media_io_kwargs must be an object like {\"video\": {\"num_frames\": 8}}", "media_io_kwargs",
+                  "invalid_type")
+    for kind, target in (("video", video), ("image", image)):
+        sources.append((f"media_io_kwargs.{kind}", (io or {}).get(kind), target))
+    for where, options, target in sources:
+        if options is None:
+            continue
+        if not isinstance(options, dict):
+            raise bad(f"{where} must be an object of option names to numbers", where, "invalid_type")
+        allowed = VLLM_OPTION_NAMES if target is video else IMAGE_OPTION_NAMES
+        for name, value in options.items():
+            if name not in allowed:
+                raise bad(f"{where}: unknown option {name!r}; known: {', '.join(allowed)}", f"{where}.{name}")
+            if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= 1e9:
+                raise bad(f"{where}.{name} must be a non-negative number, got {value!r}", f"{where}.{name}",
+                          "invalid_type")
+            target[VLLM_OPTION_NAMES.get(name, name)] = value
+    return video, image
+
+
+def _part(part: Any, where: str, image_options: dict) -> dict:
+    if not isinstance(part, dict) or part.get("type") not in PART_TYPES:
+        raise bad(f"{where}: each content part must be an object with type {', '.join(PART_TYPES)}", where,
+                  "invalid_type")
+    kind = part["type"]
+    if kind == "text":
+        if not isinstance(part.get("text"), str):
+            raise bad(f"{where}: a text part needs a string under 'text'", where, "invalid_type")
+        return {"type": "text", "text": part["text"]}
+    holder = part.get(kind)
+    url = holder.get("url") if isinstance(holder, dict) else None
+    if not isinstance(url, str) or not url:
+        raise bad(f"{where}: a {kind} part needs {{\"{kind}\": {{\"url\": \"https://… | data:… | file://…\"}}}}",
+                  where, "invalid_type")
+    if not url.startswith(("http://", "https://", "data:", "file://")):
+        raise bad(f"{where}: {kind} url must be http(s)://, data: or file:// (under the server's --allow-dir)",
+                  where, "invalid_url")
+    if kind == "image_url":
+        return {"type": "image", "image": url, **image_options}
+    return {"type": "video", "video": url}
+
+
+def _messages(body: dict, image_options: dict) -> list[dict]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad("messages must be a non-empty list of {role, content} objects", "messages", "invalid_type")
+    if len(messages) > MAX_MESSAGES:
+        raise bad(f"{len(messages)} messages, over this server's limit of {MAX_MESSAGES}", "messages")
+    parts = 0
+    converted = []
+    for number, message in enumerate(messages):
+        where = f"messages[{number}]"
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise bad(f"{where} must be an object with a string 'role'", where, "invalid_type")
+        content = message.get("content")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        if not isinstance(content, list) or not content:
+            raise bad(f"{where}.content must be a string or a non-empty list of parts", f"{where}.content",
+                      "invalid_type")
+        parts += len(content)
+        if parts > MAX_CONTENT_PARTS:
+            raise bad(f"over {MAX_CONTENT_PARTS} content parts in one request; send fewer", "messages")
+        role = "system" if message["role"] == "developer" else message["role"]
+        converted.append({"role": role, "content": [_part(part, f"{where}.content[{index}]", image_options)
+                                                    for index, part in enumerate(content)]})
+    media = sum(item["type"] != "text" for message in converted for item in message["content"])
+    if media > MAX_MEDIA_ITEMS:
+        raise bad(f"{media} images/videos in one request, over this server's limit of {MAX_MEDIA_ITEMS}", "messages")
+    return converted
+
+
+def _generation(body: dict) -> dict:
+    if body.get("n") not in (None, 1):
+        raise bad("this server returns one choice; n must be 1", "n")
+    budget = _number(body, "max_completion_tokens", 1, MAX_COMPLETION_TOKENS, integer=True)
+    if budget is None:
+        budget = _number(body, "max_tokens", 1, MAX_COMPLETION_TOKENS, integer=True)
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS
+                             or not all(isinstance(text, str) and 0 < len(text) <= 256 for text in stop)):
+        raise bad(f"stop must be a string or a list of at most {MAX_STOP_STRINGS} non-empty strings", "stop",
+                  "invalid_type")
+    generation = {"max_new_tokens": budget, "temperature": _number(body, "temperature", 0, 2),
+                  "top_p": _number(body, "top_p", 1e-6, 1), "seed": _number(body, "seed", -2**63, 2**63 - 1, True),
+                  "stop": stop}
+    return {key: value for key, value in generation.items() if value is not None}
+
+
+def parse_chat(body: Any, limits) -> ChatCall:
+    """The checked call of a /v1/chat/completions body; ApiError (400) on any mistake. The model name is
+    returned as given: the caller refuses names not on offer."""
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object", None, "invalid_type")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad("model must be a string naming one of GET /v1/models", "model", "invalid_type")
+    if not isinstance(body.get("stream", False), bool):
+        raise bad("stream must be true or false", "stream", "invalid_type")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise bad("stream_options must be an object", "stream_options", "invalid_type")
+    video_options, image_options = _media_options(body)
+    messages, generation = _messages(body, image_options), _generation(body)
+    try:
+        request = Request(messages, video_options, generation, limits)
+    except VlmAppError as error:  # the message schema's own checks (roles, order)
+        raise bad(str(error), "messages") from None
+    return ChatCall(model, request, body.get("stream", False), bool(options.get("include_usage")))
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def usage(record: dict) -> dict:
+    counts = record["num_tokens"] or {"text": 0, "visual": 0, "total": 0}
+    completion = (record["timings"] or {}).get("new_tokens", 0)
+    return {"prompt_tokens": counts["total"], "completion_tokens": completion,
+            "total_tokens": counts["total"] + completion,
+            "prompt_tokens_details": {"text_tokens": counts["text"], "visual_tokens": counts["visual"]}}
+
+
+def extension(record: dict) -> dict:
+    """The `vlm_app` object: what the model was shown and what the answer cost."""
+    return {"media": record["media"], "frames_indices": record["frames_indices"], "timestamps": record["timestamps"],
+            "num_tokens": record["num_tokens"], "timings": record["timings"], "sampling": record["sampling"],
+            "model_info": {key: record["model_info"][key] for key in ("family", "revision", "device", "dtype")}}
+
+
+def finish_reason(record: dict) -> str:
+    return "length" if record["finish_reason"] == "length" else "stop"
+
+
+def completion(call_id: str, model: str, record: dict) -> dict:
+    return {"id": call_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": record["answer"]},
+                         "finish_reason": finish_reason(record), "logprobs": None}],
+            "usage": usage(record), "vlm_app": extension(record)}
+
+
+def chunk(call_id: str, model: str, delta: dict, finish: str | None = None, **extra) -> dict:
+    return {"id": call_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
