@@ -78,6 +78,7 @@ def _add_bench(sub) -> None:
     _add_bench_adapter(benches)
     _add_bench_model(benches)
     _add_bench_batch(benches)
+    _add_bench_serve(benches)
 
 
 def _add_bench_sampling(benches) -> None:
@@ -338,6 +339,22 @@ def _run_bench_batch(args: argparse.Namespace) -> int:
     from vlm_app.bench.batch import run_batch_benchmark
 
     return run_batch_benchmark(args.videos, args.seconds, args.max_new_tokens, args.model)
+
+
+def _add_bench_serve(benches) -> None:
+    parser = benches.add_parser("serve", help="the HTTP server under 1/4/16 streaming clients; overhead vs the adapter")
+    parser.add_argument("--model", default=None, help="checkpoint (default: a tiny SmolVLM2 built on the spot)")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved server/direct pairs at concurrency 1")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, in the server and here")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=_run_bench_serve)
+
+
+def _run_bench_serve(args: argparse.Namespace) -> int:
+    from vlm_app.bench.serve import run_serve_benchmark
+
+    return run_serve_benchmark(args.model, args.max_new_tokens, args.repeats, args.threads, args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:

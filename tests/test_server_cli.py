@@ -1,0 +1,15 @@
+"""`python -m vlm_app serve` refuses unsafe or broken flags before it binds anything."""
+
+from __future__ import annotations
+
+from vlm_app.cli import EXIT_USER_ERROR, main
+
+
+def test_a_non_loopback_bind_without_a_key_is_refused(tiny_checkpoints, capsys):
+    assert main(["serve", "--models", str(tiny_checkpoints["smolvlm2"]), "--host", "0.0.0.0"]) == EXIT_USER_ERROR
+    assert "--api-key" in capsys.readouterr().err
+
+
+def test_a_model_that_does_not_resolve_fails_fast(tmp_path, capsys):
+    assert main(["serve", "--models", str(tmp_path / "missing-checkpoint")]) == EXIT_USER_ERROR
+    assert "does not exist" in capsys.readouterr().err
