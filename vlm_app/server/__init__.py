@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 MIB = 2**20
 
@@ -27,6 +28,9 @@ def run_serve_command(args) -> int:
                           max_body_bytes=int(args.max_body_mb * MIB), body_seconds=args.body_timeout,
                           max_queue=args.max_queue, load_options={"device": args.device, "dtype": args.dtype},
                           memory_budget_bytes=None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30))
+    # hand the GIL from the generating thread to the event loop within 1 ms (default 5 ms), so each streamed
+    # token leaves promptly (bench serve: 1.25x -> 1.13x of the direct adapter call on a tiny model, 2 CPUs)
+    sys.setswitchinterval(0.001)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
     return 0
