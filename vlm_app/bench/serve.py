@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,7 +126,7 @@ def run_serve_benchmark(model: str | None, max_new_tokens: int, repeats: int, th
                 return list(adapter.stream(prepared, max_new_tokens=max_new_tokens))
 
             with httpx.Client(timeout=600) as http:
-                overhead = paired_times(lambda: _streamed_request(http, url, {**body}), direct, repeats)
+                overhead = paired_times(lambda: _streamed_request(http, url, body), direct, repeats)
             rows = [_concurrent(url, body, clients, per_client=max(2, 8 // clients)) for clients in CONCURRENCY]
         finally:
             server.terminate()

@@ -25,11 +25,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from vlm_app.errors import DecodeError, LimitError, ModelLoadError, NotOfferedError, OptionsError, SourceError, \
-    VlmAppError
+from vlm_app.errors import (DecodeError, LimitError, ModelLoadError, NotOfferedError, OptionsError, SourceError,
+                            VlmAppError)
 from vlm_app.security import offered_model
-from vlm_app.server.protocol import ApiError, chunk, completion, completion_id, extension, finish_reason, \
-    parse_chat, usage
+from vlm_app.server.protocol import (ApiError, chunk, completion, completion_id, extension, finish_reason, parse_chat,
+                                     usage)
 from vlm_app.service import Run
 
 log = logging.getLogger("vlm_app.server")
@@ -203,8 +203,9 @@ class Server:
                     yield _sse(chunk(call_id, call.model, {}, finish_reason(value), vlm_app=extension(value)))
                     if call.include_usage:
                         yield _sse({**chunk(call_id, call.model, {}), "choices": [], "usage": usage(value)})
-                else:
-                    failure = value if isinstance(value, ApiError) else ApiError(500, "internal error", kind="server_error")
+                else:  # headers are sent: the failure goes in the stream
+                    failure = value if isinstance(value, ApiError) else ApiError(500, "internal error (a bug; see the "
+                                                                                      "server log)", kind="server_error")
                     yield _sse(failure.body())
                 break
             yield _sse("[DONE]")

@@ -55,6 +55,8 @@ class Settings:
 
 
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)
+NUMBER_SETTINGS = {"fps": float, "max_frames": int, "max_pixels": int, "video_start": float, "video_end": float,
+                   "max_new_tokens": int, "temperature": float, "top_p": float, "seed": int}
 
 
 def media_kind(path: str) -> str:
@@ -193,10 +195,15 @@ def settings_from_dict(options: dict | None) -> Settings:
     unknown = sorted(set(raw) - set(SETTING_NAMES))
     if unknown:
         raise OptionsError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(SETTING_NAMES)}")
-    for key in ("max_frames", "max_pixels", "max_new_tokens", "seed"):
+    for key, kind in NUMBER_SETTINGS.items():
         if raw.get(key) not in (None, ""):
-            raw[key] = int(raw[key])
+            try:
+                raw[key] = kind(raw[key])
+            except (TypeError, ValueError):
+                raise OptionsError(f"option {key} must be a number, got {raw[key]!r}") from None
     raw["system_prompt"] = raw.get("system_prompt") or ""
+    if not isinstance(raw["system_prompt"], str):
+        raise OptionsError("option system_prompt must be text")
     return Settings(**raw)
 
 

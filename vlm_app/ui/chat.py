@@ -119,8 +119,13 @@ class ChatHandlers:
         [{"role", "content": str}]; `options` as {setting name: value} (see `Settings`). Streams
         (answer so far, details); details hold the stats, the frames' captions and the timeline cues once the
         answer is complete, or {"error": message}."""
-        turns = [{"role": turn["role"], "content": [{"type": "text", "text": str(turn["content"])}]}
-                 for turn in history or []]
+        history = history or []
+        if not isinstance(history, list) or not all(isinstance(turn, dict) and turn.get("role") in ("user", "assistant")
+                                                    and "content" in turn for turn in history):
+            error = "history must be a list of {'role': 'user' or 'assistant', 'content': text} turns"
+            yield error, {"error": error}
+            return
+        turns = [{"role": turn["role"], "content": [{"type": "text", "text": str(turn["content"])}]} for turn in history]
         files = [{"type": "file", "file": {"path": path}} for path in (message or {}).get("files") or []]
         turns.append({"role": "user", "content": files + [{"type": "text", "text": (message or {}).get("text") or ""}]})
         try:
