@@ -138,9 +138,11 @@ class Run:
             text += piece
             found = [index for index in (text.find(stop, max(0, sent - hold)) for stop in stops) if index >= 0]
             if found:
-                self.answer, self.stopped_by_text = text[:min(found)], True
+                end = min(found)
+                self.answer, self.stopped_by_text = text[:end], True
                 self.cancel.set()
-                yield text[sent:min(found)]
+                if end > sent:
+                    yield text[sent:end]
                 return
             if len(text) - hold > sent:
                 yield text[sent:len(text) - hold]
