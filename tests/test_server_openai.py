@@ -130,6 +130,19 @@ def test_a_client_that_disconnects_stops_generation(api_server):
     assert reason == "cancelled" and tokens < 400, (reason, tokens)  # a 4000-token answer, stopped early
 
 
+def test_a_client_that_gives_up_on_a_whole_answer_stops_generation(api_server):
+    before = len(_finished_jobs(api_server))
+    body = {**_stream_request(api_server, 4000), "stream": False}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1 s and closes the connection
+        httpx.post(api_server.url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"},
+                   timeout=httpx.Timeout(10, read=1.0))
+    deadline = time.monotonic() + 20
+    while len(_finished_jobs(api_server)) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reason, tokens = _finished_jobs(api_server)[-1]
+    assert reason == "cancelled" and tokens < 4000, (reason, tokens)
+
+
 def test_a_full_queue_answers_429(client, api_server):
     """One job runs, one waits (--max-queue 1): the third gets 429 at once; the waiting one is served after."""
     headers = {"Authorization": f"Bearer {API_KEY}"}

@@ -148,6 +148,8 @@ class Server:
             loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
         try:
+            if cancel.is_set():
+                raise ApiError(400, "the client disconnected while waiting for the model", None, "client_disconnected")
             run = Run(self.cache.get(call.model, **self.config.load_options), call.request, cancel)
             run.prepare()
             put("ready")
@@ -169,23 +171,25 @@ class Server:
         self.check_key(request)
         call = parse_chat(await self.read_json(request), self.config.limits)
         self.check_model(call.model)
-        await self.jobs.enter()
         cancel, events = threading.Event(), asyncio.Queue()
-        threading.Thread(target=self._work, args=(call, cancel, asyncio.get_running_loop(), events),
-                         daemon=True).start()
-        kind, value = await events.get()
-        if kind == "error":
-            raise value
-        call_id = completion_id()
-        if call.stream:
-            return StreamingResponse(self._chunks(call, call_id, events, cancel), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
+        # a streamed answer notices a disconnect when it writes; a whole answer needs a watcher, from the queue on
+        watcher = None if call.stream else asyncio.create_task(_cancel_on_disconnect(request, cancel))
         try:
+            await self.jobs.enter()
+            threading.Thread(target=self._work, args=(call, cancel, asyncio.get_running_loop(), events),
+                             daemon=True).start()
+            kind, value = await events.get()
+            if kind == "error":
+                raise value
+            call_id = completion_id()
+            if call.stream:
+                return StreamingResponse(self._chunks(call, call_id, events, cancel), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache"})
             while (event := await events.get())[0] == "text":
                 pass
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
         kind, value = event
         if kind == "error":
             raise value
