@@ -135,17 +135,19 @@ def _run_ui(args: argparse.Namespace) -> int:
 
 def _add_serve(sub) -> None:
     parser = sub.add_parser("serve", help="start the OpenAI-compatible HTTP API (/v1/chat/completions)")
-    parser.add_argument("--models", nargs="+", required=True, metavar="MODEL",
-                        help="models on offer (only these load): short names, hub ids or checkpoint folders")
+    parser.add_argument("--models", action=ListFlag, required=True, metavar="MODEL",
+                        help="models on offer (only these load; a,b or a b): short names, hub ids or checkpoint "
+                             "folders")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (non-loopback needs --api-key)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=None, help="clients must send 'Authorization: Bearer KEY'")
     parser.add_argument("--insecure-no-auth", action="store_true",
                         help="allow a non-loopback --host without --api-key (anyone who reaches it may use it)")
-    parser.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
-                        help="a folder whose files clients may name as file:// URLs (repeatable)")
-    parser.add_argument("--allow-host", action="append", default=[], metavar="HOST",
-                        help="a host clients may name in media URLs even if it is loopback or private (repeatable)")
+    parser.add_argument("--allow-dir", action=ListFlag, default=[], metavar="DIR",
+                        help="folders whose files clients may name as file:// URLs (a,b or a b; repeatable)")
+    parser.add_argument("--allow-host", action=ListFlag, default=[], metavar="HOST",
+                        help="hosts clients may name in media URLs even if loopback or private (a,b or a b; "
+                             "repeatable)")
     parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest accepted request body")
     parser.add_argument("--max-media-mb", type=float, default=512.0, help="largest video or image a client may name")
     parser.add_argument("--body-timeout", type=float, default=10.0, help="seconds a request body may take to arrive")
