@@ -32,6 +32,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from functools import partial
 from typing import Iterator
 
 import av
@@ -200,8 +201,9 @@ def _metadata(stream, label: str, frame_pts: list[int], end_pts: int, first_fram
 
 def decode_frames(path: str, metadata: VideoMetadata, indices: list[int], backend: str, limits: Limits,
                   deadline: float, notes: list[str]) -> Iterator[tuple[int, float, torch.Tensor]]:
-    """Yield (index, seconds, uint8 CHW frame with rotation applied) for each of the sorted unique `indices`, each
-    frame at most once and in order. Stops after the last one; a damaged file may leave some out (the caller checks
+    """Yield (index, seconds, picture) for each of the sorted unique `indices`, each frame at most once and in order;
+    `picture()` returns the uint8 CHW frame with rotation applied (it converts to RGB, so the caller can call it on
+    another thread than the decoder's). Stops after the last one; a damaged file may leave some out (the caller checks
     what came). Raises TimestampsUnfit when the file's times turn out wrong (decode again with
     `replace(metadata, timestamps_proven=False)`). A backend that deviates from what was asked adds a note."""
     if backend == "pyav":
@@ -238,7 +240,7 @@ def _decode_pyav(path, metadata, indices, limits, deadline):
         stream = container.streams.video[0]
         stream.thread_type, stream.thread_count = "AUTO", DECODE_THREADS
         for index, frame in frames(container, stream, metadata, indices, limits, deadline):
-            yield index, metadata.frame_time(index), _to_tensor(frame, metadata.rotation)
+            yield index, metadata.frame_time(index), partial(_to_tensor, frame, metadata.rotation)
 
 
 def _counted_frames(container, stream, metadata, indices, limits, deadline):
@@ -336,7 +338,7 @@ def _decode_random_access(path, metadata, indices, limits, deadline, notes, back
             yield from _decode_pyav(path, metadata, indices[start:], limits, deadline)
             return
         for index, image in zip(chunk, images):
-            yield index, metadata.frame_time(index), image
+            yield index, metadata.frame_time(index), partial(torch.Tensor.contiguous, image)
 
 
 def _torchcodec_chunks(path, metadata, indices):

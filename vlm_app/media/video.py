@@ -229,13 +229,14 @@ def _decode_into(frames, positions, path, metadata, backend, limits, deadline, n
     """Decode the frames `positions` names into `frames`, resizing each as it comes; {index: seconds} decoded."""
     size, kernel = tuple(frames.shape[2:]), options.get("resize", "exact")
     times = {}
-    # One resize thread with one torch thread, overlapping the decode: torch's OpenMP pool spinning against
-    # FFmpeg's decode threads costs more than a parallel resize gains. A short queue bounds the native frames held.
+    # One thread converts each wanted frame to RGB and resizes it (one torch thread) while the decoder goes on:
+    # torch's OpenMP pool spinning against FFmpeg's threads costs more than a parallel resize gains. A short queue
+    # bounds the decoded frames held.
     with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,)) as resizer:
         pending = deque()
-        for index, seconds, image in decode_frames(path, metadata, sorted(positions), backend, limits, deadline,
-                                                   notes):
-            pending.append(resizer.submit(_resize_into, frames, positions[index], image, size, kernel))
+        for index, seconds, picture in decode_frames(path, metadata, sorted(positions), backend, limits, deadline,
+                                                     notes):
+            pending.append(resizer.submit(_resize_into, frames, positions[index], picture, size, kernel))
             times[index] = seconds
             if len(pending) > RESIZE_QUEUE:
                 pending.popleft().result()
@@ -304,9 +305,8 @@ def output_size(height: int, width: int, nframes: int, policy: SamplingPolicy, o
     return sampling.smart_resize(height, width, policy.factor, min_pixels, max_pixels)
 
 
-def _resize_into(frames: torch.Tensor, positions: list[int], image: torch.Tensor, size: tuple[int, int],
-                 kernel: str) -> None:
-    frames[positions] = resize_frame(image, size, kernel)
+def _resize_into(frames: torch.Tensor, positions: list[int], picture, size: tuple[int, int], kernel: str) -> None:
+    frames[positions] = resize_frame(picture(), size, kernel)
 
 
 def resize_frame(image: torch.Tensor, size: tuple[int, int], kernel: str = "exact") -> torch.Tensor:
