@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import bisect
 import importlib.util
-import os
 import time
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -50,8 +49,7 @@ TIMED_FORMATS = {"mov", "mp4", "matroska", "webm"}  # containers that store each
 ONE_FRAME_PER_PACKET = {"h264", "hevc", "vp8", "vp9", "av1", "mjpeg", "prores", "dnxhd", "ffv1", "mpeg2video"}
 SEEK_MIN_FRAMES = 12  # a keyframe fewer frames ahead than this is decoded through rather than sought to
 VERIFY_FRAMES = 24  # frames decoded in full at the start of a timed decode to check the times against the probe
-# One core is left to the resize thread that runs beside the decoder; FFmpeg's threads take the rest.
-DECODE_THREADS = max(len(os.sched_getaffinity(0)) - 1, 1)
+DECODE_THREADS = 0  # FFmpeg's choice: a thread per core
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from vlm_app.media.options import RESIZE_KERNELS, RESIZE_OPTIONS, VIDEO_OPTIONS
 from vlm_app.media.policies import SamplingPolicy, get_policy, policy_notes
 from vlm_app.media.sources import is_local, local_file
 
-RESIZE_QUEUE = 4  # decoded frames waiting for the resize thread
+RESIZE_QUEUE = 4  # decoded frames waiting for a resize worker
+RESIZE_WORKERS = len(os.sched_getaffinity(0))
 FRAME_LIST_IGNORED = ("nframes", "min_frames", "max_frames", "video_start", "video_end", "backend")
 
 
@@ -229,10 +230,10 @@ def _decode_into(frames, positions, path, metadata, backend, limits, deadline, n
     """Decode the frames `positions` names into `frames`, resizing each as it comes; {index: seconds} decoded."""
     size, kernel = tuple(frames.shape[2:]), options.get("resize", "exact")
     times = {}
-    # One thread converts each wanted frame to RGB and resizes it (one torch thread) while the decoder goes on:
-    # torch's OpenMP pool spinning against FFmpeg's threads costs more than a parallel resize gains. A short queue
-    # bounds the decoded frames held.
-    with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,)) as resizer:
+    # Worker threads (one torch thread each) convert each wanted frame to RGB and resize it while the decoder goes
+    # on: cheap codecs leave the cores to the resize, costly ones to FFmpeg's threads; torch's own OpenMP pool
+    # spinning against FFmpeg's threads would cost more. A short queue bounds the decoded frames held.
+    with ThreadPoolExecutor(RESIZE_WORKERS, initializer=torch.set_num_threads, initargs=(1,)) as resizer:
         pending = deque()
         for index, seconds, picture in decode_frames(path, metadata, sorted(positions), backend, limits, deadline,
                                                      notes):
