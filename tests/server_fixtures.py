@@ -5,20 +5,16 @@ body deadline (so the queue and slow-body cases are cheap to make)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ui_fixtures import _free_port
+from ui_fixtures import _free_port, running_server
 
 API_KEY = "test-key-0123456789"
 BODY_TIMEOUT_S = 3
-SERVER_START_TIMEOUT_S = 120
 
 
 @dataclass
@@ -31,19 +27,6 @@ class ApiServer:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"the server did not answer within {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -62,18 +45,8 @@ def api_server(tmp_path_factory, tiny_checkpoints, make_clip) -> ApiServer:
     command = [sys.executable, "-m", "vlm_app", "serve", "--models", *models, "--host", "127.0.0.1",
                "--port", str(port), "--api-key", API_KEY, "--allow-dir", str(allowed), "--allow-host", "localhost",
                "--max-queue", "1", "--body-timeout", str(BODY_TIMEOUT_S), "--device", "cpu"]
-    with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_until_up(f"http://127.0.0.1:{port}/health", process, log)
+    with running_server(command, env, log, f"http://127.0.0.1:{port}/health") as process:
         yield ApiServer(url=f"http://127.0.0.1:{port}/v1", pid=process.pid, models=models, allowed=allowed, log=log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

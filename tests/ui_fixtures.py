@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -35,17 +37,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def running_server(command: list[str], env: dict, log: Path, probe_url: str) -> Iterator[subprocess.Popen]:
+    """`command` started with its output in `log`, once `probe_url` answers; stopped afterwards."""
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_until_up(probe_url, process, log)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the ui server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            with urllib.request.urlopen(url + "config", timeout=2):
+            with urllib.request.urlopen(url, timeout=2):
                 return
         except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"the ui server did not answer within {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.3)
+    raise RuntimeError(f"the server did not answer within {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -62,20 +81,10 @@ def ui_server(tmp_path_factory, tiny_checkpoints) -> UiServer:
     command = [sys.executable, "-m", "vlm_app", "ui", "--models", *models, "--port", str(port),
                "--max-upload-mb", str(UI_MAX_UPLOAD_MB), "--max-duration", str(UI_MAX_DURATION_S),
                "--votes", str(root / "votes.jsonl"), "--device", "cpu"]
-    with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_until_up(url, process, log)
+    with running_server(command, env, log, url + "config") as process:
         yield UiServer(url=url, pid=process.pid, models=models, votes=root / "votes.jsonl", log=log,
                        scratch_parent=scratch_parent)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="session")
