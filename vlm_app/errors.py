@@ -34,3 +34,8 @@ class NotOfferedError(ModelLoadError):
 
 class ExposureError(VlmAppError):
     """Listening beyond this machine without authentication was asked for."""
+
+
+class OutOfMemory(VlmAppError):
+    """The request needed more memory (GPU or RAM) than the machine had; the message says where and what to
+    shrink. The memory it held is released, so the next request runs normally."""

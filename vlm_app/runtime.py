@@ -272,6 +272,17 @@ def model_bytes(adapter) -> int:
         sum(b.numel() * b.element_size() for b in adapter.model.buffers())
 
 
+def release_memory() -> None:
+    """Hand memory nobody references any more back: collect reference cycles, then empty the accelerator
+    allocators' caches (so the next model or request, or another process, gets it). Touches CUDA only once this
+    process has initialised it."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    if torch.backends.mps.is_available():
+        torch.mps.empty_cache()
+
+
 def _default_budget() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.get_device_properties(0).total_memory * 0.9)
@@ -321,9 +332,7 @@ class ModelCache:
 
     def _drop(self, key: tuple) -> None:
         self._models.pop(key)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_memory()
 
     def unload(self, name: str | None = None) -> int:
         """Unload every cached model named `name` (all models when None); returns how many were unloaded."""

@@ -8,26 +8,35 @@ server all call it; none builds records or stats on its own.
 
 The record (see `build_record`) has one stats schema: `timings` is the adapter's `Timings.as_dict()`
 (preprocess_s, prefill_s = time to first token, decode_s, new_tokens, tokens_per_s, peak_memory_bytes).
-User mistakes (`VlmAppError`) become the record's `error`; bugs propagate.
+User mistakes (`VlmAppError`) become the record's `error`; bugs propagate. Running out of memory (GPU or RAM)
+anywhere in prepare or generation is not a bug: `MemoryGuard` turns it into `OutOfMemory`, after releasing what
+the failed step held, so the record gets the error and the next request runs normally.
 """
 
 from __future__ import annotations
 
-import gc
 import os
+import re
+import sys
 import threading
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
-from vlm_app.errors import OptionsError, VlmAppError
+from vlm_app.errors import OptionsError, OutOfMemory, VlmAppError
 from vlm_app.grounding import parse_grounding
 from vlm_app.messages import conversation, media_items, normalize
 
 GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "stop")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 DEFAULT_MAX_NEW_TOKENS = 256
+# what allocation failures say, lower-cased: torch's CUDA/MPS allocators, cuBLAS, cuDNN, the CPU allocator
+OUT_OF_MEMORY_MARKERS = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed",
+                         "can't allocate memory", "not enough memory")
+OUT_OF_MEMORY_ADVICE = ("To fit: fewer frames or pixels per frame (--max-frames/--nframes, --max-pixels), "
+                        "--max-memory, a smaller model, or --chapters for a long video.")
 
 
 @dataclass
@@ -96,6 +105,59 @@ def one_turn(prompt: str, source: Any, media: dict | None = None, generation: di
                    str(label if label is not None else source))
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation failure: Python's MemoryError, torch's OutOfMemoryError, or a RuntimeError
+    of an allocator (CUDA, MPS, cuBLAS, cuDNN, CPU) saying so. Anything else is a bug and stays one."""
+    if isinstance(error, MemoryError):
+        return True
+    torch = sys.modules.get("torch")  # before torch is imported, no torch error can exist
+    if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):  # = torch.OutOfMemoryError (2.5+)
+        return True
+    return isinstance(error, RuntimeError) and any(marker in str(error).lower() for marker in OUT_OF_MEMORY_MARKERS)
+
+
+def out_of_memory_message(stage: str, device: Any, error: BaseException) -> str:
+    """Where memory ran out (the GPU torch names, else `device`; RAM for host allocations), in which stage, how
+    much was asked for when the error says, and what to shrink."""
+    text = " ".join(str(error).split())
+    gpu = re.search(r"GPU (\d+) has", text)
+    if isinstance(error, MemoryError) or "cpuallocator" in text.lower():
+        where = "in RAM"
+    elif gpu:
+        where = f"on cuda:{gpu.group(1)}"
+    else:
+        where = "in RAM" if str(device).startswith("cpu") else f"on {device}"
+    asked = re.search(r"(?:tried|unable) to allocate ([\d.]+ ?\w+)", text, re.IGNORECASE)
+    failed = f": allocating {asked.group(1)} failed" if asked else ""
+    return f"out of memory {where} while {stage}{failed}. {OUT_OF_MEMORY_ADVICE}"
+
+
+class MemoryGuard:
+    """`with MemoryGuard(stage, device):` an out-of-memory error inside (see `is_out_of_memory`) becomes
+    `OutOfMemory` naming the stage and the device. First the memory of the failed step is let go: the locals of
+    every finished frame of its traceback (activations, KV cache, decoded frames), what `drop` releases (the
+    caller's own references), then `runtime.release_memory` (gc and the accelerator caches). Set `stage` inside
+    the block as the work moves on. Every other error passes untouched."""
+
+    def __init__(self, stage: str, device: Any, drop: Callable[[], None] | None = None):
+        self.stage, self.device, self.drop = stage, device, drop
+
+    def __enter__(self) -> "MemoryGuard":
+        return self
+
+    def __exit__(self, kind, error, trace) -> bool:
+        if error is None or not is_out_of_memory(error):
+            return False
+        from vlm_app.runtime import release_memory
+
+        message = out_of_memory_message(self.stage, self.device, error)
+        traceback.clear_frames(trace)  # the frame still running (the `with`'s own) keeps its locals
+        if self.drop is not None:
+            self.drop()
+        release_memory()
+        raise OutOfMemory(message) from error
+
+
 class Run:
     """One request on one adapter. `prepare()` samples the media and builds the inputs (raising `VlmAppError` on
     a user mistake); iterating yields the answer's text pieces (stop strings cut the answer and stop the model);
@@ -115,18 +177,29 @@ class Run:
         if callable(self.adapter):
             self.adapter = self.adapter()
         if self.prepared is None:
-            self.prepared = self.adapter.prepare(self.request.messages, max_new_tokens=self.request.max_new_tokens,
-                                                 limits=self.request.limits, **self.request.media)
+            with MemoryGuard("preparing the inputs (decoding the media, the processor)", self.adapter.device):
+                self.prepared = self.adapter.prepare(self.request.messages,
+                                                     max_new_tokens=self.request.max_new_tokens,
+                                                     limits=self.request.limits, **self.request.media)
         return self.prepared
 
     def __iter__(self) -> Iterator[str]:
         self.prepare()
-        stream = self.adapter.stream(self.prepared, cancel=self.cancel, **self.request.generate_options())
-        try:
-            yield from self._until_stop(stream)
-        finally:
-            stream.close()
+        counts = self.prepared.num_tokens
+        prompt = f"{counts.total}-token prompt, {counts.visual} visual"
+        with MemoryGuard(f"reading the prompt (prefill; {prompt})", self.adapter.device, self._drop_inputs) as guard:
+            stream = self.adapter.stream(self.prepared, cancel=self.cancel, **self.request.generate_options())
+            try:
+                for piece in self._until_stop(stream):
+                    guard.stage = f"generating the answer ({prompt})"
+                    yield piece
+            finally:
+                stream.close()
         self.generation = stream.generation
+
+    def _drop_inputs(self) -> None:
+        """Let go of the model inputs (on the model's device) after a failure; what was shown stays for the record."""
+        self.prepared.inputs.clear()
 
     def _until_stop(self, pieces: Iterator[str]) -> Iterator[str]:
         """Pass text on, holding back a tail that could be the start of a stop string; at a stop string, end
@@ -191,6 +264,8 @@ def compare(models: list[str], request: Request, adapter_for: Callable[[str], An
     Yields (model, Run) for the caller to iterate or execute (the run loads its model when it starts; its cancel
     flag comes from `new_cancel`). A run cancelled by its flag (Stop) ends the comparison: the models not yet run
     come as (model, None)."""
+    from vlm_app.runtime import release_memory
+
     stopped = False
     for model in models:
         if stopped:
@@ -200,7 +275,7 @@ def compare(models: list[str], request: Request, adapter_for: Callable[[str], An
         yield model, run
         stopped = run.generation is not None and run.record["cancelled"]
         run.adapter = None  # the caller is done with this model: free it before the next one loads
-        gc.collect()
+        release_memory()
 
 
 def shown_media(prepared) -> list[dict]:
