@@ -6,6 +6,9 @@
     prepared = adapter.prepare([{"role": "user", "content": [{"type": "video", "video": "clip.mp4"},
                                                              {"type": "text", "text": "Describe."}]}])
     out = adapter.forward(prepared, output_hidden_states=True)   # logits, hidden states, visual_hidden(layer)
+
+`describe` records running out of memory as the record's `error` (`vlm_app.errors.OutOfMemory`); around your own
+adapter calls, `with vlm_app.service.MemoryGuard("the forward pass", adapter.device): ...` does the same.
 """
 
 from __future__ import annotations

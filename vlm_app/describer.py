@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.grounding import draw_boxes, parse_grounding
 from vlm_app.results import JsonlResults
-from vlm_app.service import IMAGE_SUFFIXES, compare, execute, is_image, one_turn
+from vlm_app.service import IMAGE_SUFFIXES, MemoryGuard, compare, execute, is_image, one_turn
 
 DEFAULT_PROMPT = "Describe this video."
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
@@ -121,8 +121,22 @@ def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str |
     """Save every layer's hidden states (layers+1, L, D; embeddings first), the input ids, the visual-token map
     and the visual tokens' last-layer states to a .safetensors file, with the record's provenance as metadata.
     `max_new_tokens`: the answer budget the described record was prepared with (so the same frames are shown)."""
-    import torch
     from safetensors.torch import save_file
+
+    with MemoryGuard("computing every layer's hidden states (--dump-features)", adapter.device):
+        tensors, video = _features(adapter, source, prompt, sampling, max_new_tokens)
+    metadata = {"source": str(source), "model": adapter.info.model_id, "revision": str(adapter.info.revision),
+                "family": adapter.family, "dtype": adapter.info.dtype, "prompt": prompt,
+                "frames_indices": json.dumps(list(video.frames_indices) if video else []),
+                "timestamps": json.dumps(list(video.timestamps) if video else []), "sampling": json.dumps(sampling)}
+    path = Path(path)
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(path), metadata=metadata)
+    return path
+
+
+def _features(adapter, source: Any, prompt: str, sampling: dict, max_new_tokens: int | None) -> tuple[dict, Any]:
+    """The tensors `dump_features` saves (on the CPU) and the video shown, from one prepare and one forward pass."""
+    import torch
 
     from vlm_app.media import SampledVideo
 
@@ -133,13 +147,7 @@ def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str |
                "input_ids": prepared.inputs["input_ids"][0].cpu(),
                "visual_hidden": output.visual_hidden(-1).float().cpu(),
                **{f"visual_map.{name}": value for name, value in prepared.visual_map.tensors().items()}}
-    metadata = {"source": str(source), "model": adapter.info.model_id, "revision": str(adapter.info.revision),
-                "family": adapter.family, "dtype": adapter.info.dtype, "prompt": prompt,
-                "frames_indices": json.dumps(list(video.frames_indices) if video else []),
-                "timestamps": json.dumps(list(video.timestamps) if video else []), "sampling": json.dumps(sampling)}
-    path = Path(path)
-    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(path), metadata=metadata)
-    return path
+    return tensors, video
 
 
 def save_boxes_image(source: Any, answer: str, path: str | Path) -> int:

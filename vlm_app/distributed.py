@@ -23,7 +23,7 @@ from pathlib import Path
 from vlm_app.describer import collection_sources
 from vlm_app.errors import OptionsError, SourceError, VlmAppError
 from vlm_app.results import JsonlResults, sources_to_skip
-from vlm_app.service import build_record, execute, one_turn
+from vlm_app.service import MemoryGuard, build_record, execute, one_turn
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install -e ".[ray]"  (or: pip install "ray[data]>=2.40" pyarrow)'
 PARQUET_PART_ROWS = 64  # records per Parquet part file: a crash loses at most this many finished records
@@ -94,7 +94,8 @@ class Decoder:
     def __call__(self, row: dict) -> dict:
         request = one_turn(self.job.prompt, row["location"], self.job.sampling, self.job.generation)
         try:
-            video = self.sampler.load_media(request.messages, request.media, request.max_new_tokens)[0]
+            with MemoryGuard("decoding the video", "cpu"):
+                video = self.sampler.load_media(request.messages, request.media, request.max_new_tokens)[0]
         except VlmAppError as error:
             return {"source": row["source"], "video": None, "error": str(error)}
         return {"source": row["source"], "video": video, "error": None}
