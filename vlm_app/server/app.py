@@ -7,7 +7,8 @@
 Every /v1 route checks the Bearer key (constant-time) before reading the body; the body is read with a byte cap
 and a deadline. One model job runs at a time, in a worker thread; up to `max_queue` wait, and more get 429. A
 client that goes away cancels its job, which stops the model within one token. Failures are OpenAI error
-objects with a 4xx status for every client mistake; a 500 means a bug.
+objects with a 4xx status for every client mistake, 507 when the request needs more memory than the machine has;
+a 500 means a bug.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from vlm_app.errors import (DecodeError, LimitError, ModelLoadError, NotOfferedError, OptionsError, SourceError,
-                            VlmAppError)
+from vlm_app.errors import (DecodeError, LimitError, ModelLoadError, NotOfferedError, OptionsError, OutOfMemory,
+                            SourceError, VlmAppError)
 from vlm_app.security import offered_model
 from vlm_app.server.protocol import (ApiError, chunk, completion, completion_id, extension, finish_reason, parse_chat,
                                      usage)
@@ -78,6 +79,8 @@ def as_api_error(error: VlmAppError) -> ApiError:
         return ApiError(503, f"the model could not be loaded: {error}", "model", "model_unavailable", "server_error")
     if isinstance(error, DecodeError):
         return ApiError(422, str(error), "messages", "undecodable_media")
+    if isinstance(error, OutOfMemory):  # the same request fails the same way: tell clients not to retry it as is
+        return ApiError(507, str(error), "messages", "out_of_memory", "server_error", {"x-should-retry": "false"})
     codes = {SourceError: "invalid_source", LimitError: "limit_exceeded", OptionsError: "invalid_options"}
     return ApiError(400, str(error), "messages", next((code for kind, code in codes.items() if isinstance(error, kind)),
                                                       "invalid_request"))
@@ -160,6 +163,8 @@ class Server:
                      record["timings"]["new_tokens"])
             put("done", record)
         except VlmAppError as error:
+            if isinstance(error, OutOfMemory):  # not the client's mistake alone: the operator should see it too
+                log.warning("request on %s: %s", call.model, error)
             put("error", as_api_error(error))
         except Exception as error:  # a bug: logged with its traceback, answered as a 500
             log.exception("request on %s failed", call.model)
@@ -230,7 +235,7 @@ async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> No
 
 
 def _error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def create_app(config: ServerConfig) -> FastAPI:

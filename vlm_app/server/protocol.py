@@ -32,12 +32,14 @@ PART_TYPES = ("text", "image_url", "video_url")
 
 
 class ApiError(VlmAppError):
-    """A request the server refuses: the HTTP status and OpenAI's error fields."""
+    """A request the server refuses: the HTTP status, OpenAI's error fields and any response headers
+    (`x-should-retry: false` stops the openai clients retrying a 5xx that would fail again)."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
