@@ -28,15 +28,19 @@ def load(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
 
 
 def describe(source, model=DEFAULT_MODEL, prompt: str = DEFAULT_PROMPT, out: str | None = None,
-             resume: bool = False, generation: dict | None = None, **sampling) -> dict | list[dict]:
+             resume: bool = False, generation: dict | None = None, max_memory=None, fit: bool = True,
+             **sampling) -> dict | list[dict]:
     """Describe a video (returns its record) or every video of a folder or list file (returns the records; with
-    `out`, also appends them to that JSONL). `model` is a name/path (loaded once, kept in the runtime cache) or an adapter."""
+    `out`, also appends them to that JSONL). `model` is a name/path (loaded once, kept in the runtime cache) or an adapter.
+    `max_memory` (bytes, "12GB" or "auto") lowers each video to fit, unless `fit=False` (`service.Request`)."""
     from vlm_app.runtime import CACHE
 
     is_folder = collection_sources(source) is not None
     if not is_folder:
         check_source(source)  # before a model is loaded for nothing
     adapter = CACHE.get(model) if isinstance(model, str) else model
+    memory = {"max_memory": max_memory, "fit": fit}
     if is_folder:
-        return describe_folder(adapter, source, out, prompt, sampling, generation, resume=resume, progress=False)
-    return execute(adapter, one_turn(prompt, source, sampling, generation))
+        return describe_folder(adapter, source, out, prompt, sampling, generation, resume=resume, progress=False,
+                               memory=memory)
+    return execute(adapter, one_turn(prompt, source, sampling, generation, **memory))

@@ -50,6 +50,16 @@ SAMPLING_KEYS = ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "ma
                  "video_start", "video_end", "backend", "resize")
 
 
+def _add_memory_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("memory (the pre-flight estimates each request's peak before decoding)")
+    group.add_argument("--max-memory", metavar="BYTES|auto", default=None,
+                       help="the peak a request may reach on the model's device: bytes, a size (12GB, 512MiB) or "
+                            "auto (free GPU memory, or 80%% of the available RAM); over it, videos are lowered to "
+                            "fit, pixels per frame first, then frames (the record's notes say so)")
+    group.add_argument("--no-fit", action="store_true",
+                       help="keep the reference sampling budget even over --max-memory")
+
+
 def sampling_options(args: argparse.Namespace) -> dict:
     """The sampling options the user actually set, as keyword arguments for `load_video`."""
     return {key: getattr(args, key) for key in SAMPLING_KEYS if getattr(args, key, None) is not None}
@@ -210,6 +220,7 @@ def _add_describe(sub) -> None:
     _add_model_options(parser)
     _add_generation_options(parser)
     _add_sampling_options(parser)
+    _add_memory_options(parser)
     parser.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     parser.add_argument("--json", action="store_true", help="print one JSON object per video")
     parser.add_argument("--out", metavar="JSONL",
@@ -257,6 +268,7 @@ def _add_compare(sub) -> None:
     _add_model_options(parser, many=True)
     _add_generation_options(parser)
     _add_sampling_options(parser)
+    _add_memory_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object per model")
     parser.set_defaults(handler=_run_compare)
 

@@ -90,9 +90,10 @@ def collection_sources(source: Any) -> list[str] | None:
 def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, prompt: str = DEFAULT_PROMPT,
                     sampling: dict | None = None, generation: dict | None = None, resume: bool = False,
                     retry_failed: bool = False, emit: Callable[[dict], None] | None = None,
-                    progress: bool = True) -> list[dict]:
+                    progress: bool = True, memory: dict | None = None) -> list[dict]:
     """Describe every video of a folder or list file, appending one JSON line per video to `out_path` as it
-    finishes. `resume` and `retry_failed` follow the one resume rule of `vlm_app.results`."""
+    finishes. `resume` and `retry_failed` follow the one resume rule of `vlm_app.results`. `memory`: the
+    request's max_memory and fit (`service.Request`)."""
     from tqdm import tqdm
 
     videos = collection_sources(folder)
@@ -104,7 +105,7 @@ def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, pr
     todo = [video for video in videos if str(video) not in skip]
     try:
         for video in tqdm(todo, desc="describe", unit="video", disable=not progress, file=sys.stderr):
-            record = execute(adapter, one_turn(prompt, video, sampling, generation))
+            record = execute(adapter, one_turn(prompt, video, sampling, generation, **(memory or {})))
             records.append(record)
             if results is not None:
                 results.add(record)
@@ -161,6 +162,13 @@ def save_boxes_image(source: Any, answer: str, path: str | Path) -> int:
     return len(boxes)
 
 
+def memory_options(args) -> dict:
+    """--max-memory and --no-fit as `service.Request` fields."""
+    from vlm_app.memory import parse_max_memory
+
+    return {"max_memory": parse_max_memory(args.max_memory), "fit": not args.no_fit}
+
+
 def _print_answer_line(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -183,7 +191,7 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
         adapter = load_adapter(args.model, **model_options)
         emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
         records = describe_folder(adapter, source, args.out, prompt, sampling, generation, resume=resume,
-                                  retry_failed=args.retry_failed, emit=emit)
+                                  retry_failed=args.retry_failed, emit=emit, memory=memory_options(args))
         failed = [record for record in records if record["error"]]
         print(f"described {len(records) - len(failed)} video(s), {len(failed)} failed"
               + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
@@ -202,7 +210,7 @@ def _describe_one(args, adapter, prompt: str, sampling: dict, generation: dict, 
     """One video or image: the answer (streamed to a terminal), its record in --out, then features and boxes."""
     source = args.source
     streaming = not args.json and (args.stream or sys.stdout.isatty())
-    record = execute(adapter, one_turn(prompt, source, sampling, generation),
+    record = execute(adapter, one_turn(prompt, source, sampling, generation, **memory_options(args)),
                      on_text=_print_answer_line if streaming else None)
     if results is not None:
         with results:
@@ -251,7 +259,7 @@ def run_compare_command(args, model_options: dict, sampling: dict, generation: d
         raise OptionsError("--models needs at least two models to compare (a,b or a b)")
     prompt = resolve_prompt(args.prompt, args.template)
     check_source(args.source)
-    request = one_turn(prompt, args.source, sampling, generation)
+    request = one_turn(prompt, args.source, sampling, generation, **memory_options(args))
     records = [run.execute() for _, run in compare(names, request, lambda name: load_adapter(name, **model_options))]
     if args.json:
         for record in records:

@@ -27,11 +27,13 @@ from urllib.parse import urlparse
 
 from vlm_app.errors import OptionsError, OutOfMemory, VlmAppError
 from vlm_app.grounding import parse_grounding
+from vlm_app.memory import Fit, MemoryEstimate, RequestShape, format_bytes, parse_max_memory, resolve_limit
 from vlm_app.messages import conversation, media_items, normalize
 
 GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "stop")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 DEFAULT_MAX_NEW_TOKENS = 256
+TEMPLATE_TOKENS = 32  # the chat template's own tokens around the prompt, for the pre-flight
 # what allocation failures say, lower-cased: torch's CUDA/MPS allocators, cuBLAS, cuDNN, the CPU allocator
 OUT_OF_MEMORY_MARKERS = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed",
                          "can't allocate memory", "not enough memory")
@@ -48,6 +50,10 @@ class Request:
     generation: max_new_tokens, temperature, top_p, seed, do_sample, stop (a string or a list of strings)
     limits:     the media pipeline's `Limits` (None: the defaults, local files and addresses allowed)
     source:     what the record names as its input (default: the first media item's source)
+    max_memory: the peak this request may reach on the model's device: bytes, a size ("12GB"), "auto" (free GPU
+                memory, or a fraction of the available RAM), or None (no limit). Over it, videos are lowered to fit
+                (pixels per frame first, then frames) before decoding, and the record's notes say so.
+    fit:        False keeps the reference budget even over `max_memory` (the record then notes the excess)
     """
 
     messages: list[dict]
@@ -55,12 +61,15 @@ class Request:
     generation: dict = field(default_factory=dict)
     limits: Any = None
     source: str | None = None
+    max_memory: int | str | None = None
+    fit: bool = True
 
     def __post_init__(self):
         self.messages = normalize(self.messages)
         unknown = sorted(set(self.generation) - set(GENERATION_KEYS))
         if unknown:
             raise OptionsError(f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(GENERATION_KEYS)}")
+        self.max_memory = parse_max_memory(self.max_memory)
 
     @property
     def stop(self) -> list[str]:
@@ -98,11 +107,11 @@ def is_image(source: Any) -> bool:
 
 
 def one_turn(prompt: str, source: Any, media: dict | None = None, generation: dict | None = None,
-             limits=None, label: str | None = None) -> Request:
+             limits=None, label: str | None = None, max_memory=None, fit: bool = True) -> Request:
     """The request asking `prompt` about one image or video (an already sampled video passes through)."""
     messages = conversation(prompt, image=source) if is_image(source) else conversation(prompt, video=source)
     return Request(messages, dict(media or {}), dict(generation or {}), limits,
-                   str(label if label is not None else source))
+                   str(label if label is not None else source), max_memory, fit)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -172,16 +181,46 @@ class Run:
         self.answer = ""
         self.stopped_by_text = False
         self.error: VlmAppError | None = None
+        self.memory_estimate: MemoryEstimate | None = None
+        self.limit: int | None = None  # the request's memory limit in bytes, once resolved
+        self.notes: list[str] = []  # what the request layer changed, and why (the memory fit)
 
     def prepare(self):
         if callable(self.adapter):
             self.adapter = self.adapter()
         if self.prepared is None:
+            fit = self._memory_fit()
             with MemoryGuard("preparing the inputs (decoding the media, the processor)", self.adapter.device):
                 self.prepared = self.adapter.prepare(self.request.messages,
                                                      max_new_tokens=self.request.max_new_tokens,
-                                                     limits=self.request.limits, **self.request.media)
+                                                     limits=self.request.limits,
+                                                     fit=fit.fit_video if fit is not None else None,
+                                                     **self.request.media)
+            self.notes += fit.notes if fit is not None else []
+            shape = self.adapter.prepared_shape(self.prepared, self.request.max_new_tokens)
+            self.memory_estimate = self.adapter.memory_estimate(shape)
+            self._note_excess(fit)
         return self.prepared
+
+    def _memory_fit(self) -> Fit | None:
+        """The pre-flight of a request with a memory limit: videos are fitted as they are probed, on top of the
+        prompt's text and the answer budget. None without a limit, or with `fit=False`."""
+        from vlm_app.runtime import model_bytes
+
+        self.limit = resolve_limit(self.request.max_memory, str(self.adapter.device), model_bytes(self.adapter))
+        if self.limit is None or not self.request.fit:
+            return None
+        text = sum(len(self.adapter.tokenizer(item["text"]).input_ids) for message in self.request.messages
+                   for item in message["content"] if item["type"] == "text")
+        return Fit(self.adapter.memory_estimate, self.adapter.video_shape, self.adapter.fit_rules, self.limit,
+                   RequestShape(text_tokens=text + TEMPLATE_TOKENS, max_new_tokens=self.request.max_new_tokens))
+
+    def _note_excess(self, fit: Fit | None) -> None:
+        total = self.memory_estimate.total
+        if self.limit is not None and total > self.limit:
+            kept = "--no-fit kept the reference budget" if fit is None else "images and text are not lowered"
+            self.notes.append(f"memory: the estimated peak, {format_bytes(total)}, is over the "
+                              f"{format_bytes(self.limit)} limit ({kept}); it may run out of memory")
 
     def __iter__(self) -> Iterator[str]:
         self.prepare()
@@ -236,8 +275,7 @@ class Run:
 
     @property
     def record(self) -> dict:
-        return build_record(self.adapter, self.request, self.prepared, self if self.generation else None,
-                            str(self.error) if self.error is not None else None)
+        return build_record(self.adapter, self.request, self, str(self.error) if self.error is not None else None)
 
     def execute(self, on_text: Callable[[str], None] | None = None) -> dict:
         """Run to the end and return the record; a user mistake becomes the record's `error`."""
@@ -286,24 +324,30 @@ def shown_media(prepared) -> list[dict]:
     for item in prepared.media if prepared is not None else []:
         if isinstance(item, SampledVideo):
             shown.append({"type": "video", "frames_indices": list(item.frames_indices),
-                          "timestamps": [round(t, 6) for t in item.timestamps], "sample_fps": item.sample_fps})
+                          "timestamps": [round(t, 6) for t in item.timestamps], "sample_fps": item.sample_fps,
+                          "notes": list(item.notes)})
         else:
             shown.append({"type": "image", "size": list(getattr(item, "image", item).size)})
     return shown
 
 
-def build_record(adapter, request: Request, prepared=None, run: Run | None = None, error: str | None = None) -> dict:
+def build_record(adapter, request: Request, run: Run | None = None, error: str | None = None) -> dict:
     """The JSON-ready record of one request (also for failures: then `error` is set and the rest may be
     empty). Top-level frames and timestamps are those of the first video; `media` lists every item.
-    `boxes`: the answer's grounding boxes (DeepSeek-VL2), on the model's 0-999 grid."""
+    `boxes`: the answer's grounding boxes (DeepSeek-VL2), on the model's 0-999 grid.
+    `memory_estimate_bytes`: the pre-flight's peak for what was prepared (beside `timings.peak_memory_bytes`,
+    measured); `memory_estimate` breaks it down. `notes`: what the request layer and the media pipeline changed."""
+    prepared = run.prepared if run is not None else None
     media = shown_media(prepared)
     video = next((item for item in media if item["type"] == "video"), {})
     generation = run.generation if run is not None else None
+    estimate = run.memory_estimate if run is not None else None
+    answered = generation is not None
     return {
         "source": request.label(),
         "model": adapter.info.model_id,
-        "answer": run.answer if run is not None else None,
-        "boxes": [box.as_dict() for box in parse_grounding(run.answer)] if run is not None else [],
+        "answer": run.answer if answered else None,
+        "boxes": [box.as_dict() for box in parse_grounding(run.answer)] if answered else [],
         "error": error,
         "prompt": request.prompt(),
         "frames_indices": video.get("frames_indices", []),
@@ -313,11 +357,15 @@ def build_record(adapter, request: Request, prepared=None, run: Run | None = Non
         "num_visual_tokens": prepared.num_tokens.visual if prepared is not None else 0,
         "num_tokens": prepared.num_tokens.as_dict() if prepared is not None else None,
         "timings": generation.timings.as_dict() if generation is not None else None,
-        "cancelled": generation.cancelled and not run.stopped_by_text if generation is not None else False,
-        "finish_reason": run.finish_reason() if run is not None else None,
+        "cancelled": generation.cancelled and not run.stopped_by_text if answered else False,
+        "finish_reason": run.finish_reason() if answered else None,
         "model_info": adapter.info.as_dict(),
         "sampling": {"policy": adapter.policy, **{**adapter.sampling_defaults(), **request.media}},
         "generation": {key: request.generation.get(key) for key in GENERATION_KEYS},
+        "memory_estimate_bytes": estimate.total if estimate is not None else None,
+        "memory_estimate": estimate.as_dict() if estimate is not None else None,
+        "max_memory_bytes": run.limit if run is not None else None,
+        "notes": (run.notes if run is not None else []) + [note for item in media for note in item.get("notes", [])],
     }
 
 

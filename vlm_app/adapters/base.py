@@ -14,8 +14,6 @@ within one token: a stopping criterion checks the event after every decoding ste
 from __future__ import annotations
 
 import queue
-import resource
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,8 +21,10 @@ from typing import Any, ClassVar, Iterator
 
 import torch
 
+from vlm_app import memory
+from vlm_app.memory import FitRules, MemoryEstimate, ModelDims, RequestShape
 from vlm_app.messages import media_items, media_options, normalize
-from vlm_app.runtime import ModelInfo, load_adapter, reading_checkpoint
+from vlm_app.runtime import ModelInfo, load_adapter, model_bytes, reading_checkpoint
 
 
 @dataclass
@@ -135,7 +135,7 @@ class ForwardOutput:
 @dataclass
 class Timings:
     """Seconds unless named otherwise. peak_memory_bytes is the CUDA allocator peak of the call on GPU, the
-    process's peak RSS (ru_maxrss, since process start) on CPU."""
+    process's peak RSS during the call on CPU (Linux; since process start elsewhere)."""
 
     preprocess_s: float = 0.0
     prefill_s: float = 0.0           # time to first token
@@ -246,18 +246,6 @@ class Stream:
         return self.generation.timings if self.generation else None
 
 
-def peak_memory_start(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
-
-
 class Adapter:
     """One model family behind one small interface.
 
@@ -323,16 +311,17 @@ class Adapter:
         return getattr(self.config, "text_config", self.config).num_hidden_layers
 
     # ---- inputs --------------------------------------------------------------------------------------------
-    def prepare(self, messages: list[dict], max_new_tokens: int | None = None, limits=None,
+    def prepare(self, messages: list[dict], max_new_tokens: int | None = None, limits=None, fit=None,
                 **sampling_overrides) -> Prepared:
         """The model inputs for `messages`: their media sampled with the family's policy (`load_media`), then the
         family's processing (`build_inputs`), each timed. `max_new_tokens` is the answer budget the caller will
         generate with: a family whose prompt must leave room for the answer (DeepSeek-VL2 fits prompt and answer
         in 4096 tokens) sizes its frame count by it; the others ignore it. None: the family's default budget.
-        `limits`: the media pipeline's `Limits` (None: its defaults); the server passes its fetch guard here."""
+        `limits`: the media pipeline's `Limits` (None: its defaults); the server passes its fetch guard here.
+        `fit`: each video's last word on its options once probed (`load_video(fit=...)`; the memory fit)."""
         messages = normalize(messages)
         started = time.perf_counter()
-        media = self.load_media(messages, sampling_overrides, max_new_tokens, limits)
+        media = self.load_media(messages, sampling_overrides, max_new_tokens, limits, fit)
         media_done = time.perf_counter()
         inputs, visual_map, prompt = self.build_inputs(messages, media, max_new_tokens)
         done = time.perf_counter()
@@ -358,7 +347,7 @@ class Adapter:
         return {}
 
     def load_media(self, messages: list[dict], sampling_overrides: dict, max_new_tokens: int | None = None,
-                   limits=None) -> list:
+                   limits=None, fit=None) -> list:
         """Sample every image/video item with this family's policy; already sampled items pass through.
         Precedence: per-item options > call overrides (videos) > checkpoint defaults > policy. `max_new_tokens`: the
         answer budget, as in `prepare` (a family whose frame count depends on it overrides this method)."""
@@ -373,11 +362,46 @@ class Adapter:
                 asked = {**sampling_overrides, **media_options(item)}
                 defaults = {key: value for key, value in self.sampling_defaults().items()
                             if not (key == "fps" and "nframes" in asked)}  # a frame count replaces the default rate
-                shown.append(load_video(source, policy=self.policy, limits=limits, **{**defaults, **asked}))
+                shown.append(load_video(source, policy=self.policy, limits=limits, fit=fit, **{**defaults, **asked}))
             else:
                 shown.append(load_image(source, policy=self.policy, limits=limits,
                                         **{**self.image_defaults(), **media_options(item)}))
         return shown
+
+    # ---- memory --------------------------------------------------------------------------------------------
+    def memory_dims(self) -> ModelDims:
+        """The sizes of this checkpoint's language model and vision encoder that its memory use follows."""
+        raise NotImplementedError
+
+    def video_shape(self, metadata, options: dict) -> tuple[RequestShape, int, int]:
+        """What a probed video sampled with `options` will cost, before it is decoded: (its shape, frames,
+        pixels per frame as resized here; 0 where the processor sizes frames)."""
+        raise NotImplementedError
+
+    def encoder_batch(self, inputs: dict) -> tuple[int, int]:
+        """(sequences, patches per sequence) the vision encoder gets for these model inputs (widest call)."""
+        raise NotImplementedError
+
+    def fit_rules(self, options: dict) -> FitRules:
+        """How far the memory fit may lower a video with these options (the family's own rules)."""
+        return FitRules(min_frames=1)
+
+    def prepared_shape(self, prepared: Prepared, max_new_tokens: int) -> RequestShape:
+        """The exact shape of a prepared request: its tokens, its encoder batch, its media tensors."""
+        from vlm_app.media import SampledVideo
+
+        sequences, length = self.encoder_batch(prepared.inputs)
+        media = sum(value.nbytes for value in prepared.inputs.values() if isinstance(value, torch.Tensor)
+                    and value.is_floating_point())
+        media += sum(item.frames.nbytes for item in prepared.media if isinstance(item, SampledVideo))
+        return RequestShape(text_tokens=prepared.num_tokens.text, visual_tokens=prepared.num_tokens.visual,
+                            encoder_sequences=sequences, encoder_sequence=length, media_bytes=media,
+                            max_new_tokens=max_new_tokens)
+
+    def memory_estimate(self, shape: RequestShape) -> MemoryEstimate:
+        """The peak of a request of this shape on this model's device (`vlm_app.memory.estimate`)."""
+        return memory.estimate(self.memory_dims(), shape, model_bytes(self), self.model.dtype.itemsize,
+                               str(self.device))
 
     def _to_device(self, inputs) -> dict[str, torch.Tensor]:
         return {key: value.to(self.device) if isinstance(value, torch.Tensor) else value
@@ -435,14 +459,14 @@ class Adapter:
         recorder = _TokenRecorder(pieces)
         stopper = _CancelOnEvent(cancel or threading.Event())
         options["stopping_criteria"] = [stopper]
-        peak_memory_start(self.device)
+        memory.reset_peak(str(self.device))
         start = time.perf_counter()
         self.model.generate(**prepared.inputs, streamer=recorder, **options)
         times = recorder.token_times
         timings = Timings(preprocess_s=prepared.timings.get("preprocess_s", 0.0),
                           prefill_s=(times[0] - start) if times else time.perf_counter() - start,
                           decode_s=(times[-1] - times[0]) if times else 0.0,
-                          new_tokens=len(recorder.token_ids), peak_memory_bytes=peak_memory_bytes(self.device))
+                          new_tokens=len(recorder.token_ids), peak_memory_bytes=memory.peak_bytes(str(self.device)))
         text = self.decode(recorder.token_ids)
         return Generation(text=text, token_ids=recorder.token_ids, timings=timings,
                           cancelled=stopper.fired)

@@ -14,10 +14,12 @@ from PIL import Image
 
 from vlm_app.adapters.base import Adapter, VisualMap
 from vlm_app.errors import LimitError, OptionsError
+from vlm_app.memory import ModelDims, RequestShape, TextDims, VisionDims
 from vlm_app.media.policies import DEEPSEEK_DEFAULT_MAX_NEW_TOKENS, deepseek_max_frames
 from vlm_app.messages import normalize
 
 USER, ASSISTANT = "<|User|>", "<|Assistant|>"
+VIEWS_PER_FRAME = 2  # an untiled frame is a global view and one local view, each a 384 x 384 image
 
 
 def frame_label(seconds: float) -> str:
@@ -90,12 +92,12 @@ class DeepseekVL2Adapter(Adapter):
         return inputs, self._visual_map(batch, media, owners), batch.sft_format[0]
 
     def load_media(self, messages: list[dict], sampling_overrides: dict, max_new_tokens: int | None = None,
-                   limits=None) -> list:
+                   limits=None, fit=None) -> list:
         """Videos get at most the frames that fit next to the prompt and a `max_new_tokens` answer (None: 512)."""
         if max_new_tokens is None:
             max_new_tokens = DEEPSEEK_DEFAULT_MAX_NEW_TOKENS
         budget = self.frame_budget(normalize(messages), max_new_tokens)
-        return super().load_media(messages, {**sampling_overrides, "max_frames": budget}, limits=limits)
+        return super().load_media(messages, {**sampling_overrides, "max_frames": budget}, limits=limits, fit=fit)
 
     def frame_budget(self, messages: list[dict], max_new_tokens: int) -> int:
         """Frames each video may have: the context left after the prompt (with every video removed) and the
@@ -175,3 +177,41 @@ class DeepseekVL2Adapter(Adapter):
             spans.append({"token_id": self.processor.image_token_id, "media_index": media_index,
                           "frame_index": [frame_index] * len(tiles), "tile_index": tiles, "timestamp": seconds})
         return VisualMap.from_spans(batch.input_ids, spans)
+
+    # ---- memory ----------------------------------------------------------------------------------------------
+    def memory_dims(self) -> ModelDims:
+        """Multi-head attention caches keys and values of every head; multi-head latent attention (small, base)
+        caches them decompressed too, as transformers' DeepSeek models do. A token passes through the shared
+        experts and its routed ones, or the dense MLP of the first layers, whichever is wider."""
+        lang, vision = self.config.language_config, self.config.vision_config
+        heads = lang["num_attention_heads"]
+        if lang.get("use_mla", True) and lang.get("kv_lora_rank"):
+            kv_width = heads * (lang["qk_nope_head_dim"] + lang["qk_rope_head_dim"] + lang["v_head_dim"])
+        else:
+            kv_width = 2 * lang["num_key_value_heads"] * (lang["hidden_size"] // heads)
+        experts = lang["moe_intermediate_size"] * (lang["n_shared_experts"] + lang["num_experts_per_tok"])
+        dense = lang["intermediate_size"] if lang.get("first_k_dense_replace", 0) else 0
+        return ModelDims(text=TextDims(hidden=lang["hidden_size"], mlp_width=max(dense, experts),
+                                       layers=lang["num_hidden_layers"], kv_width=kv_width, vocab=lang["vocab_size"]),
+                         vision=VisionDims(hidden=vision["width"], mlp_width=int(vision["width"] * vision["mlp_ratio"]),
+                                           heads=vision["heads"]))
+
+    def video_shape(self, metadata, options: dict) -> tuple[RequestShape, int, int]:
+        from vlm_app.media.policies import get_policy
+        from vlm_app.media.video import choose_frames
+
+        frames = len(choose_frames(metadata, get_policy(self.policy), options)[0])
+        side = self.processor.image_size
+        native = frames * 3 * metadata.height * metadata.width
+        views = frames * VIEWS_PER_FRAME
+        shape = RequestShape(text_tokens=frames * 10, visual_tokens=frames * self.processor.num_image_tokens_for(1, 1),
+                             encoder_sequences=views, encoder_sequence=(side // self.processor.patch_size) ** 2,
+                             media_bytes=2 * native + views * 3 * side * side * 4)  # uint8 frames, PIL copies, float32
+        return shape, frames, 0
+
+    def encoder_batch(self, inputs: dict) -> tuple[int, int]:
+        images = inputs.get("images")
+        if images is None or not images.numel():
+            return 0, 0
+        views = int(images.shape[0] * images.shape[1])
+        return views, (images.shape[-1] // self.processor.patch_size) ** 2

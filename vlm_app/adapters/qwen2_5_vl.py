@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from vlm_app.adapters.base import Adapter, VisualMap
+from vlm_app.memory import FitRules, ModelDims, RequestShape, TextDims, VisionDims
 from vlm_app.messages import for_template
 
 
@@ -84,3 +85,41 @@ class Qwen2_5_VLAdapter(Adapter):
                 spans.append({"token_id": self.model.config.image_token_id, "media_index": media_index,
                               "frame_index": [-1] * count, "tile_index": 0, "timestamp": math.nan})
         return VisualMap.from_spans(inputs["input_ids"], spans)
+
+    # ---- memory ----------------------------------------------------------------------------------------------
+    def memory_dims(self) -> ModelDims:
+        vision, text = self.config.vision_config, self.config.text_config
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        return ModelDims(text=TextDims(hidden=text.hidden_size, mlp_width=text.intermediate_size,
+                                       layers=text.num_hidden_layers, kv_width=2 * text.num_key_value_heads * head_dim,
+                                       vocab=text.vocab_size),
+                         vision=VisionDims(hidden=vision.hidden_size, mlp_width=vision.intermediate_size,
+                                           heads=vision.num_heads, mlp_tensors=3))
+
+    def video_shape(self, metadata, options: dict) -> tuple[RequestShape, int, int]:
+        """Our frames at their resized size: every frame_factor frames share a grid of patches, 4 patches make a
+        token; the encoder sees all patches as one sequence (window attention within it)."""
+        from vlm_app.media.policies import get_policy
+        from vlm_app.media.video import choose_frames, output_size
+
+        policy = get_policy(self.policy)
+        frames = len(choose_frames(metadata, policy, options)[0])
+        height, width = output_size(metadata.height, metadata.width, frames, policy, options)
+        vision = self.config.vision_config
+        patches = frames * height * width // (vision.patch_size**2 * vision.temporal_patch_size)
+        media = frames * 3 * height * width * (1 + 4)  # uint8 frames and the float32 patches
+        shape = RequestShape(text_tokens=2, visual_tokens=patches // vision.spatial_merge_size**2,
+                             encoder_sequences=1, encoder_sequence=patches, media_bytes=media)
+        return shape, frames, height * width
+
+    def encoder_batch(self, inputs: dict) -> tuple[int, int]:
+        rows = [inputs[name].shape[0] for name in ("pixel_values_videos", "pixel_values") if name in inputs]
+        return (1, max(rows)) if rows else (0, 0)
+
+    def fit_rules(self, options: dict) -> FitRules:
+        from vlm_app.media.policies import get_policy
+
+        policy = get_policy(self.policy)
+        min_pixels = options.get("min_pixels", policy.min_pixels)
+        return FitRules(min_frames=options.get("min_frames", policy.min_frames), frame_step=policy.frame_factor,
+                        pixel_step=policy.factor**2, min_pixels=int(min_pixels))

@@ -20,9 +20,12 @@ import torch
 
 from vlm_app.adapters.base import Adapter, VisualMap
 from vlm_app.errors import OptionsError
+from vlm_app.memory import ModelDims, RequestShape, TextDims, VisionDims
 from vlm_app.messages import for_template
 
 PLACEHOLDER = re.compile(r"(<image>|<video>)")
+FRAME_TEXT_TOKENS = 12  # "Frame from MM:SS:" and the tokens around each frame's image
+VIDEO_TEXT_TOKENS = 40  # "You are provided the following series of N frames from a H:MM:SS video." and the end
 
 
 def hf_video_metadata(video):
@@ -115,3 +118,35 @@ class SmolVLM2Adapter(Adapter):
                 spans.append({"token_id": token_id, "media_index": media_index, "frame_index": [-1] * len(tiles),
                               "tile_index": tiles, "timestamp": math.nan})
         return VisualMap.from_spans(input_ids, spans)
+
+    # ---- memory ----------------------------------------------------------------------------------------------
+    def memory_dims(self) -> ModelDims:
+        vision, text = self.config.vision_config, self.config.text_config
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        return ModelDims(text=TextDims(hidden=text.hidden_size, mlp_width=text.intermediate_size,
+                                       layers=text.num_hidden_layers, kv_width=2 * text.num_key_value_heads * head_dim,
+                                       vocab=text.vocab_size),
+                         vision=VisionDims(hidden=vision.hidden_size, mlp_width=vision.intermediate_size,
+                                           heads=vision.num_attention_heads))
+
+    def video_shape(self, metadata, options: dict) -> tuple[RequestShape, int, int]:
+        """Every frame is one image of the processor's frame size, `image_seq_len` tokens; the decoded frames stay
+        at their native size until the processor resizes them."""
+        from vlm_app.media.policies import get_policy
+        from vlm_app.media.video import choose_frames
+
+        frames = len(choose_frames(metadata, get_policy(self.policy), options)[0])
+        side = self.processor.video_processor.max_image_size["longest_edge"]
+        pixels = frames * 3 * side * side * 4 + frames * side * side  # float32 frames and their patch mask
+        shape = RequestShape(text_tokens=VIDEO_TEXT_TOKENS + frames * FRAME_TEXT_TOKENS,
+                             visual_tokens=frames * self.processor.image_seq_len, encoder_sequences=frames,
+                             encoder_sequence=(side // self.config.vision_config.patch_size) ** 2,
+                             media_bytes=frames * 3 * metadata.height * metadata.width + pixels)
+        return shape, frames, 0
+
+    def encoder_batch(self, inputs: dict) -> tuple[int, int]:
+        if "pixel_values" not in inputs:
+            return 0, 0
+        batch, views, _, height, width = inputs["pixel_values"].shape
+        patch = self.config.vision_config.patch_size
+        return batch * views, (height // patch) * (width // patch)

@@ -34,6 +34,7 @@ from vlm_app.media.policies import SamplingPolicy, get_policy, policy_notes
 from vlm_app.media.sources import is_local, local_file
 
 RESIZE_QUEUE = 4  # decoded frames waiting for a resize worker
+PROBE_CACHE = 16  # probed files remembered (their frame times), so a probe before the decode is not repeated
 RESIZE_WORKERS = len(os.sched_getaffinity(0))
 FRAME_LIST_IGNORED = ("nframes", "min_frames", "max_frames", "video_start", "video_end", "backend")
 
@@ -60,8 +61,11 @@ class SampledVideo:
 
 
 def load_video(source, policy: str | SamplingPolicy = "qwen2_5_vl", *, limits: Limits | None = None,
-               **options) -> SampledVideo:
-    """Sample `source` (path, file://, http(s)://, data: URI, or a list of frames) the way `policy` says."""
+               fit=None, **options) -> SampledVideo:
+    """Sample `source` (path, file://, http(s)://, data: URI, or a list of frames) the way `policy` says.
+
+    `fit(metadata, options) -> options`: a last word on the options once the file is probed and before anything
+    is decoded (the request layer's memory fit lowers frames or pixels there; it may raise)."""
     policy = get_policy(policy) if isinstance(policy, str) else policy
     limits = limits or DEFAULT_LIMITS
     check_options(options, policy)
@@ -70,6 +74,9 @@ def load_video(source, policy: str | SamplingPolicy = "qwen2_5_vl", *, limits: L
         video = _load_frame_list(source, policy, options, limits)
     else:
         with local_file(source, limits) as (path, label):
+            if fit is not None:
+                options = fit(probe_cached(path, label, limits, time.monotonic() + limits.decode_seconds), options)
+                check_options(options, policy)
             load = _load_file_cached if is_local(source) else _load_file
             video = load(path, label, policy, options, limits)
     video.notes = policy_notes(policy) + video.notes
@@ -120,6 +127,26 @@ class FrameCache:
     def _evict(self) -> None:
         while self._bytes > self.max_bytes:
             self._drop(next(iter(self._videos)))
+
+
+def probe_cached(path: str, label: str, limits: Limits, deadline: float) -> VideoMetadata:
+    """`probe`, remembered for the last PROBE_CACHE files by their identity (a fit probes before the decode)."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, label, limits)
+    with _PROBES_LOCK:
+        if key in _PROBES:
+            _PROBES.move_to_end(key)
+            return _PROBES[key]
+    metadata = probe(path, label, limits, deadline)
+    with _PROBES_LOCK:
+        _PROBES[key] = metadata
+        while len(_PROBES) > PROBE_CACHE:
+            _PROBES.popitem(last=False)
+    return metadata
+
+
+_PROBES: OrderedDict[tuple, VideoMetadata] = OrderedDict()
+_PROBES_LOCK = threading.Lock()
 
 
 def frame_cache_bytes_from_env() -> int:
@@ -178,7 +205,7 @@ def _load_file(path: str, label: str, policy: SamplingPolicy, options: dict, lim
     that do, so no frame ever stands in for another."""
     backend = resolve_backend(options.get("backend"))
     deadline = time.monotonic() + limits.decode_seconds
-    metadata = probe(path, label, limits, deadline)
+    metadata = probe_cached(path, label, limits, deadline)
     indices, fps_sampled, notes = _planned_frames(metadata, policy, options, limits)
     frames, times, metadata = _decode_sample(path, metadata, indices, backend, policy, options, limits, deadline, notes)
     if len(times) < len(set(indices)):
