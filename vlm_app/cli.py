@@ -89,6 +89,7 @@ def _add_bench(sub) -> None:
     _add_bench_model(benches)
     _add_bench_batch(benches)
     _add_bench_serve(benches)
+    _add_bench_memory(benches)
 
 
 def _add_bench_sampling(benches) -> None:
@@ -369,6 +370,21 @@ def _run_bench_serve(args: argparse.Namespace) -> int:
     from vlm_app.bench.serve import run_serve_benchmark
 
     return run_serve_benchmark(args.model, args.max_new_tokens, args.repeats, args.threads, args.json)
+
+
+def _add_bench_memory(benches) -> None:
+    parser = benches.add_parser("memory", help="the memory pre-flight's estimate vs the measured peak, per request")
+    parser.add_argument("--families", action=ListFlag, default=None, metavar="FAMILY",
+                        help="qwen2_5_vl, smolvlm2, deepseek_vl2 (a,b or a b; default: all)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=_run_bench_memory)
+
+
+def _run_bench_memory(args: argparse.Namespace) -> int:
+    from vlm_app.bench.memory import run_memory_benchmark
+
+    return run_memory_benchmark(args.families, args.device, args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:

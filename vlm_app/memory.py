@@ -28,6 +28,7 @@ GIB = 2**30
 RUNTIME_OVERHEAD = {"cpu": 200 * 2**20, "cuda": 64 * 2**20, "mps": 64 * 2**20}
 AUTO_RAM_FRACTION = 0.8  # of the RAM available now, on top of what the loaded model already holds
 LOGITS_BYTES = 4  # generate keeps the next-token scores in float32
+FIT_HEADROOM = 0.02  # of the room left beside the weights: the pre-flight predicts the prompt's text, roughly
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class VisionDims:
 class ModelDims:
     text: TextDims
     vision: VisionDims
-    scores_materialised: bool = False  # the encoder's attention kernel writes out its (heads, n, n) scores
+    pixel_copies: int = 0  # copies of the float pixels the model makes before its encoder (selecting real images)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class RequestShape:
     encoder_sequences x encoder_sequence: the vision encoder's batch of patch sequences (frames, tiles, or
         Qwen's one sequence of every patch, in which case encoder_sequences is 1)
     media_bytes: decoded frames plus the processor's pixel tensors, held until the prompt is prefilled
+    pixel_bytes: the processor's float pixel tensors (part of media_bytes)
+    encoder_masked: some sequences are padded, so the encoder builds a (sequence x sequence) additive mask for each
     """
 
     text_tokens: int = 0
@@ -77,6 +80,8 @@ class RequestShape:
     encoder_sequence: int = 0
     media_bytes: int = 0
     max_new_tokens: int = 0
+    pixel_bytes: int = 0
+    encoder_masked: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -88,7 +93,8 @@ class RequestShape:
         widest = max((self, other), key=lambda shape: shape.encoder_sequences * shape.encoder_sequence)
         return RequestShape(self.text_tokens + other.text_tokens, self.visual_tokens + other.visual_tokens,
                             widest.encoder_sequences, widest.encoder_sequence, self.media_bytes + other.media_bytes,
-                            max(self.max_new_tokens, other.max_new_tokens))
+                            max(self.max_new_tokens, other.max_new_tokens), widest.pixel_bytes,
+                            widest.encoder_masked)
 
 
 @dataclass(frozen=True)
@@ -121,10 +127,12 @@ def estimate(dims: ModelDims, shape: RequestShape, weights_bytes: int, element_b
     """The request's peak on `device`, for activations of `element_bytes` each (2 for bf16/fp16, 4 for fp32)."""
     text, vision = dims.text, dims.vision
     patches = shape.encoder_sequences * shape.encoder_sequence
-    # one encoder layer: the residual stream, its norm, and the MLP's wide tensors
-    vision_bytes = patches * (2 * vision.hidden + vision.mlp_tensors * vision.mlp_width) * element_bytes
-    if dims.scores_materialised:
-        vision_bytes += shape.encoder_sequences * vision.heads * shape.encoder_sequence**2 * element_bytes
+    # one encoder layer: the patch embeddings, the residual stream, its norm, and the MLP's wide tensors; the
+    # additive masks of padded sequences and the model's own copy of the pixels live through every layer
+    vision_bytes = patches * (3 * vision.hidden + vision.mlp_tensors * vision.mlp_width) * element_bytes
+    if shape.encoder_masked:
+        vision_bytes += shape.encoder_sequences * shape.encoder_sequence**2 * element_bytes
+    vision_bytes += dims.pixel_copies * shape.pixel_bytes
     prompt = shape.prompt_tokens
     kv_per_token = text.layers * text.kv_width * element_bytes
     embeddings = 2 * prompt * text.hidden * element_bytes  # token embeddings and the copy the visual ones go into
@@ -217,9 +225,14 @@ class Fit:
     def total(self, shape: RequestShape) -> int:
         return self.estimate_of(self.base + shape).total
 
+    @property
+    def target(self) -> int:
+        empty = self.estimate_of(RequestShape())
+        return int(self.limit - FIT_HEADROOM * max(self.limit - empty.weights - empty.overhead, 0))
+
     def fit_video(self, metadata, options: dict) -> dict:
         shape, frames, pixels = self.shape_of(metadata, options)
-        if self.total(shape) <= self.limit:
+        if self.total(shape) <= self.target:
             self.base = self.base + shape
             return options
         fitted = self._lower(metadata, options, self.rules_of(options), frames, pixels)
@@ -250,11 +263,11 @@ class Fit:
 
     def _largest_fitting(self, metadata, options_for, low: int, high: int) -> int | None:
         """The largest count in [low, high] whose options fit (cost grows with the count), or None."""
-        if high < low or self.total(self.shape_of(metadata, options_for(low))[0]) > self.limit:
+        if high < low or self.total(self.shape_of(metadata, options_for(low))[0]) > self.target:
             return None
         while low < high:
             middle = (low + high + 1) // 2
-            if self.total(self.shape_of(metadata, options_for(middle))[0]) <= self.limit:
+            if self.total(self.shape_of(metadata, options_for(middle))[0]) <= self.target:
                 low = middle
             else:
                 high = middle - 1
@@ -280,9 +293,9 @@ def _with_pixels(options: dict, pixels: int) -> dict:
 
 
 def _with_frames(options: dict, frames: int) -> dict:
-    if options.get("nframes") is not None:
-        return {**options, "nframes": frames}
-    fitted = {**options, "max_frames": frames}
+    fitted = {**options, "max_frames": frames}  # a frame count, where the family takes one, is lowered too
+    if fitted.get("nframes") is not None:
+        fitted["nframes"] = min(fitted["nframes"], frames)
     if fitted.get("min_frames") is not None and fitted["min_frames"] > frames:
         fitted["min_frames"] = frames
     return fitted

@@ -33,7 +33,7 @@ from vlm_app.messages import conversation, media_items, normalize
 GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "stop")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 DEFAULT_MAX_NEW_TOKENS = 256
-TEMPLATE_TOKENS = 32  # the chat template's own tokens around the prompt, for the pre-flight
+TEMPLATE_TOKENS = 64  # at least the chat template's own tokens around the prompt (the pre-flight errs high)
 # what allocation failures say, lower-cased: torch's CUDA/MPS allocators, cuBLAS, cuDNN, the CPU allocator
 OUT_OF_MEMORY_MARKERS = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed",
                          "can't allocate memory", "not enough memory")

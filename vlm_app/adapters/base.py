@@ -391,12 +391,17 @@ class Adapter:
         from vlm_app.media import SampledVideo
 
         sequences, length = self.encoder_batch(prepared.inputs)
-        media = sum(value.nbytes for value in prepared.inputs.values() if isinstance(value, torch.Tensor)
-                    and value.is_floating_point())
-        media += sum(item.frames.nbytes for item in prepared.media if isinstance(item, SampledVideo))
+        pixels = sum(value.nbytes for value in prepared.inputs.values() if isinstance(value, torch.Tensor)
+                     and value.is_floating_point())
+        media = pixels + sum(item.frames.nbytes for item in prepared.media if isinstance(item, SampledVideo))
         return RequestShape(text_tokens=prepared.num_tokens.text, visual_tokens=prepared.num_tokens.visual,
                             encoder_sequences=sequences, encoder_sequence=length, media_bytes=media,
-                            max_new_tokens=max_new_tokens)
+                            max_new_tokens=max_new_tokens, pixel_bytes=pixels,
+                            encoder_masked=self.encoder_masked(prepared.inputs))
+
+    def encoder_masked(self, inputs: dict) -> bool:
+        """Whether the vision encoder gets padded sequences (and so builds an attention mask for them)."""
+        return False
 
     def memory_estimate(self, shape: RequestShape) -> MemoryEstimate:
         """The peak of a request of this shape on this model's device (`vlm_app.memory.estimate`)."""

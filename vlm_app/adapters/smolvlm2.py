@@ -127,7 +127,7 @@ class SmolVLM2Adapter(Adapter):
                                        layers=text.num_hidden_layers, kv_width=2 * text.num_key_value_heads * head_dim,
                                        vocab=text.vocab_size),
                          vision=VisionDims(hidden=vision.hidden_size, mlp_width=vision.intermediate_size,
-                                           heads=vision.num_attention_heads))
+                                           heads=vision.num_attention_heads), pixel_copies=1)
 
     def video_shape(self, metadata, options: dict) -> tuple[RequestShape, int, int]:
         """Every frame is one image of the processor's frame size, `image_seq_len` tokens; the decoded frames stay
@@ -137,12 +137,16 @@ class SmolVLM2Adapter(Adapter):
 
         frames = len(choose_frames(metadata, get_policy(self.policy), options)[0])
         side = self.processor.video_processor.max_image_size["longest_edge"]
-        pixels = frames * 3 * side * side * 4 + frames * side * side  # float32 frames and their patch mask
+        pixels = frames * 3 * side * side * 4  # float32 frames (and a one-byte patch mask per pixel)
         shape = RequestShape(text_tokens=VIDEO_TEXT_TOKENS + frames * FRAME_TEXT_TOKENS,
                              visual_tokens=frames * self.processor.image_seq_len, encoder_sequences=frames,
                              encoder_sequence=(side // self.config.vision_config.patch_size) ** 2,
-                             media_bytes=frames * 3 * metadata.height * metadata.width + pixels)
+                             media_bytes=frames * (3 * metadata.height * metadata.width + side * side) + pixels,
+                             pixel_bytes=pixels, encoder_masked=metadata.width != metadata.height)
         return shape, frames, 0
+
+    def encoder_masked(self, inputs: dict) -> bool:
+        return "pixel_attention_mask" in inputs and not bool(inputs["pixel_attention_mask"].all())
 
     def encoder_batch(self, inputs: dict) -> tuple[int, int]:
         if "pixel_values" not in inputs:

@@ -74,7 +74,7 @@ DEEPSEEK_VL2 = {
 }
 
 
-def _qwen(size: str):
+def _qwen(size: str, layers: tuple[int, int] | None = None):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from vlm_app.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
@@ -83,25 +83,29 @@ def _qwen(size: str):
     processor = qwen2_5_vl_processor()
     ids = processor.tokenizer.convert_tokens_to_ids
     text = QWEN2_5_VL_TEXT[size]
+    vision = dict(QWEN2_5_VL_VISION)
+    if layers is not None:  # a reduced model: the real widths, fewer layers (the last vision layer attends fully)
+        vision.update(depth=layers[0], fullatt_block_indexes=[layers[0] - 1])
+        text = {**text, "num_hidden_layers": layers[1]}
     config = Qwen2_5_VLConfig(
         text_config=dict(**text, max_position_embeddings=128000, rms_norm_eps=1e-6,
                          rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
                          eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>")),
-        vision_config=dict(**QWEN2_5_VL_VISION, out_hidden_size=text["hidden_size"]),
+        vision_config=dict(**vision, out_hidden_size=text["hidden_size"]),
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=text["tie_word_embeddings"])
     return Qwen2_5_VLForConditionalGeneration, config, processor, Qwen2_5_VLAdapter
 
 
-def _smolvlm2(size: str):
+def _smolvlm2(size: str, layers: tuple[int, int] | None = None):
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 
     from vlm_app.adapters.smolvlm2 import SmolVLM2Adapter
     from vlm_app.testing.tiny import smolvlm2_processor
 
     spec = SMOLVLM2[size]
-    vision = spec["vision"]
+    vision = spec["vision"] if layers is None else {**spec["vision"], "num_hidden_layers": layers[0]}
     seq_len = (vision["image_size"] // vision["patch_size"]) ** 2 // spec["scale_factor"] ** 2
     processor = smolvlm2_processor(image_size=vision["image_size"], image_seq_len=seq_len, max_frames=64)
     ids = processor.tokenizer.convert_tokens_to_ids
@@ -109,20 +113,22 @@ def _smolvlm2(size: str):
         vision_config=vision, scale_factor=spec["scale_factor"], image_token_id=ids("<image>"),
         text_config=dict(model_type="llama", vocab_size=SMOLVLM2_VOCAB, rms_norm_eps=1e-5,
                          eos_token_id=ids("<end_of_utterance>"), pad_token_id=ids("<|im_end|>"),
-                         tie_word_embeddings=False, **spec["text"]))
+                         tie_word_embeddings=False,
+                         **(spec["text"] if layers is None else {**spec["text"], "num_hidden_layers": layers[1]})))
     return SmolVLMForConditionalGeneration, config, processor, SmolVLM2Adapter
 
 
-def _deepseek_vl2(size: str):
+def _deepseek_vl2(size: str, layers: tuple[int, int] | None = None):
     from vlm_app.adapters.deepseek_vl2 import DeepseekVL2Adapter
     from vlm_app.models.deepseek_vl2 import DeepseekVLV2Config, DeepseekVLV2ForCausalLM
     from vlm_app.testing.tiny_deepseek_vl2 import deepseek_vl2_processor
 
-    spec = DEEPSEEK_VL2[size]
+    spec = DEEPSEEK_VL2[size] if layers is None else {**DEEPSEEK_VL2[size], "num_hidden_layers": layers[1]}
+    vision = DEEPSEEK_VL2_VISION if layers is None else {**DEEPSEEK_VL2_VISION, "layers": layers[0]}
     processor = deepseek_vl2_processor()
     tokenizer = processor.tokenizer
     config = DeepseekVLV2Config(
-        vision_config=DEEPSEEK_VL2_VISION, projector_config={"n_embed": spec["hidden_size"]},
+        vision_config=vision, projector_config={"n_embed": spec["hidden_size"]},
         language_config={**spec, **DEEPSEEK_VL2_MOE, "bos_token_id": tokenizer.bos_token_id,
                          "eos_token_id": tokenizer.eos_token_id})
     return DeepseekVLV2ForCausalLM, config, processor, DeepseekVL2Adapter
