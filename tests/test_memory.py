@@ -63,7 +63,8 @@ def test_every_record_carries_the_estimate(adapter, vga_clip):
     estimate = record["memory_estimate"]
     assert record["memory_estimate_bytes"] == estimate["total"] > estimate["weights"] > 0
     assert estimate["peak_phase"] in ("vision", "prefill", "decode")
-    assert record["timings"]["peak_memory_bytes"] > 0 and record["max_memory_bytes"] is None
+    assert record["timings"]["peak_memory_bytes"] > 0
+    assert record["max_memory_bytes"] > record["memory_estimate_bytes"] and not record["notes"]  # auto: no fit needed
     more = execute(adapter, one_turn("Describe.", str(vga_clip), {"fps": 4.0}, {"max_new_tokens": 2}))
     assert more["num_visual_tokens"] > record["num_visual_tokens"]
     assert more["memory_estimate_bytes"] > record["memory_estimate_bytes"]
@@ -143,10 +144,12 @@ def test_a_folder_run_fits_every_video(tiny_checkpoints, make_clip, tmp_path, ca
         assert len(record["frames_indices"]) < len(full["frames_indices"]) and record["notes"]
 
 
-def test_auto_resolves_to_this_machine(smol_adapter, example_clip):
-    run = Run(smol_adapter, one_turn("Describe.", str(example_clip), {}, {"max_new_tokens": 2}, max_memory="auto"))
-    record = run.execute()
+def test_auto_resolves_to_this_machine_and_none_means_no_limit(smol_adapter, example_clip):
+    record = Run(smol_adapter, one_turn("Describe.", str(example_clip), {}, {"max_new_tokens": 2})).execute()
     assert record["max_memory_bytes"] > record["memory_estimate"]["weights"] and record["error"] is None
+    unlimited = execute(smol_adapter, one_turn("Describe.", str(example_clip), {}, {"max_new_tokens": 2},
+                                               max_memory=None))
+    assert unlimited["max_memory_bytes"] is None and unlimited["frames_indices"] == record["frames_indices"]
 
 
 @pytest.mark.parametrize("text, expected", [("12GB", 12 * 2**30), ("512MiB", 512 * 2**20), ("1.5g", int(1.5 * 2**30)),

@@ -28,7 +28,7 @@ def load(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "
 
 
 def describe(source, model=DEFAULT_MODEL, prompt: str = DEFAULT_PROMPT, out: str | None = None,
-             resume: bool = False, generation: dict | None = None, max_memory=None, fit: bool = True,
+             resume: bool = False, generation: dict | None = None, max_memory="auto", fit: bool = True,
              **sampling) -> dict | list[dict]:
     """Describe a video (returns its record) or every video of a folder or list file (returns the records; with
     `out`, also appends them to that JSONL). `model` is a name/path (loaded once, kept in the runtime cache) or an adapter.

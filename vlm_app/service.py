@@ -50,9 +50,9 @@ class Request:
     generation: max_new_tokens, temperature, top_p, seed, do_sample, stop (a string or a list of strings)
     limits:     the media pipeline's `Limits` (None: the defaults, local files and addresses allowed)
     source:     what the record names as its input (default: the first media item's source)
-    max_memory: the peak this request may reach on the model's device: bytes, a size ("12GB"), "auto" (free GPU
-                memory, or a fraction of the available RAM), or None (no limit). Over it, videos are lowered to fit
-                (pixels per frame first, then frames) before decoding, and the record's notes say so.
+    max_memory: the peak this request may reach on the model's device: bytes, a size ("12GB"), "auto" (the
+                default: free GPU memory, or 80% of the available RAM), or None (no limit). Over it, videos are
+                lowered to fit (pixels per frame first, then frames) before decoding, and the record's notes say so.
     fit:        False keeps the reference budget even over `max_memory` (the record then notes the excess)
     """
 
@@ -61,7 +61,7 @@ class Request:
     generation: dict = field(default_factory=dict)
     limits: Any = None
     source: str | None = None
-    max_memory: int | str | None = None
+    max_memory: int | str | None = "auto"
     fit: bool = True
 
     def __post_init__(self):
@@ -107,7 +107,7 @@ def is_image(source: Any) -> bool:
 
 
 def one_turn(prompt: str, source: Any, media: dict | None = None, generation: dict | None = None,
-             limits=None, label: str | None = None, max_memory=None, fit: bool = True) -> Request:
+             limits=None, label: str | None = None, max_memory="auto", fit: bool = True) -> Request:
     """The request asking `prompt` about one image or video (an already sampled video passes through)."""
     messages = conversation(prompt, image=source) if is_image(source) else conversation(prompt, video=source)
     return Request(messages, dict(media or {}), dict(generation or {}), limits,
