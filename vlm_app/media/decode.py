@@ -108,8 +108,23 @@ def resolve_backend(name: str | None) -> str:
     return name
 
 
-def check_deadline(deadline: float, limits: Limits) -> None:
-    if time.monotonic() > deadline:
+class Deadline:
+    """When decoding must end (a monotonic time), renewable: a chapters run gives its probe and each of its segments
+    `Limits.decode_seconds` of their own, so the model's time between two segments never counts as decoding."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.renew()
+
+    def renew(self) -> None:
+        self.at = time.monotonic() + self.seconds
+
+    def __float__(self) -> float:
+        return self.at
+
+
+def check_deadline(deadline: float | Deadline, limits: Limits) -> None:
+    if time.monotonic() > float(deadline):
         raise LimitError(f"decoding took longer than the {limits.decode_seconds:g} s limit; use a shorter clip "
                          "(or video_start/video_end) or raise Limits.decode_seconds")
 
@@ -122,18 +137,31 @@ def _open(path: str, label: str):
                           "video (mp4, mkv, webm, avi, mov, mpg)") from None
 
 
-def probe(path: str, label: str, limits: Limits, deadline: float) -> VideoMetadata:
+def check_duration(label: str, seconds: float, limits: Limits, chapters: bool = False) -> None:
+    """A plain request takes up to `max_duration_seconds`; a chapters run (one request per part of the video) has its
+    own cap, `max_chapters_duration_seconds`, instead."""
+    if chapters and seconds > limits.max_chapters_duration_seconds:
+        raise LimitError(f"{label} lasts {seconds:.0f} s, over the {limits.max_chapters_duration_seconds:g} s limit "
+                         "for chapters; cut it or raise Limits.max_chapters_duration_seconds")
+    if not chapters and seconds > limits.max_duration_seconds:
+        raise LimitError(f"{label} lasts {seconds:.0f} s, over the {limits.max_duration_seconds:g} s limit; describe "
+                         "it in chapters (`describe --chapters`: one request per part of the video), cut it, or raise "
+                         "Limits.max_duration_seconds")
+
+
+def probe(path: str, label: str, limits: Limits, deadline: float | Deadline,
+          chapters: bool = False) -> VideoMetadata:
     """Count frames, read their presentation times and keyframes by demuxing once; decode just the first frame for
-    its rotation. Raises DecodeError for non-video, audio-only, empty or undecodable files, LimitError over limits."""
+    its rotation. Raises DecodeError for non-video, audio-only, empty or undecodable files, LimitError over limits
+    (`chapters`: the duration cap of a chapters run instead of a plain request's)."""
     with _open(path, label) as container:
         if container.format.name in TEXT_FORMATS:
             raise DecodeError(f"{label} is not a readable video (it is a text file); give a video file")
         if not container.streams.video:
             raise DecodeError(f"{label} has no video stream (audio-only or not a video); give a video file")
         stream = container.streams.video[0]
-        if container.duration and container.duration / av.time_base > limits.max_duration_seconds:
-            raise LimitError(f"{label} lasts {container.duration / av.time_base:.0f} s, over the "
-                             f"{limits.max_duration_seconds:g} s limit; cut it or raise Limits.max_duration_seconds")
+        if container.duration:
+            check_duration(label, container.duration / av.time_base, limits, chapters)
         frame_pts, keyframe_pts, end_pts, first_frame, every_packet_timed = [], set(), None, None, True
         try:
             for packet in container.demux(stream):
@@ -159,7 +187,7 @@ def probe(path: str, label: str, limits: Limits, deadline: float) -> VideoMetada
             raise DecodeError(f"{label} contains no decodable video frames (empty, truncated or corrupt); "
                               "re-export or re-download it")
         ordered = sorted(frame_pts)
-        metadata = _metadata(stream, label, ordered, end_pts, first_frame, limits)
+        metadata = _metadata(stream, label, ordered, end_pts, first_frame, limits, chapters)
         proven = (bool(TIMED_FORMATS & set(container.format.name.split(","))) and
                   stream.codec_context.name in ONE_FRAME_PER_PACKET and every_packet_timed and
                   len(set(frame_pts)) == len(frame_pts))
@@ -174,15 +202,14 @@ def _decode_packet(stream, packet) -> list:
         return []
 
 
-def _metadata(stream, label: str, frame_pts: list[int], end_pts: int, first_frame, limits: Limits) -> VideoMetadata:
+def _metadata(stream, label: str, frame_pts: list[int], end_pts: int, first_frame, limits: Limits,
+              chapters: bool) -> VideoMetadata:
     time_base = stream.time_base
     span = float((frame_pts[-1] - frame_pts[0]) * time_base)
     rate = stream.average_rate or stream.guessed_rate
     fps = float(rate) if rate else (len(frame_pts) - 1) / span if span > 0 else 1.0
     duration = max(float((end_pts - frame_pts[0]) * time_base), span + 1 / fps)
-    if duration > limits.max_duration_seconds:
-        raise LimitError(f"{label} lasts {duration:.0f} s, over the {limits.max_duration_seconds:g} s limit; cut it "
-                         "or raise Limits.max_duration_seconds")
+    check_duration(label, duration, limits, chapters)
     rotation = int(first_frame.rotation or 0) % 360
     width, height = first_frame.width, first_frame.height
     if width * height > limits.max_frame_pixels:
@@ -198,7 +225,7 @@ def _metadata(stream, label: str, frame_pts: list[int], end_pts: int, first_fram
 
 
 def decode_frames(path: str, metadata: VideoMetadata, indices: list[int], backend: str, limits: Limits,
-                  deadline: float, notes: list[str]) -> Iterator[tuple[int, float, torch.Tensor]]:
+                  deadline: float | Deadline, notes: list[str]) -> Iterator[tuple[int, float, torch.Tensor]]:
     """Yield (index, seconds, picture) for each of the sorted unique `indices`, each frame at most once and in order;
     `picture()` returns the uint8 CHW frame with rotation applied (it converts to RGB, so the caller can call it on
     another thread than the decoder's). Stops after the last one; a damaged file may leave some out (the caller checks
@@ -217,7 +244,8 @@ def decode_frames(path: str, metadata: VideoMetadata, indices: list[int], backen
     return _decode_random_access(path, metadata, indices, limits, deadline, notes, backend, _decord_chunks)
 
 
-def decodable_indices(path: str, metadata: VideoMetadata, limits: Limits, deadline: float) -> list[int]:
+def decodable_indices(path: str, metadata: VideoMetadata, limits: Limits,
+                      deadline: float | Deadline) -> list[int]:
     """The frames of a damaged file that decode: every packet decoded, no colour conversion."""
     with _open(path, metadata.source) as container:
         stream = container.streams.video[0]

@@ -15,9 +15,11 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
+from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,8 +27,8 @@ import torch.nn.functional as F
 
 from vlm_app.errors import DecodeError, LimitError, OptionsError
 from vlm_app.media import sampling
-from vlm_app.media.decode import (TimestampsUnfit, VideoMetadata, decodable_indices, decode_frames, probe,
-                                  resolve_backend)
+from vlm_app.media.decode import (Deadline, TimestampsUnfit, VideoMetadata, decodable_indices, decode_frames,
+                                  probe, resolve_backend)
 from vlm_app.media.image import open_rgb_image
 from vlm_app.media.limits import DEFAULT_LIMITS, Limits
 from vlm_app.media.options import RESIZE_KERNELS, RESIZE_OPTIONS, VIDEO_OPTIONS
@@ -36,6 +38,8 @@ from vlm_app.media.sources import is_local, local_file
 RESIZE_QUEUE = 4  # decoded frames waiting for a resize worker
 PROBE_CACHE = 16  # probed files remembered (their frame times), so a probe before the decode is not repeated
 RESIZE_WORKERS = len(os.sched_getaffinity(0))
+_UNFIT_NOTE = ("the presentation times in {source} contradict its frame order; frames were counted in a sequential "
+               "decode instead")
 FRAME_LIST_IGNORED = ("nframes", "min_frames", "max_frames", "video_start", "video_end", "backend")
 
 
@@ -209,29 +213,176 @@ def _load_file(path: str, label: str, policy: SamplingPolicy, options: dict, lim
     indices, fps_sampled, notes = _planned_frames(metadata, policy, options, limits)
     frames, times, metadata = _decode_sample(path, metadata, indices, backend, policy, options, limits, deadline, notes)
     if len(times) < len(set(indices)):
-        decodable = decodable_indices(path, metadata, limits, deadline)
-        if not decodable:
-            raise DecodeError(f"{label} contains no decodable video frames (truncated or corrupt); re-export it")
-        positions, fps_sampled, notes = _planned_frames(metadata.restricted_to(decodable), policy, options, limits)
-        notes.append(f"{len(decodable)} of {metadata.num_frames} frames decodable (truncated or corrupt file); "
-                     "the sample was planned over those")
-        indices = [decodable[position] for position in positions]
+        decodable = _decodable(path, label, metadata, limits, deadline)
+        indices, fps_sampled, notes = _planned_frames(metadata, policy, options, limits, decodable)
         frames, times, metadata = _decode_sample(path, metadata, indices, backend, policy, options, limits, deadline,
                                                  notes)
         if len(times) < len(set(indices)):
-            raise DecodeError(f"{label} decodes differently each time (frame {min(set(indices) - set(times))} "
-                              "decoded once, then not); re-export it")
+            raise _unsteady(label, set(indices) - set(times))
     return SampledVideo(frames=frames, frames_indices=indices, timestamps=[times[index] for index in indices],
                         sample_fps=fps_sampled, metadata=metadata, backend=backend, policy=policy, notes=notes)
 
 
-def _planned_frames(metadata: VideoMetadata, policy: SamplingPolicy, options: dict,
-                    limits: Limits) -> tuple[list[int], float, list[str]]:
+def _planned_frames(metadata: VideoMetadata, policy: SamplingPolicy, options: dict, limits: Limits,
+                    decodable: list[int] | None = None) -> tuple[list[int], float, list[str]]:
+    """`choose_frames` within the limits; over only the `decodable` frames of a damaged file when given."""
+    if decodable is not None:
+        positions, fps_sampled, notes = _planned_frames(metadata.restricted_to(decodable), policy, options, limits)
+        notes.append(f"{len(decodable)} of {metadata.num_frames} frames decodable (truncated or corrupt file); "
+                     "the sample was planned over those")
+        return [decodable[position] for position in positions], fps_sampled, notes
     indices, fps_sampled, notes = choose_frames(metadata, policy, options)
     if len(indices) > limits.max_sampled_frames:
         raise LimitError(f"{len(indices)} frames requested, over the {limits.max_sampled_frames} limit; lower "
                          "fps/nframes or raise Limits.max_sampled_frames")
     return indices, fps_sampled, notes
+
+
+def _decodable(path, label, metadata, limits, deadline) -> list[int]:
+    decodable = decodable_indices(path, metadata, limits, deadline)
+    if not decodable:
+        raise DecodeError(f"{label} contains no decodable video frames (truncated or corrupt); re-export it")
+    return decodable
+
+
+def _unsteady(label: str, missing: set[int]) -> DecodeError:
+    return DecodeError(f"{label} decodes differently each time (frame {min(missing)} decoded once, then not); "
+                       "re-export it")
+
+
+def load_video_segments(source, policy: str | SamplingPolicy, segments, *, limits: Limits | None = None,
+                        **options) -> Iterator[SampledVideo]:
+    """Sample many time segments of one video, each exactly as `load_video(source, policy, **options, **segment)`
+    samples it, with one probe and one decode pass (a chapters run: an hour-long video, part by part).
+
+    `segments`: each segment's own load_video options (video_start and video_end, ...), in time order; or a function
+    of the probed `VideoMetadata` that returns them (to size the segments by the duration without probing twice).
+    Each segment's SampledVideo is yielded as soon as its last frame is resized, and the consumer drops it before
+    asking for the next, so one segment's frames are held at a time (overlapping neighbours share a few). Files
+    whose timestamps are not proven are decoded by counting from the start: once for all segments, never once per
+    segment. The frame cache is bypassed. The duration cap is `Limits.max_chapters_duration_seconds`; the probe and
+    each segment get `Limits.decode_seconds` of decoding of their own."""
+    policy = get_policy(policy) if isinstance(policy, str) else policy
+    limits = limits or DEFAULT_LIMITS
+    check_options(options, policy)
+    if isinstance(source, (list, tuple)):
+        raise OptionsError("a list of frames is already sampled; give a video file or URL to sample in segments")
+    with local_file(source, limits) as (path, label):
+        yield from _load_file_segments(path, label, policy, segments, options, limits)
+
+
+@dataclass
+class _SegmentPlan:
+    """One segment's sample while a shared decode pass fills it; its frames are allocated at its first frame."""
+
+    options: dict
+    indices: list[int]
+    sample_fps: float
+    notes: list[str]
+    size: tuple[int, int]
+    decodable: list[int] | None  # planned over only these frames (a damaged file)
+    last: int = 0  # the segment's last frame: once the decode is past it, the segment is done
+    failure: OptionsError | None = None
+    positions: dict[int, list[int]] = field(default_factory=dict)
+    frames: torch.Tensor | None = None
+    times: dict[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, metadata, policy, options, limits, decodable=None) -> _SegmentPlan:
+        try:
+            indices, fps_sampled, notes = _planned_frames(metadata, policy, options, limits, decodable)
+        except OptionsError as error:  # too few decodable frames left in its range: it fails in its turn
+            if decodable is None:
+                raise
+            return cls(options, [], 0.0, [], (0, 0), decodable, last=-1, failure=error)
+        size = output_size(metadata.height, metadata.width, len(indices), policy, options)
+        plan = cls(options, indices, fps_sampled, notes, size, decodable, last=max(indices))
+        for position, index in enumerate(indices):
+            plan.positions.setdefault(index, []).append(position)
+        return plan
+
+    def place(self, index: int) -> tuple[torch.Tensor, list[int]]:
+        if self.frames is None:
+            self.frames = torch.empty((len(self.indices), 3, *self.size), dtype=torch.uint8)
+        return self.frames, self.positions[index]
+
+    @property
+    def complete(self) -> bool:
+        return len(self.times) == len(self.positions)
+
+    def video(self, metadata, backend, policy, decode_notes, seconds) -> SampledVideo:
+        """The finished sample; the plan lets go of its frames (the consumer's copy is the only one)."""
+        frames, self.frames = self.frames, None
+        return SampledVideo(frames=frames, frames_indices=self.indices,
+                            timestamps=[self.times[index] for index in self.indices], sample_fps=self.sample_fps,
+                            metadata=metadata, backend=backend, policy=policy,
+                            notes=policy_notes(policy) + self.notes + decode_notes, decode_seconds=seconds)
+
+
+def _load_file_segments(path, label, policy, segments, options, limits) -> Iterator[SampledVideo]:
+    """Probe once, plan every segment, decode their frames in one pass. As in `_load_file`: a file whose times
+    contradict its frame order is decoded again counting, and a segment whose frames do not all decode is planned
+    again over the frames that do (every segment after it too when the decode ended there)."""
+    backend = resolve_backend(options.get("backend"))
+    deadline = Deadline(limits.decode_seconds)
+    started = time.perf_counter()
+    metadata = probe(path, label, limits, deadline, chapters=True)
+    asked = [{**options, **segment} for segment in (segments(metadata) if callable(segments) else segments)]
+    for segment_options in asked:
+        check_options(segment_options, policy)
+    plans = [_SegmentPlan.of(metadata, policy, segment_options, limits) for segment_options in asked]
+    decode_notes, decodable = [], None
+    while plans:
+        try:
+            with closing(_fill_segments(path, metadata, plans, backend, limits, deadline, decode_notes,
+                                        options.get("resize", "exact"))) as filled:
+                for plan, ended in filled:
+                    if plan.failure is not None:
+                        raise plan.failure
+                    if not plan.complete:
+                        break
+                    plans.pop(0)
+                    yield plan.video(metadata, backend, policy, list(decode_notes), time.perf_counter() - started)
+                    deadline.renew()
+                    started = time.perf_counter()
+        except TimestampsUnfit:
+            metadata = replace(metadata, timestamps_proven=False)
+            plans = [_SegmentPlan.of(metadata, policy, plan.options, limits, plan.decodable) for plan in plans]
+            for plan in plans:
+                plan.notes.append(_UNFIT_NOTE.format(source=metadata.source))
+            continue
+        if not plans:
+            return
+        if plans[0].decodable is not None:
+            raise _unsteady(label, set(plans[0].positions) - set(plans[0].times))
+        decodable = decodable or _decodable(path, label, metadata, limits, deadline)
+        replanned = len(plans) if ended else 1  # a decode that ended there reached none of the later segments
+        plans = [_SegmentPlan.of(metadata, policy, plan.options, limits,
+                                 decodable if number < replanned else plan.decodable)
+                 for number, plan in enumerate(plans)]
+
+
+def _fill_segments(path, metadata, plans, backend, limits, deadline, notes,
+                   kernel) -> Iterator[tuple[_SegmentPlan, bool]]:
+    """One decode pass over the frames of every plan (in time order), each frame resized into the plans that hold
+    it. Yields (plan, whether the decode ended) in order, each once the decode has placed or passed its last frame."""
+    holders: dict[int, list[_SegmentPlan]] = {}
+    for plan in plans:
+        for index in plan.positions:
+            holders.setdefault(index, []).append(plan)
+    waiting = deque(plans)
+
+    def places(index: int) -> list[tuple[torch.Tensor, list[int]]]:
+        return [plan.place(index) for plan in holders[index]]
+
+    for index, seconds in _decode_resized(path, metadata, sorted(holders), places, backend, limits, deadline, notes,
+                                          kernel):
+        for plan in holders.pop(index):
+            plan.times[index] = seconds
+        while waiting and waiting[0].last <= index:
+            yield waiting.popleft(), False
+    while waiting:
+        yield waiting.popleft(), True
 
 
 def _decode_sample(path, metadata, indices, backend, policy, options, limits, deadline, notes):
@@ -247,30 +398,37 @@ def _decode_sample(path, metadata, indices, backend, policy, options, limits, de
             metadata
     except TimestampsUnfit:
         metadata = replace(metadata, timestamps_proven=False)
-        notes.append(f"the presentation times in {metadata.source} contradict its frame order; frames were counted "
-                     "in a sequential decode instead")
+        notes.append(_UNFIT_NOTE.format(source=metadata.source))
         return frames, _decode_into(frames, positions, path, metadata, backend, limits, deadline, notes, options), \
             metadata
 
 
 def _decode_into(frames, positions, path, metadata, backend, limits, deadline, notes, options) -> dict[int, float]:
     """Decode the frames `positions` names into `frames`, resizing each as it comes; {index: seconds} decoded."""
-    size, kernel = tuple(frames.shape[2:]), options.get("resize", "exact")
-    times = {}
+    return dict(_decode_resized(path, metadata, sorted(positions), lambda index: [(frames, positions[index])], backend,
+                                limits, deadline, notes, options.get("resize", "exact")))
+
+
+def _decode_resized(path, metadata, indices, places, backend, limits, deadline, notes,
+                    kernel) -> Iterator[tuple[int, float]]:
+    """Decode the sorted `indices`, resizing each frame into every (frames, positions) that `places(index)` names;
+    yields (index, seconds) in order, each once its frame is in place."""
     # Worker threads (one torch thread each) convert each wanted frame to RGB and resize it while the decoder goes
     # on: cheap codecs leave the cores to the resize, costly ones to FFmpeg's threads; torch's own OpenMP pool
     # spinning against FFmpeg's threads would cost more. A short queue bounds the decoded frames held.
     with ThreadPoolExecutor(RESIZE_WORKERS, initializer=torch.set_num_threads, initargs=(1,)) as resizer:
         pending = deque()
-        for index, seconds, picture in decode_frames(path, metadata, sorted(positions), backend, limits, deadline,
-                                                     notes):
-            pending.append(resizer.submit(_resize_into, frames, positions[index], picture, size, kernel))
-            times[index] = seconds
+        for index, seconds, picture in decode_frames(path, metadata, indices, backend, limits, deadline, notes):
+            pending.append((index, seconds, resizer.submit(_resize_into, places(index), picture, kernel)))
             if len(pending) > RESIZE_QUEUE:
-                pending.popleft().result()
-        for future in pending:
-            future.result()
-    return times
+                yield _placed(*pending.popleft())
+        while pending:
+            yield _placed(*pending.popleft())
+
+
+def _placed(index: int, seconds: float, job) -> tuple[int, float]:
+    job.result()
+    return index, seconds
 
 
 def choose_frames(metadata: VideoMetadata, policy: SamplingPolicy, options: dict) -> tuple[list[int], float, list[str]]:
@@ -333,8 +491,11 @@ def output_size(height: int, width: int, nframes: int, policy: SamplingPolicy, o
     return sampling.smart_resize(height, width, policy.factor, min_pixels, max_pixels)
 
 
-def _resize_into(frames: torch.Tensor, positions: list[int], picture, size: tuple[int, int], kernel: str) -> None:
-    frames[positions] = resize_frame(picture(), size, kernel)
+def _resize_into(places: list[tuple[torch.Tensor, list[int]]], picture, kernel: str) -> None:
+    """Convert one decoded frame once and resize it into each of its places (overlapping segments share frames)."""
+    image = picture()
+    for frames, positions in places:
+        frames[positions] = resize_frame(image, tuple(frames.shape[2:]), kernel)
 
 
 def resize_frame(image: torch.Tensor, size: tuple[int, int], kernel: str = "exact") -> torch.Tensor:
