@@ -310,6 +310,11 @@ class Adapter:
     def num_layers(self) -> int:
         return getattr(self.config, "text_config", self.config).num_hidden_layers
 
+    @property
+    def context_tokens(self) -> int:
+        """The longest prompt plus answer the language model takes."""
+        return getattr(self.config, "text_config", self.config).max_position_embeddings
+
     # ---- inputs --------------------------------------------------------------------------------------------
     def prepare(self, messages: list[dict], max_new_tokens: int | None = None, limits=None, fit=None,
                 **sampling_overrides) -> Prepared:
@@ -346,11 +351,21 @@ class Adapter:
         """Image options this checkpoint sets on top of the family policy (e.g. its processor's pixel bounds)."""
         return {}
 
+    def video_options(self, messages: list[dict], overrides: dict, item_options: dict | None = None,
+                      max_new_tokens: int | None = None) -> dict:
+        """The `load_video` options a video of `messages` is sampled with. Precedence: the item's own options > the
+        call's `overrides` > checkpoint defaults > policy. `max_new_tokens`: the answer budget, as in `prepare` (a
+        family whose frame count depends on it overrides this method). A caller that samples videos itself (a
+        chapters run) asks here, so its frames are those `prepare` would take."""
+        asked = {**overrides, **(item_options or {})}
+        defaults = {key: value for key, value in self.sampling_defaults().items()
+                    if not (key == "fps" and "nframes" in asked)}  # a frame count replaces the default rate
+        return {**defaults, **asked}
+
     def load_media(self, messages: list[dict], sampling_overrides: dict, max_new_tokens: int | None = None,
                    limits=None, fit=None) -> list:
-        """Sample every image/video item with this family's policy; already sampled items pass through.
-        Precedence: per-item options > call overrides (videos) > checkpoint defaults > policy. `max_new_tokens`: the
-        answer budget, as in `prepare` (a family whose frame count depends on it overrides this method)."""
+        """Sample every image/video item with this family's policy (`video_options`); already sampled items pass
+        through unchanged."""
         from vlm_app.media import SampledImage, SampledVideo, load_image, load_video
 
         shown = []
@@ -359,10 +374,8 @@ class Adapter:
             if isinstance(source, (SampledVideo, SampledImage)):
                 shown.append(source)
             elif item["type"] == "video":
-                asked = {**sampling_overrides, **media_options(item)}
-                defaults = {key: value for key, value in self.sampling_defaults().items()
-                            if not (key == "fps" and "nframes" in asked)}  # a frame count replaces the default rate
-                shown.append(load_video(source, policy=self.policy, limits=limits, fit=fit, **{**defaults, **asked}))
+                options = self.video_options(messages, sampling_overrides, media_options(item), max_new_tokens)
+                shown.append(load_video(source, policy=self.policy, limits=limits, fit=fit, **options))
             else:
                 shown.append(load_image(source, policy=self.policy, limits=limits,
                                         **{**self.image_defaults(), **media_options(item)}))

@@ -91,13 +91,13 @@ class DeepseekVL2Adapter(Adapter):
                   ("input_ids", "attention_mask", "images", "images_seq_mask", "images_spatial_crop")}
         return inputs, self._visual_map(batch, media, owners), batch.sft_format[0]
 
-    def load_media(self, messages: list[dict], sampling_overrides: dict, max_new_tokens: int | None = None,
-                   limits=None, fit=None) -> list:
+    def video_options(self, messages: list[dict], overrides: dict, item_options: dict | None = None,
+                      max_new_tokens: int | None = None) -> dict:
         """Videos get at most the frames that fit next to the prompt and a `max_new_tokens` answer (None: 512)."""
         if max_new_tokens is None:
             max_new_tokens = DEEPSEEK_DEFAULT_MAX_NEW_TOKENS
         budget = self.frame_budget(normalize(messages), max_new_tokens)
-        return super().load_media(messages, {**sampling_overrides, "max_frames": budget}, limits=limits, fit=fit)
+        return super().video_options(messages, {**overrides, "max_frames": budget}, item_options, max_new_tokens)
 
     def frame_budget(self, messages: list[dict], max_new_tokens: int) -> int:
         """Frames each video may have: the context left after the prompt (with every video removed) and the
