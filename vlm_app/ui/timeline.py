@@ -1,4 +1,5 @@
-"""Timestamps in an answer → a timeline: cues to jump to, subtitles, and SRT / VTT / JSON exports.
+"""Timestamps in an answer → a timeline: cues to jump to, subtitles, and SRT / VTT / JSON exports (the writers live
+in `vlm_app.subtitles`).
 
 Pure functions on text; nothing here knows about Gradio. Recognised forms: `mm:ss`, `hh:mm:ss` (each with optional
 fractions), seconds with a unit (`12.5s`, `12 sec`, `3 seconds`), and ranges of two of them joined by `-`, `–`,
@@ -7,9 +8,9 @@ fractions), seconds with a unit (`12.5s`, `12 sec`, `3 seconds`), and ranges of 
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass
+
+from vlm_app.subtitles import Cue, to_json, to_srt, to_vtt  # noqa: F401 (the timeline's exports)
 
 _CLOCK = r"(?:\d{1,2}:)?\d{1,2}:\d{2}(?:[.,]\d+)?"
 _SECONDS = r"\d+(?:\.\d+)?\s*(?:seconds|second|secs|sec|s)\b"
@@ -19,16 +20,6 @@ _JOIN = rf"-|–|—|to|and|,(?=\s*{_TIME}\s*\])"
 _TIMESTAMP = re.compile(rf"(?<![\d:.])(?P<start>{_TIME})(?:\s*(?:{_JOIN})\s*(?P<end>{_TIME}))?")
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
 DEFAULT_CUE_SECONDS = 3.0
-
-
-@dataclass(frozen=True)
-class Cue:
-    """One moment or range of the video that an answer talks about. `label` is the timestamp as written."""
-
-    start: float
-    end: float
-    text: str
-    label: str
 
 
 def parse_time(text: str) -> float:
@@ -80,29 +71,6 @@ def find_cues(answer: str, duration: float | None = None) -> list[Cue]:
             end = min(end, duration)
         cues.append(Cue(start=start, end=max(end, start), text=text, label=label))
     return cues
-
-
-def _subtitle_time(seconds: float, decimal: str) -> str:
-    millis = round(seconds * 1000)
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
-
-
-def to_srt(cues: list[Cue]) -> str:
-    blocks = [f"{number}\n{_subtitle_time(cue.start, ',')} --> {_subtitle_time(cue.end, ',')}\n{cue.text}\n"
-              for number, cue in enumerate(cues, start=1)]
-    return "\n".join(blocks)
-
-
-def to_vtt(cues: list[Cue]) -> str:
-    blocks = [f"{_subtitle_time(cue.start, '.')} --> {_subtitle_time(cue.end, '.')}\n{cue.text}\n" for cue in cues]
-    return "\n".join(["WEBVTT\n"] + blocks)
-
-
-def to_json(cues: list[Cue]) -> str:
-    return json.dumps([asdict(cue) for cue in cues], indent=2, ensure_ascii=False)
 
 
 def subtitles(cues: list[Cue]) -> list[dict]:
