@@ -1,11 +1,13 @@
-"""The Python API: `load` a model into its adapter, `describe` a video or a folder.
+"""The Python API: `load` a model into its adapter, `describe` a video or a folder, `describe_chapters` a long
+video segment by segment.
 
-    from vlm_app import load, describe
+    from vlm_app import load, describe, describe_chapters
     adapter = load("smolvlm2-256m")                       # or a hub id, or a local checkpoint folder
     record = describe("clip.mp4", model=adapter, prompt="What happens?", fps=1)
     prepared = adapter.prepare([{"role": "user", "content": [{"type": "video", "video": "clip.mp4"},
                                                              {"type": "text", "text": "Describe."}]}])
     out = adapter.forward(prepared, output_hidden_states=True)   # logits, hidden states, visual_hidden(layer)
+    chapters = describe_chapters("talk.mp4", model=adapter)      # record["chapters"], record["summary"]
 
 `describe` records running out of memory as the record's `error` (`vlm_app.errors.OutOfMemory`); around your own
 adapter calls, `with vlm_app.service.MemoryGuard("the forward pass", adapter.device): ...` does the same.
@@ -44,3 +46,19 @@ def describe(source, model=DEFAULT_MODEL, prompt: str = DEFAULT_PROMPT, out: str
         return describe_folder(adapter, source, out, prompt, sampling, generation, resume=resume, progress=False,
                                memory=memory)
     return execute(adapter, one_turn(prompt, source, sampling, generation, **memory))
+
+
+def describe_chapters(source, model=DEFAULT_MODEL, prompt: str | None = None, segment_seconds: float | None = None,
+                      overlap: float = 0.0, generation: dict | None = None, limits=None, progress: bool = False,
+                      max_memory=None, fit: bool = True, **sampling) -> dict:
+    """A long video as chapters: one request per segment, merged into `chapters` ([{start, end, text}] from 0 to the
+    duration) with a `summary` (see `vlm_app.chapters.describe_chapters`, which the CLI's --chapters calls)."""
+    from vlm_app.chapters import DEFAULT_PROMPT as CHAPTER_PROMPT
+    from vlm_app.chapters import describe_chapters as describe_in_chapters
+    from vlm_app.runtime import CACHE
+
+    check_source(source)
+    adapter = CACHE.get(model) if isinstance(model, str) else model
+    return describe_in_chapters(adapter, source, prompt or CHAPTER_PROMPT, sampling, generation,
+                                seconds=segment_seconds, overlap=overlap, limits=limits, progress=progress,
+                                memory={"max_memory": max_memory, "fit": fit})

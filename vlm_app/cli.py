@@ -235,8 +235,26 @@ def _add_describe(sub) -> None:
                         help="also save hidden states of every layer and the visual-token map (single video)")
     parser.add_argument("--boxes-out", metavar="PNG",
                         help="for an image source: draw the answer's grounding boxes (DeepSeek-VL2) onto it")
+    parser.add_argument("--max-duration", type=float, default=None, metavar="SECONDS",
+                        help="longest video one request takes (default 4 h; longer ones go in --chapters, up to 24 h)")
+    _add_chapter_options(parser)
     _add_ray_options(parser)
     parser.set_defaults(handler=_run_describe)
+
+
+def _add_chapter_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("chapters (long videos: one request per segment, then a summary)")
+    group.add_argument("--chapters", action="store_true",
+                       help="split the video into consecutive segments, describe each (its prompt names its time "
+                            "range), merge them into chapters from 0 to the end and summarise them")
+    group.add_argument("--segment-seconds", type=float, default=None, metavar="S",
+                       help="segment length (default: what one request of the model shows, max frames / fps, "
+                            "within 60..240 s)")
+    group.add_argument("--overlap", type=float, default=None, metavar="S",
+                       help="seconds each segment also samples of the next (default 0)")
+    group.add_argument("--chapters-out", action=ListFlag, default=None, metavar="PATH",
+                       help="write the chapters to these files, format by suffix: .json, .srt, .vtt (a,b or a b; "
+                            "repeatable)")
 
 
 def _add_ray_options(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
 """The CLI's describe and compare: one video (or image) -> one record; a folder of videos -> JSONL with a
-progress bar and resume; several models -> a table.
+progress bar and resume; several models -> a table. `chapters` (a dict of `describe_chapters` options) describes
+each video segment by segment instead (`vlm_app.chapters`), resuming inside an unfinished video.
 
 Every record comes from `vlm_app.service` (the one request layer; `service.build_record` defines its fields):
 model id and revision, dtype, device, sampling options, generation options and seed, the frame indices and
@@ -17,7 +18,7 @@ from urllib.parse import urlparse
 
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.grounding import draw_boxes, parse_grounding
-from vlm_app.results import JsonlResults
+from vlm_app.results import JsonlResults, segments_path
 from vlm_app.service import IMAGE_SUFFIXES, MemoryGuard, compare, execute, is_image, one_turn
 
 DEFAULT_PROMPT = "Describe this video."
@@ -90,7 +91,8 @@ def collection_sources(source: Any) -> list[str] | None:
 def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, prompt: str = DEFAULT_PROMPT,
                     sampling: dict | None = None, generation: dict | None = None, resume: bool = False,
                     retry_failed: bool = False, emit: Callable[[dict], None] | None = None,
-                    progress: bool = True, memory: dict | None = None) -> list[dict]:
+                    progress: bool = True, memory: dict | None = None, chapters: dict | None = None,
+                    limits=None) -> list[dict]:
     """Describe every video of a folder or list file, appending one JSON line per video to `out_path` as it
     finishes. `resume` and `retry_failed` follow the one resume rule of `vlm_app.results`. `memory`: the
     request's max_memory and fit (`service.Request`)."""
@@ -101,20 +103,55 @@ def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, pr
         raise OptionsError(f"{folder} is neither a folder nor a list file ({', '.join(LIST_SUFFIXES)})")
     results = JsonlResults(out_path) if out_path else None
     skip = results.start(resume, retry_failed) if results is not None else set()
+    segments = _segment_results(out_path, chapters, resume, retry_failed)
     records = []
     todo = [video for video in videos if str(video) not in skip]
     try:
         for video in tqdm(todo, desc="describe", unit="video", disable=not progress, file=sys.stderr):
-            record = execute(adapter, one_turn(prompt, video, sampling, generation, **(memory or {})))
+            record = describe_video(adapter, video, prompt, sampling, generation, chapters, segments, limits,
+                                    progress, memory=memory)
             records.append(record)
             if results is not None:
                 results.add(record)
             if emit is not None:
                 emit(record)
     finally:
-        if results is not None:
-            results.close()
+        for output in (results, segments):
+            if output is not None:
+                output.close()
     return records
+
+
+def _segment_results(out_path, chapters: dict | None, resume: bool, retry_failed: bool) -> JsonlResults | None:
+    """The sidecar of finished segments of a chapters run with an output (started as the output is)."""
+    if chapters is None or not out_path:
+        return None
+    segments = JsonlResults(segments_path(out_path), key="key")
+    segments.start(resume, retry_failed)
+    return segments
+
+
+def describe_video(adapter, source, prompt: str, sampling: dict | None, generation: dict | None,
+                   chapters: dict | None = None, segments: JsonlResults | None = None, limits=None,
+                   progress: bool = False, on_segment: Callable[[dict], None] | None = None,
+                   memory: dict | None = None) -> dict:
+    """One video's record: one request, or with `chapters` one per segment (finished segments in `segments` are
+    reused, new ones written there as they finish). `memory`: the requests' max_memory and fit."""
+    if chapters is None:
+        return execute(adapter, one_turn(prompt, source, sampling, generation, limits, **(memory or {})))
+    from vlm_app.chapters import describe_chapters
+
+    done = {key: {name: value for name, value in record.items() if name != "source"}
+            for key, record in (segments.kept if segments is not None else {}).items()}
+
+    def finished(segment: dict) -> None:
+        if segments is not None:
+            segments.add({"source": str(source), **segment})
+        if on_segment is not None:
+            on_segment(segment)
+
+    return describe_chapters(adapter, source, prompt, sampling, generation, limits=limits, done=done,
+                             on_segment=finished, progress=progress, memory=memory, **chapters)
 
 
 def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str | Path,
@@ -177,9 +214,11 @@ def _print_answer_line(text: str) -> None:
 def run_describe_command(args, model_options: dict, sampling: dict, generation: dict) -> int:
     from vlm_app.runtime import load_adapter
 
-    prompt = resolve_prompt(args.prompt, args.template)
     source = args.source
     is_folder = collection_sources(source) is not None
+    chapters = _chapter_options(args, is_folder)
+    prompt = _chapters_prompt(args) if chapters is not None else resolve_prompt(args.prompt, args.template)
+    limits = _limits(args)
     resume = args.resume or args.retry_failed
     if resume and not args.out:
         raise OptionsError("--resume and --retry-failed need --out results.jsonl (the file to resume)")
@@ -191,7 +230,8 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
         adapter = load_adapter(args.model, **model_options)
         emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
         records = describe_folder(adapter, source, args.out, prompt, sampling, generation, resume=resume,
-                                  retry_failed=args.retry_failed, emit=emit, memory=memory_options(args))
+                                  retry_failed=args.retry_failed, emit=emit, memory=memory_options(args),
+                                  chapters=chapters, limits=limits)
         failed = [record for record in records if record["error"]]
         print(f"described {len(records) - len(failed)} video(s), {len(failed)} failed"
               + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
@@ -203,14 +243,79 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
               "--retry-failed if it failed)", file=sys.stderr)
         return 0
     adapter = load_adapter(args.model, **model_options)
-    return _describe_one(args, adapter, prompt, sampling, generation, results)
+    if chapters is not None:
+        return _describe_chapters_one(args, adapter, prompt, sampling, generation, chapters, limits, results, resume)
+    return _describe_one(args, adapter, prompt, sampling, generation, results, limits)
 
 
-def _describe_one(args, adapter, prompt: str, sampling: dict, generation: dict, results: JsonlResults | None) -> int:
+def _chapter_options(args, is_folder: bool) -> dict | None:
+    """`describe_chapters` options from --chapters, --segment-seconds and --overlap (None without --chapters);
+    the flags that cannot go with it fail here, before any model loads."""
+    from vlm_app.chapters import check_exports
+
+    chapter_flags = [flag for flag, value in (("--segment-seconds", args.segment_seconds), ("--overlap", args.overlap),
+                                              ("--chapters-out", args.chapters_out)) if value]
+    if not args.chapters:
+        if chapter_flags:
+            raise OptionsError(f"{chapter_flags[0]} goes with --chapters")
+        return None
+    if args.dump_features or args.boxes_out:
+        raise OptionsError("--dump-features and --boxes-out work on one request; drop them or --chapters")
+    if args.chapters_out and is_folder:
+        raise OptionsError("--chapters-out writes one video's chapters; a folder's chapters are in the --out records")
+    check_exports(args.chapters_out or [])
+    return {"seconds": args.segment_seconds, "overlap": args.overlap or 0.0}
+
+
+def _chapters_prompt(args) -> str:
+    from vlm_app.chapters import DEFAULT_PROMPT as CHAPTER_PROMPT
+
+    return resolve_prompt(args.prompt, args.template) if args.prompt or args.template else CHAPTER_PROMPT
+
+
+def _limits(args):
+    """The media limits of a describe run: the defaults, with --max-duration for plain requests."""
+    from vlm_app.media import DEFAULT_LIMITS
+
+    if args.max_duration is None:
+        return None
+    return DEFAULT_LIMITS.with_overrides(max_duration_seconds=args.max_duration)
+
+
+def _describe_chapters_one(args, adapter, prompt: str, sampling: dict, generation: dict, chapters: dict, limits,
+                           results: JsonlResults | None, resume: bool) -> int:
+    """One video in chapters: each chapter printed as it finishes (or the record with --json), then the exports."""
+    from vlm_app.chapters import segment_line, write_chapters
+
+    segments = _segment_results(args.out, chapters, resume, args.retry_failed)
+    show = None if args.json else (lambda segment: print(segment_line(segment), flush=True))
+    try:
+        record = describe_video(adapter, args.source, prompt, sampling, generation, chapters, segments, limits,
+                                progress=True, on_segment=show, memory=memory_options(args))
+    finally:
+        if segments is not None:
+            segments.close()
+    if results is not None:
+        with results:
+            results.add(record)
+    if args.json:
+        print(json.dumps(record))
+    elif record["summary"] is not None:
+        print(f"\nSummary: {record['summary']}")
+    for path in args.chapters_out or []:
+        write_chapters(record, path)
+        print(f"chapters: {path}", file=sys.stderr)
+    if record["error"] is not None:
+        raise VlmAppError(record["error"])
+    return 0
+
+
+def _describe_one(args, adapter, prompt: str, sampling: dict, generation: dict, results: JsonlResults | None,
+                  limits=None) -> int:
     """One video or image: the answer (streamed to a terminal), its record in --out, then features and boxes."""
     source = args.source
     streaming = not args.json and (args.stream or sys.stdout.isatty())
-    record = execute(adapter, one_turn(prompt, source, sampling, generation, **memory_options(args)),
+    record = execute(adapter, one_turn(prompt, source, sampling, generation, limits, **memory_options(args)),
                      on_text=_print_answer_line if streaming else None)
     if results is not None:
         with results:

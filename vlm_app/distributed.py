@@ -200,6 +200,8 @@ def run_ray_describe_command(args, model_options: dict, sampling: dict, generati
         raise OptionsError("--engine ray writes its results to a file: add --out results.jsonl (or results.parquet)")
     if args.stream or args.dump_features:
         raise OptionsError("--stream and --dump-features work with --engine local (one video), not with --engine ray")
+    if args.chapters or args.max_duration is not None:
+        raise OptionsError("--chapters and --max-duration work with --engine local, not with --engine ray (yet)")
     job = Job(model=args.model, model_options=model_options, prompt=resolve_prompt(args.prompt, args.template),
               sampling=sampling, generation=generation)
     cluster = Cluster(address=args.address, decode_workers=args.decode_workers, model_replicas=args.model_replicas,

@@ -12,7 +12,7 @@ _HOMES = {
     "DEFAULT_LIMITS": "limits", "Limits": "limits",
     "SamplingPolicy": "policies", "deepseek_max_frames": "policies", "get_policy": "policies",
     "smart_nframes": "sampling", "smart_resize": "sampling",
-    "SampledVideo": "video", "load_video": "video",
+    "SampledVideo": "video", "load_video": "video", "load_video_segments": "video",
 }
 __all__ = sorted(_HOMES)
 

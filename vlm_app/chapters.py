@@ -1,0 +1,321 @@
+"""Hour-long videos as chapters: the video split into consecutive segments, each described by its own request
+through `vlm_app.service`, merged into chapters that cover it from 0 to its duration, and a summary.
+
+    record = describe_chapters(adapter, "talk.mp4")    # record["chapters"]: [{start, end, text}], record["summary"]
+
+Segments. A segment is [start, end) of the video; neighbours meet without gaps. `overlap` seconds widen each
+segment's sampled window past its end (never past the video's), so neighbours share that much video; its chapter
+keeps [start, end). The default length (`segment_seconds`) is what one request of the family shows at its own rate,
+max frames / fps: Qwen2.5-VL 768 / 2 = 384 s, SmolVLM2 64 / 1 = 64 s, DeepSeek-VL2 about 8 / 1 = 8 s; then kept
+within 60..240 s: shorter would give a chapter every few seconds (DeepSeek-VL2 spreads its 8 frames over a minute
+instead), longer only a dozen chapters an hour and requests of tens of thousands of tokens (Qwen2.5-VL takes 480
+frames of 4 minutes). The video is cut at multiples of the length; a last piece shorter than half of one joins the
+segment before it.
+
+Times. Each segment's prompt names its absolute range ("This part of the video runs from 00:12:00 to 00:16:00 of
+01:02:10."), and the frames keep their absolute times: SmolVLM2's "Frame from MM:SS" and DeepSeek-VL2's "Frame at"
+labels are times in the whole video. Qwen2.5-VL's mRoPE counts time from the first frame of the video it is given
+(the model takes no offset), so there the prompt alone carries the segment's place in the video.
+
+Decoding: one probe and one decode pass for the whole video (`media.video.load_video_segments`), one segment's
+frames in memory at a time; a request only ever holds its own segment.
+
+Summary: one more request, text only, over the chapter texts. When they do not fit the model's context next to
+the answer budget, each is cut to an equal share of the room; when a share would fall under `MIN_PART_TOKENS`,
+groups of chapters are summarised first and the summary is made from those.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from vlm_app.errors import LimitError, OptionsError, VlmAppError
+from vlm_app.messages import conversation
+from vlm_app.service import Request, build_record, execute, is_image
+from vlm_app.subtitles import Cue, clock, to_srt, to_vtt
+
+DEFAULT_PROMPT = "Describe what happens in this part of the video."
+MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS = 60.0, 240.0
+SEGMENT_PROMPT = "This part of the video runs from {start} to {end} of {duration}. {prompt}"
+SUMMARY_PROMPT = ("Below are descriptions of the consecutive parts of a video that lasts {duration}, each after its "
+                  "time range. Summarize the whole video in a few sentences.\n\n{parts}")
+MIN_PART_TOKENS = 16  # of text per chapter in a summary request, its time range aside
+TEMPLATE_TOKENS = 64  # room left for the chat template around the summary prompt
+SEGMENT_FIELDS = ("answer", "error", "prompt", "frames_indices", "timestamps", "sample_fps", "num_visual_tokens",
+                  "num_tokens", "timings", "finish_reason", "cancelled")
+EXPORTS = (".json", ".srt", ".vtt")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A chapter [start, end) and the window sampled for it (the chapter and its overlap), seconds."""
+
+    start: float
+    end: float
+    video_start: float
+    video_end: float
+
+
+def segment_seconds(adapter, options: dict) -> float:
+    """The default segment length for `adapter` when its videos get the load_video `options` (those of
+    `Adapter.video_options`): the family's frames per request at its rate, within 60..240 s (see the module's
+    docstring). The one place to also fit a memory limit."""
+    from vlm_app.media import get_policy
+
+    policy = get_policy(adapter.policy)
+    fps = options.get("fps") or policy.fps
+    frames = options.get("nframes") or options.get("max_frames") or policy.max_frames
+    return min(max(frames / fps, MIN_SEGMENT_SECONDS), MAX_SEGMENT_SECONDS)
+
+
+def split_video(duration: float, seconds: float, overlap: float = 0.0) -> list[Segment]:
+    """Consecutive segments of `seconds` covering [0, duration) (a short last piece joins the one before), each
+    sampled `overlap` seconds past its end."""
+    if not seconds > 0 or overlap < 0:
+        raise OptionsError(f"the segment length must be positive and the overlap >= 0, got {seconds} and {overlap}")
+    bounds = [0.0]
+    while duration - bounds[-1] > 1.5 * seconds:
+        bounds.append(bounds[-1] + seconds)
+    bounds.append(duration)
+    return [Segment(start, end, start, min(end + overlap, duration)) for start, end in zip(bounds, bounds[1:])]
+
+
+def segment_messages(prompt: str, segment: Segment, duration: float, video) -> list[dict]:
+    """The request of one segment: its video and the prompt naming its absolute range. The clocks are fixed-width,
+    so every segment's prompt takes as many tokens (a zero segment sizes them all)."""
+    text = SEGMENT_PROMPT.format(start=clock(segment.video_start), end=clock(segment.video_end),
+                                 duration=clock(duration), prompt=prompt)
+    return conversation(text, video=video)
+
+
+def segment_key(source, segment: Segment, adapter, prompt: str, sampling: dict, generation: dict) -> str:
+    """What makes a finished segment reusable by a resumed run: the video, the bounds, the model and every option."""
+    return json.dumps({"source": str(source), **asdict(segment), "model": adapter.info.model_id,
+                       "revision": adapter.info.revision, "prompt": prompt, "sampling": sampling,
+                       "generation": generation}, sort_keys=True)
+
+
+class _Plan:
+    """The segments of one run, made once the probe knows the duration: the load_video options of those still to
+    describe (`done` holds the finished ones of an earlier run, by `segment_key`)."""
+
+    def __init__(self, adapter, source, prompt, sampling, generation, seconds, overlap, done, on_plan):
+        self.adapter, self.source, self.prompt = adapter, source, prompt
+        self.sampling, self.generation, self.seconds, self.overlap = sampling, generation, seconds, overlap
+        self.done, self.on_plan = done, on_plan
+        self.duration, self.segments, self.todo = None, [], []
+
+    def key(self, segment: Segment) -> str:
+        return segment_key(self.source, segment, self.adapter, self.prompt, self.sampling, self.generation)
+
+    def media(self, segment: Segment) -> dict:
+        return {**self.sampling, "video_start": segment.video_start, "video_end": segment.video_end}
+
+    def __call__(self, metadata) -> list[dict]:
+        self.duration = metadata.duration
+        self.segments = split_video(metadata.duration, self.seconds, self.overlap)
+        self.todo = [segment for segment in self.segments if self.key(segment) not in self.done]
+        self.on_plan(len(self.segments), len(self.segments) - len(self.todo))
+        return [self.adapter.video_options(segment_messages(self.prompt, segment, self.duration, self.source),
+                                           self.media(segment),
+                                           max_new_tokens=self.generation.get("max_new_tokens"))
+                for segment in self.todo]
+
+
+def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: dict | None = None,
+                      generation: dict | None = None, seconds: float | None = None, overlap: float = 0.0,
+                      limits=None, done: dict[str, dict] | None = None,
+                      on_segment: Callable[[dict], None] | None = None, progress: bool = False,
+                      memory: dict | None = None) -> dict:
+    """The chapters record of a video: the usual record fields (`answer` is the summary) plus `duration`,
+    `chapters` ([{start, end, text}] in order, from 0 to the duration without gaps), `summary`, `segments` (each
+    segment's bounds, prompt, frames, timestamps, tokens, timings and error) and `chapter_options`.
+
+    `seconds`: the segment length (default: `segment_seconds`); `overlap`: seconds each segment's window reaches
+    into the next; `done`: finished segment records of an earlier run by `segment_key` (not described again);
+    `on_segment`: called with each newly finished segment record (a resumable run writes it down at once);
+    `progress`: a bar of segments on stderr; `memory`: each request's max_memory and fit (`service.Request`; the
+    frames are sampled before the requests, so a limit only notes a segment over it). A failed segment leaves its chapter's text empty and sets the record's
+    `error`; the rest goes on."""
+    from tqdm import tqdm
+
+    from vlm_app.media.video import load_video_segments
+
+    sampling, generation, done = dict(sampling or {}), dict(generation or {}), done or {}
+    _check_request(source, sampling, seconds)
+    if seconds is None:
+        sizing = segment_messages(prompt, Segment(0, 0, 0, 0), 0, str(source))
+        seconds = segment_seconds(adapter, adapter.video_options(sizing, sampling,
+                                                                 max_new_tokens=generation.get("max_new_tokens")))
+    bar = None
+
+    def on_plan(total: int, reused: int) -> None:  # the bar starts once the probe has told how many segments
+        nonlocal bar
+        bar = tqdm(total=total, initial=reused, desc=str(source).rsplit("/", 1)[-1], unit="segment",
+                   disable=not progress, file=sys.stderr, leave=False)
+
+    plan = _Plan(adapter, source, prompt, sampling, generation, seconds, overlap, done, on_plan)
+    described, media_error = {}, None
+    try:
+        for number, video in enumerate(load_video_segments(source, adapter.policy, plan, limits=limits)):
+            segment = plan.todo[number]
+            request = Request(segment_messages(prompt, segment, plan.duration, video), plan.media(segment), generation,
+                              limits, str(source), **(memory or {}))
+            described[segment] = _segment_record(execute(adapter, request), segment, plan.key(segment))
+            del video, request  # the next segment is decoded only once this one's frames are gone
+            if on_segment is not None:
+                on_segment(described[segment])
+            bar.update()
+    except VlmAppError as error:  # the media failed: this segment and every later one
+        media_error = error
+    finally:
+        if bar is not None:
+            bar.close()
+    segments = [done.get(plan.key(segment)) or described.get(segment)
+                or _segment_record({"error": str(media_error)}, segment, plan.key(segment)) for segment in plan.segments]
+    return _chapters_record(adapter, source, prompt, sampling, generation, limits, plan, segments, media_error,
+                            seconds, overlap)
+
+
+def _check_request(source, sampling: dict, seconds: float | None) -> None:
+    if is_image(source) or isinstance(source, (list, tuple)):
+        raise OptionsError("chapters split a video in time; give a video file or URL, not an image or frame list")
+    given = [name for name in ("video_start", "video_end") if sampling.get(name) is not None]
+    if given:
+        raise OptionsError(f"chapters cover the whole video, segment by segment; drop {', '.join(given)} "
+                           "(--start/--end), or cut the video first")
+    if seconds is not None and not seconds >= 1:
+        raise OptionsError(f"the segment length must be at least 1 second, got {seconds}")
+
+
+def _segment_record(record: dict, segment: Segment, key: str) -> dict:
+    return {**asdict(segment), "key": key, **{name: record.get(name) for name in SEGMENT_FIELDS}}
+
+
+def _chapters_record(adapter, source, prompt, sampling, generation, limits, plan, segments, media_error, seconds,
+                     overlap) -> dict:
+    chapters = [{"start": item["start"], "end": item["end"], "text": (item["answer"] or "").strip()}
+                for item in segments]
+    parts = [(chapter["start"], chapter["end"], chapter["text"]) for chapter, item in zip(chapters, segments)
+             if item["error"] is None]
+    summary, summary_records, summary_error = None, [], None
+    if parts:
+        try:
+            summary = summarize(adapter, parts, plan.duration, generation, summary_records)
+        except VlmAppError as error:
+            summary_error = error
+    summary_error = summary_error or next((record["error"] for record in summary_records if record["error"]), None)
+    request = Request(conversation(prompt, video=str(source)), sampling, generation, limits, str(source))
+    record = build_record(adapter, request, error=_error(segments, media_error, summary_error))
+    shown = sorted({(index, time) for item in segments for index, time in zip(item["frames_indices"] or [],
+                                                                               item["timestamps"] or [])})
+    counted = [item for item in segments + summary_records if item["num_tokens"]]
+    record.update(
+        answer=summary, summary=summary, chapters=chapters, segments=segments, duration=plan.duration,
+        frames_indices=[index for index, _ in shown], timestamps=[time for _, time in shown],
+        num_visual_tokens=sum(item["num_visual_tokens"] for item in counted),
+        num_tokens={name: sum(item["num_tokens"][name] for item in counted) for name in ("text", "visual", "total")},
+        timings=_total_timings([item["timings"] for item in segments + summary_records if item["timings"]]),
+        finish_reason=summary_records[-1]["finish_reason"] if summary_records else None,
+        chapter_options={"segment_seconds": seconds, "overlap": overlap})
+    return record
+
+
+def _error(segments: list[dict], media_error, summary_error) -> str | None:
+    failed = [item for item in segments if item["error"] is not None]
+    if not failed and media_error is not None:  # the probe failed: there are no segments
+        return str(media_error)
+    if failed:
+        first = failed[0]
+        return (f"{len(failed)} of {len(segments)} segments failed; the first, {clock(first['start'])} to "
+                f"{clock(first['end'])}: {first['error']}")
+    return f"the summary failed: {summary_error}" if summary_error is not None else None
+
+
+def _total_timings(timings: list[dict]) -> dict | None:
+    """The run's costs: sums over its requests, the highest peak memory; tokens/s over all decoding."""
+    if not timings:
+        return None
+    total = {name: sum(item[name] for item in timings) for name in ("preprocess_s", "prefill_s", "decode_s",
+                                                                    "new_tokens")}
+    steps = sum(max(item["new_tokens"] - 1, 0) for item in timings)
+    return {**total, "tokens_per_s": steps / total["decode_s"] if total["decode_s"] > 0 else 0.0,
+            "peak_memory_bytes": max(item["peak_memory_bytes"] for item in timings)}
+
+
+def summarize(adapter, parts: list[tuple[float, float, str]], duration: float, generation: dict,
+              records: list[dict]) -> str:
+    """A summary of (start, end, text) parts by text-only requests (their records appended to `records`), fitted to
+    the model's context as the module's docstring says."""
+    tokenizer = adapter.tokenizer
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    answer_tokens = int(generation.get("max_new_tokens") or 256)
+    room = (adapter.context_tokens - answer_tokens - TEMPLATE_TOKENS
+            - count(SUMMARY_PROMPT.format(duration=clock(duration), parts="")))
+    label_tokens = count(_part(0, 0, "")) + 1
+    if room < 2 * (label_tokens + MIN_PART_TOKENS):
+        raise LimitError(f"no summary fits the {adapter.context_tokens}-token context next to a {answer_tokens}-token "
+                         "answer; lower max_new_tokens")
+    share = room // len(parts) - label_tokens
+    if share >= MIN_PART_TOKENS or len(parts) == 1:
+        lines = [_part(start, end, _cut(tokenizer, text, share)) for start, end, text in parts]
+        prompt = SUMMARY_PROMPT.format(duration=clock(duration), parts="\n".join(lines))
+        records.append(execute(adapter, Request(conversation(prompt), generation=generation, source="summary")))
+        return (records[-1]["answer"] or "").strip()
+    size = max(room // (label_tokens + MIN_PART_TOKENS), 2)
+    groups = [parts[first:first + size] for first in range(0, len(parts), size)]
+    return summarize(adapter, [(group[0][0], group[-1][1], summarize(adapter, group, duration, generation, records))
+                               for group in groups], duration, generation, records)
+
+
+def _part(start: float, end: float, text: str) -> str:
+    return f"[{clock(start)} - {clock(end)}] {text}"
+
+
+def _cut(tokenizer, text: str, tokens: int) -> str:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return text if len(ids) <= tokens else tokenizer.decode(ids[:max(tokens, 1)]).rstrip() + "…"
+
+
+def chapter_cues(record: dict) -> list[Cue]:
+    """The chapters as subtitle cues."""
+    return [Cue(chapter["start"], chapter["end"], _shown(chapter["text"], segment["error"]), clock(chapter["start"]))
+            for chapter, segment in zip(record["chapters"], record["segments"])]
+
+
+def segment_line(segment: dict) -> str:
+    """A finished segment as a line for a terminal: its chapter's range and text."""
+    return _part(segment["start"], segment["end"], _shown((segment["answer"] or "").strip(), segment["error"]))
+
+
+def _shown(text: str, error: str | None) -> str:
+    """A chapter's text, or what stands for it when the segment failed or the model said nothing."""
+    return text or (f"(not described: {error})" if error else "(no description)")
+
+
+def check_exports(paths: list[str]) -> None:
+    """Fail before any work on an export path whose suffix says no known format."""
+    unknown = [path for path in paths if not str(path).lower().endswith(EXPORTS)]
+    if unknown:
+        raise OptionsError(f"cannot tell the format of {unknown[0]}; chapter exports end in {', '.join(EXPORTS)}")
+
+
+def write_chapters(record: dict, path) -> None:
+    """The chapters to `path`: .json ({source, duration, summary, chapters}), .srt or .vtt, by its suffix."""
+    path = Path(path)
+    check_exports([str(path)])
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        text = json.dumps({name: record[name] for name in ("source", "model", "duration", "summary", "chapters")},
+                          indent=2, ensure_ascii=False)
+    else:
+        text = (to_srt if suffix == ".srt" else to_vtt)(chapter_cues(record))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
