@@ -28,6 +28,7 @@ groups of chapters are summarised first and the summary is made from those.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,10 +78,8 @@ def split_video(duration: float, seconds: float, overlap: float = 0.0) -> list[S
     sampled `overlap` seconds past its end."""
     if not seconds > 0 or overlap < 0:
         raise OptionsError(f"the segment length must be positive and the overlap >= 0, got {seconds} and {overlap}")
-    bounds = [0.0]
-    while duration - bounds[-1] > 1.5 * seconds:
-        bounds.append(bounds[-1] + seconds)
-    bounds.append(duration)
+    count = max(1, math.floor(duration / seconds + 0.5))  # a last piece under half a segment joins the one before
+    bounds = [index * seconds for index in range(count)] + [duration]
     return [Segment(start, end, start, min(end + overlap, duration)) for start, end in zip(bounds, bounds[1:])]
 
 
@@ -161,8 +160,8 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
     plan = _Plan(adapter, source, prompt, sampling, generation, seconds, overlap, done, on_plan)
     described, media_error = {}, None
     try:
-        for number, video in enumerate(load_video_segments(source, adapter.policy, plan, limits=limits)):
-            segment = plan.todo[number]
+        for video in load_video_segments(source, adapter.policy, plan, limits=limits):
+            segment = plan.todo[len(described)]  # (no enumerate: its reused tuple would keep the last video alive)
             request = Request(segment_messages(prompt, segment, plan.duration, video), plan.media(segment), generation,
                               limits, str(source), **(memory or {}))
             described[segment] = _segment_record(execute(adapter, request), segment, plan.key(segment))
