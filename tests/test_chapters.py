@@ -287,3 +287,32 @@ def test_a_summary_that_does_not_fit_is_made_from_group_summaries(smol, monkeypa
     assert isinstance(summary, str) and len(records) > 1 and all(record["error"] is None for record in records)
     assert all(record["num_tokens"]["total"] + 4 <= 400 for record in records)
     assert "[00:00:00 - " in records[0]["prompt"] and "[00:00:00 - " in records[-1]["prompt"]
+
+
+def test_retry_failed_redoes_only_the_failed_segments(tmp_path, make_clip, smol, monkeypatch, capsys):
+    from vlm_app import chapters
+
+    video, out = make_clip(tmp_path / "talk.mp4", 24.0, 8, 64, 48), tmp_path / "results.jsonl"
+    asked, real_execute = [], chapters.execute
+
+    def flaky(adapter, request, *args, **kwargs):
+        asked.append(request.prompt())
+        record = real_execute(adapter, request, *args, **kwargs)
+        return {**record, "answer": None, "error": "out of luck"} if "from 00:00:08" in request.prompt() else record
+
+    monkeypatch.setattr(chapters, "execute", flaky)
+    argv = ["describe", str(video), "--chapters", "--segment-seconds", "8", "--model", smol, "--out", str(out), *FAST]
+    assert main(argv) == 2
+    assert "1 of 3 segments failed; the first, 00:00:08 to 00:00:16: out of luck" in capsys.readouterr().err
+    def counted(adapter, request, *args, **kwargs):
+        asked.append(request.prompt())
+        return real_execute(adapter, request, *args, **kwargs)
+
+    monkeypatch.setattr(chapters, "execute", counted)
+    asked.clear()
+    assert main(argv + ["--resume"]) == 0 and asked == []  # resume keeps the failed video, as for plain records
+    assert main(argv + ["--retry-failed"]) == 0
+    assert len(asked) == 2 and "runs from 00:00:08 to 00:00:16" in asked[0]  # that segment, then the summary
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 1 and records[0]["error"] is None
+    assert [segment["error"] for segment in records[0]["segments"]] == [None, None, None]

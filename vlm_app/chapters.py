@@ -36,7 +36,7 @@ from typing import Callable
 
 from vlm_app.errors import LimitError, OptionsError, VlmAppError
 from vlm_app.messages import conversation
-from vlm_app.service import Request, build_record, execute, is_image
+from vlm_app.service import DEFAULT_MAX_NEW_TOKENS, Request, build_record, execute, is_image
 from vlm_app.subtitles import Cue, clock, to_srt, to_vtt
 
 DEFAULT_PROMPT = "Describe what happens in this part of the video."
@@ -175,7 +175,8 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
         if bar is not None:
             bar.close()
     segments = [done.get(plan.key(segment)) or described.get(segment)
-                or _segment_record({"error": str(media_error)}, segment, plan.key(segment)) for segment in plan.segments]
+                or _segment_record({"error": str(media_error)}, segment, plan.key(segment))
+                for segment in plan.segments]
     return _chapters_record(adapter, source, prompt, sampling, generation, limits, plan, segments, media_error,
                             seconds, overlap)
 
@@ -255,7 +256,7 @@ def summarize(adapter, parts: list[tuple[float, float, str]], duration: float, g
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
 
-    answer_tokens = int(generation.get("max_new_tokens") or 256)
+    answer_tokens = int(generation.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
     room = (adapter.context_tokens - answer_tokens - TEMPLATE_TOKENS
             - count(SUMMARY_PROMPT.format(duration=clock(duration), parts="")))
     label_tokens = count(_part(0, 0, "")) + 1

@@ -90,6 +90,7 @@ def _add_bench(sub) -> None:
     _add_bench_batch(benches)
     _add_bench_serve(benches)
     _add_bench_memory(benches)
+    _add_bench_chapters(benches)
 
 
 def _add_bench_sampling(benches) -> None:
@@ -403,6 +404,20 @@ def _run_bench_memory(args: argparse.Namespace) -> int:
     from vlm_app.bench.memory import run_memory_benchmark
 
     return run_memory_benchmark(args.families, args.device, args.json)
+
+
+def _add_bench_chapters(benches) -> None:
+    parser = benches.add_parser("chapters", help="describe --chapters on 1 h and 2 h clips: peak RSS, wall time vs "
+                                                 "the decode floor")
+    parser.add_argument("--model", default=None, help="checkpoint (default: a tiny SmolVLM2 built on the spot)")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.set_defaults(handler=_run_bench_chapters)
+
+
+def _run_bench_chapters(args: argparse.Namespace) -> int:
+    from vlm_app.bench.chapters import run_chapters_benchmark
+
+    return run_chapters_benchmark(args.model, args.max_new_tokens)
 
 
 def build_parser() -> argparse.ArgumentParser:
