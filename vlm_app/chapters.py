@@ -132,7 +132,8 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
                       memory: dict | None = None) -> dict:
     """The chapters record of a video: the usual record fields (`answer` is the summary) plus `duration`,
     `chapters` ([{start, end, text}] in order, from 0 to the duration without gaps), `summary`, `segments` (each
-    segment's bounds, prompt, frames, timestamps, tokens, timings and error) and `chapter_options`.
+    segment's bounds, prompt, frames, timestamps, tokens, timings, error, and `media_s`: the seconds the shared
+    decode pass spent on it, the probe in the first) and `chapter_options`.
 
     `seconds`: the segment length (default: `segment_seconds`); `overlap`: seconds each segment's window reaches
     into the next; `done`: finished segment records of an earlier run by `segment_key` (not described again);
@@ -164,7 +165,8 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
             segment = plan.todo[len(described)]  # (no enumerate: its reused tuple would keep the last video alive)
             request = Request(segment_messages(prompt, segment, plan.duration, video), plan.media(segment), generation,
                               limits, str(source), **(memory or {}))
-            described[segment] = _segment_record(execute(adapter, request), segment, plan.key(segment))
+            described[segment] = {**_segment_record(execute(adapter, request), segment, plan.key(segment)),
+                                  "media_s": video.decode_seconds}
             del video, request  # the next segment is decoded only once this one's frames are gone
             if on_segment is not None:
                 on_segment(described[segment])
