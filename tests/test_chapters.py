@@ -90,8 +90,11 @@ def _parse_cues(text: str, vtt: bool) -> list[tuple[float, float, str]]:
 
 def test_chapter_exports_parse(clip, smol, tmp_path, capsys):
     srt, vtt, exported = tmp_path / "talk.srt", tmp_path / "talk.vtt", tmp_path / "out" / "talk.json"
-    record = _chapters_record(capsys, clip, "--model", smol, "--segment-seconds", "10",
+    record = _chapters_record(capsys, clip, "--model", smol, "--segment-seconds", "10", "--max-memory", "64GB",
                               "--chapters-out", f"{srt},{vtt}", "--chapters-out", exported)
+    assert record["max_memory_bytes"] and all(segment["max_memory_bytes"] == record["max_memory_bytes"]
+                                              for segment in record["segments"])
+    assert record["memory_estimate_bytes"] == max(segment["memory_estimate_bytes"] for segment in record["segments"])
     spans = [(chapter["start"], chapter["end"]) for chapter in record["chapters"]]
     for path, is_vtt in ((srt, False), (vtt, True)):
         cues = _parse_cues(path.read_text(), is_vtt)

@@ -47,7 +47,8 @@ SUMMARY_PROMPT = ("Below are descriptions of the consecutive parts of a video th
 MIN_PART_TOKENS = 16  # of text per chapter in a summary request, its time range aside
 TEMPLATE_TOKENS = 64  # room left for the chat template around the summary prompt
 SEGMENT_FIELDS = ("answer", "error", "prompt", "frames_indices", "timestamps", "sample_fps", "num_visual_tokens",
-                  "num_tokens", "timings", "finish_reason", "cancelled")
+                  "num_tokens", "timings", "finish_reason", "cancelled", "memory_estimate_bytes", "max_memory_bytes",
+                  "notes")
 EXPORTS = (".json", ".srt", ".vtt")
 
 
@@ -215,13 +216,17 @@ def _chapters_record(adapter, source, prompt, sampling, generation, limits, plan
     record = build_record(adapter, request, error=_error(segments, media_error, summary_error))
     shown = sorted({(index, time) for item in segments for index, time in zip(item["frames_indices"] or [],
                                                                                item["timestamps"] or [])})
-    counted = [item for item in segments + summary_records if item["num_tokens"]]
+    requests = segments + summary_records
+    counted = [item for item in requests if item["num_tokens"]]
     record.update(
         answer=summary, summary=summary, chapters=chapters, segments=segments, duration=plan.duration,
         frames_indices=[index for index, _ in shown], timestamps=[time for _, time in shown],
         num_visual_tokens=sum(item["num_visual_tokens"] for item in counted),
         num_tokens={name: sum(item["num_tokens"][name] for item in counted) for name in ("text", "visual", "total")},
-        timings=_total_timings([item["timings"] for item in segments + summary_records if item["timings"]]),
+        timings=_total_timings([item["timings"] for item in requests if item["timings"]]),
+        memory_estimate_bytes=max((item.get("memory_estimate_bytes") or 0 for item in requests), default=0) or None,
+        max_memory_bytes=next((item["max_memory_bytes"] for item in requests if item.get("max_memory_bytes")), None),
+        notes=list(dict.fromkeys(note for item in requests for note in item.get("notes") or [])),
         finish_reason=summary_records[-1]["finish_reason"] if summary_records else None,
         chapter_options={"segment_seconds": seconds, "overlap": overlap})
     return record
