@@ -91,6 +91,7 @@ def test_times_that_contradict_the_frame_order_are_caught_and_counted_instead(mo
     from vlm_app.media import video as video_module
     original = decode.probe
     monkeypatch.setattr(video_module, "probe", lambda *args: decode.replace(original(*args), timestamps_proven=True))
+    monkeypatch.setattr(video_module, "_PROBES", type(video_module._PROBES)())  # forget the honest probe
     frame_cache.resize(0)
     video = load_video(path, NATIVE, nframes=8)
     assert any("contradict its frame order" in note for note in video.notes)
