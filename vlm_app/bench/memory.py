@@ -25,7 +25,7 @@ CASES = [
     *[("smolvlm2", "500m", None, {"max_frames": n}) for n in (2, 8)],
     *[("qwen2_5_vl", "3b", (4, 4), options) for options in
       ({"nframes": 4}, {"nframes": 8}, {"nframes": 16}, {"nframes": 32}, {"nframes": 16, "max_pixels": 100352},
-       {"nframes": 64, "max_pixels": 50176})],
+       {"nframes": 24, "max_pixels": 200704})],
     *[("deepseek_vl2", "tiny", (4, 2), {"nframes": n}) for n in (1, 2, 3, 4, 6, 8)],
 ]
 MAX_NEW_TOKENS = 8
