@@ -20,6 +20,11 @@ class LimitError(VlmAppError):
     """The input or request is over an explicit limit (file size, duration, frames, pixels, tokens)."""
 
 
+class MemoryLimitError(LimitError):
+    """The request cannot fit under the memory limit (--max-memory) even with its videos lowered to the least
+    their family allows."""
+
+
 class OptionsError(VlmAppError):
     """Options contradict each other or are out of range (fps with nframes, min > max, ...)."""
 

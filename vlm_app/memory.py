@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from vlm_app.errors import LimitError, OptionsError
+from vlm_app.errors import MemoryLimitError, OptionsError
 
 GIB = 2**30
 RUNTIME_OVERHEAD = {"cpu": 200 * 2**20, "cuda": 64 * 2**20, "mps": 64 * 2**20}
@@ -255,7 +255,7 @@ class Fit:
             smallest, _, _ = self.shape_of(metadata, _with_frames(options, low * rules.frame_step))
             need = self.estimate_of(self.base + smallest)
             least = f"{low * rules.frame_step} frame(s)" + (f" of {rules.min_pixels} pixels" if rules.pixel_step else "")
-            raise LimitError(
+            raise MemoryLimitError(
                 f"{metadata.source} does not fit in {format_bytes(self.limit)}: even {least} need about "
                 f"{format_bytes(need.total)} (weights {format_bytes(need.weights)}); raise --max-memory, use a smaller "
                 "model or a shorter clip (--start/--end, --chapters), or pass --no-fit to try anyway")

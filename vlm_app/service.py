@@ -21,6 +21,7 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
@@ -167,6 +168,22 @@ class MemoryGuard:
         raise OutOfMemory(message) from error
 
 
+def memory_fit(adapter, request: Request, limit: int | None, weights_bytes: int, element_bytes: int,
+               device: str) -> Fit | None:
+    """The pre-flight of `request` under `limit` bytes, for the model `adapter` describes (its weights of
+    `weights_bytes`, activations of `element_bytes` each, on `device`): videos are fitted as they are probed, on
+    top of the prompt's text and the answer budget. None without a limit, or with `fit=False`. The request layer
+    passes the loaded model's figures; the Ray decode stage, which has no model, those its replicas will have."""
+    if limit is None or not request.fit:
+        return None
+    text = sum(len(adapter.tokenizer(item["text"]).input_ids) for message in request.messages
+               for item in message["content"] if item["type"] == "text")
+    estimate_of = partial(adapter.memory_estimate, weights_bytes=weights_bytes, element_bytes=element_bytes,
+                          device=device)
+    return Fit(estimate_of, adapter.video_shape, adapter.fit_rules, limit,
+               RequestShape(text_tokens=text + TEMPLATE_TOKENS, max_new_tokens=request.max_new_tokens))
+
+
 class Run:
     """One request on one adapter. `prepare()` samples the media and builds the inputs (raising `VlmAppError` on
     a user mistake); iterating yields the answer's text pieces (stop strings cut the answer and stop the model);
@@ -203,17 +220,12 @@ class Run:
         return self.prepared
 
     def _memory_fit(self) -> Fit | None:
-        """The pre-flight of a request with a memory limit: videos are fitted as they are probed, on top of the
-        prompt's text and the answer budget. None without a limit, or with `fit=False`."""
+        """The loaded model's pre-flight (`memory_fit`), with the request's limit resolved on its device."""
         from vlm_app.runtime import model_bytes
 
-        self.limit = resolve_limit(self.request.max_memory, str(self.adapter.device), model_bytes(self.adapter))
-        if self.limit is None or not self.request.fit:
-            return None
-        text = sum(len(self.adapter.tokenizer(item["text"]).input_ids) for message in self.request.messages
-                   for item in message["content"] if item["type"] == "text")
-        return Fit(self.adapter.memory_estimate, self.adapter.video_shape, self.adapter.fit_rules, self.limit,
-                   RequestShape(text_tokens=text + TEMPLATE_TOKENS, max_new_tokens=self.request.max_new_tokens))
+        weights, device = model_bytes(self.adapter), str(self.adapter.device)
+        self.limit = resolve_limit(self.request.max_memory, device, weights)
+        return memory_fit(self.adapter, self.request, self.limit, weights, self.adapter.model.dtype.itemsize, device)
 
     def _note_excess(self, fit: Fit | None) -> None:
         total = self.memory_estimate.total
@@ -371,9 +383,11 @@ def build_record(adapter, request: Request, run: Run | None = None, error: str |
 
 def stats(record: dict) -> dict:
     """The record's costs as one flat dict (the web app's and the server's stats): what was shown, then
-    `timings` under its own names."""
+    `timings` under its own names, the estimated peak beside the measured one, and the record's notes (what the
+    memory fit and the media pipeline changed)."""
     counts = record["num_tokens"] or {}
     frames = sum(len(item["frames_indices"]) if item["type"] == "video" else 1 for item in record["media"])
     return {"model": record["model"], "family": record["model_info"]["family"], "frames": frames,
             "visual_tokens": counts.get("visual", 0), "text_tokens": counts.get("text", 0),
-            **(record["timings"] or {}), "cancelled": record["cancelled"]}
+            **(record["timings"] or {}), "memory_estimate_bytes": record["memory_estimate_bytes"],
+            "cancelled": record["cancelled"], "notes": list(record["notes"])}

@@ -416,10 +416,13 @@ class Adapter:
         """Whether the vision encoder gets padded sequences (and so builds an attention mask for them)."""
         return False
 
-    def memory_estimate(self, shape: RequestShape) -> MemoryEstimate:
-        """The peak of a request of this shape on this model's device (`vlm_app.memory.estimate`)."""
-        return memory.estimate(self.memory_dims(), shape, model_bytes(self), self.model.dtype.itemsize,
-                               str(self.device))
+    def memory_estimate(self, shape: RequestShape, weights_bytes: int | None = None, element_bytes: int | None = None,
+                        device: str | None = None) -> MemoryEstimate:
+        """The peak of a request of this shape on this model's device (`vlm_app.memory.estimate`). Without weights
+        (`without_weights`) the caller gives the loaded model's weight bytes, activation element bytes and device."""
+        return memory.estimate(self.memory_dims(), shape, model_bytes(self) if weights_bytes is None else weights_bytes,
+                               self.model.dtype.itemsize if element_bytes is None else element_bytes,
+                               str(self.device) if device is None else device)
 
     def _to_device(self, inputs) -> dict[str, torch.Tensor]:
         return {key: value.to(self.device) if isinstance(value, torch.Tensor) else value
