@@ -136,6 +136,7 @@ def _add_ui(sub) -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--memory-budget-gb", type=float, default=None,
                         help="unload least recently used models beyond this (default: 90%% of GPU / half of RAM)")
+    _add_memory_options(parser)
     parser.set_defaults(handler=_run_ui)
 
 
@@ -168,6 +169,7 @@ def _add_serve(sub) -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--memory-budget-gb", type=float, default=None,
                         help="unload least recently used models beyond this (default: 90%% of GPU / half of RAM)")
+    _add_memory_options(parser)
     parser.set_defaults(handler=_run_serve)
 
 

@@ -211,11 +211,14 @@ def last_user(history: list[dict]) -> dict:
     return next((message for message in reversed(history) if message["role"] == "user"), {"content": []})
 
 
-def ui_request(history: list[dict], settings: Settings, policy) -> Request:
-    """The service request for a chat history: its files checked against the app's policy, read under its limits."""
+def ui_request(history: list[dict], settings: Settings, backend) -> Request:
+    """The service request for a chat history: its files checked against the app's policy, read under its limits,
+    under the app's memory limit."""
+    policy = backend.policy
     for path in (path for message in history if message["role"] == "user" for path in history_files(message)):
         policy.check_file(path, media_kind(path))  # every turn's: the client sends the whole history
-    return Request(to_messages(history, settings), generation=settings.generate_options(), limits=policy.limits)
+    return Request(to_messages(history, settings), generation=settings.generate_options(), limits=policy.limits,
+                   **backend.memory)
 
 
 def answer_stream(backend, history: list[dict], model: str, settings: Settings, cancel: threading.Event,
@@ -226,7 +229,7 @@ def answer_stream(backend, history: list[dict], model: str, settings: Settings, 
     traceback in the server log)."""
     try:
         if run is None:
-            run = Run(lambda: backend.adapter(model), ui_request(history, settings, backend.policy), cancel)
+            run = Run(lambda: backend.adapter(model), ui_request(history, settings, backend), cancel)
         run = AnswerRun(model, run)
         for text in run:
             yield text, None, None
@@ -241,12 +244,15 @@ def answer_stream(backend, history: list[dict], model: str, settings: Settings, 
 
 
 def stats_markdown(stats: dict[str, Any]) -> str:
-    """The stats record as a compact two-column table."""
+    """The stats record as a compact two-column table, then its notes (what the memory fit and the media pipeline
+    changed) as a list."""
     labels = {"frames": "frames shown", "visual_tokens": "visual tokens", "text_tokens": "text tokens",
               "preprocess_s": "preprocessing (s)", "prefill_s": "time to first token (s)",
-              "tokens_per_s": "tokens/s", "new_tokens": "new tokens", "peak_memory_bytes": "peak memory (MiB)",
-              "cancelled": "stopped"}
-    shown = {**stats, "peak_memory_bytes": round(stats.get("peak_memory_bytes", 0) / 2**20, 1)}
+              "tokens_per_s": "tokens/s", "new_tokens": "new tokens", "memory_estimate_bytes": "estimated peak (MiB)",
+              "peak_memory_bytes": "peak memory (MiB)", "cancelled": "stopped"}
+    shown = {**stats, **{key: round(stats[key] / 2**20, 1) for key in ("memory_estimate_bytes", "peak_memory_bytes")
+                         if stats.get(key) is not None}}
     rows = [f"| {label} | {round(shown[key], 4) if isinstance(shown[key], float) else shown[key]} |"
-            for key, label in labels.items() if key in stats]
-    return "\n".join(["| | |", "|---|---|", *rows]) if rows else ""
+            for key, label in labels.items() if shown.get(key) is not None]
+    notes = [f"- {note}" for note in stats.get("notes") or []]
+    return "\n".join(["| | |", "|---|---|", *rows, *([""] + notes if notes else [])]) if rows else ""

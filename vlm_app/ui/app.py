@@ -14,7 +14,7 @@ import gradio as gr
 
 from gradio.utils import get_upload_folder
 
-from vlm_app.describer import prompt_templates
+from vlm_app.describer import memory_options, prompt_templates
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.security import check_exposure
 from vlm_app.ui.answer import SETTING_NAMES
@@ -219,15 +219,18 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
 def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: float = 600,
                allow_dirs: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = (),
                votes_path: str = "vlm_app_votes.jsonl", device: str = "auto", dtype: str = "auto",
-               memory_budget_gb: float | None = None) -> tuple[gr.Blocks, Backend]:
-    """The app and its backend, queued (one model job at a time), not yet launched."""
+               memory_budget_gb: float | None = None, max_memory: int | str | None = None,
+               fit: bool = True) -> tuple[gr.Blocks, Backend]:
+    """The app and its backend, queued (one model job at a time), not yet launched. `max_memory` and `fit`: every
+    request's memory limit (`service.Request`)."""
     from vlm_app.adapters.registry import resolve
 
     for name in models:
         resolve(name)  # unknown names and missing folders fail here, before the server starts
     policy = UploadPolicy(max_file_mb=max_upload_mb, max_duration_s=max_duration_s, upload_dir=get_upload_folder(),
                           allowed_dirs=tuple(allow_dirs), allowed_hosts=tuple(allow_hosts))
-    backend = Backend(models, policy, votes_path, device=device, dtype=dtype, memory_budget_gb=memory_budget_gb)
+    backend = Backend(models, policy, votes_path, device=device, dtype=dtype, memory_budget_gb=memory_budget_gb,
+                      max_memory=max_memory, fit=fit)
     demo = build_app(backend)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return demo, backend
@@ -268,7 +271,7 @@ def serve(args) -> int:
     demo, backend = create_app(args.models or [DEFAULT_MODEL], max_upload_mb=args.max_upload_mb,
                                max_duration_s=args.max_duration, allow_dirs=tuple(args.allow_dir),
                                allow_hosts=tuple(args.allow_host), votes_path=args.votes, device=args.device,
-                               dtype=args.dtype, memory_budget_gb=args.memory_budget_gb)
+                               dtype=args.dtype, memory_budget_gb=args.memory_budget_gb, **memory_options(args))
     try:
         demo.launch(**launch_options(backend, args.host, args.port, args.share, auth))
     finally:

@@ -1,5 +1,6 @@
 """State the web app shares across browser sessions: the models on offer, the loaded-model cache (through
-`vlm_app.runtime`), one cancel flag per session, the upload policy and a scratch folder per session.
+`vlm_app.runtime`), one cancel flag per session, the upload policy, the memory limit of every request
+(`--max-memory`, `--no-fit`: the operator's, no client changes it) and a scratch folder per session.
 
 Session ids come from the client (Gradio's session hash), so they only look things up: a session's scratch
 folder gets a random name chosen here, and only models on offer ever load.
@@ -24,7 +25,9 @@ MIB = 2**20
 
 class Backend:
     def __init__(self, models: list[str], policy: UploadPolicy, votes_path: str, device: str = "auto",
-                 dtype: str = "auto", memory_budget_gb: float | None = None):
+                 dtype: str = "auto", memory_budget_gb: float | None = None, max_memory: int | str | None = None,
+                 fit: bool = True):
+        from vlm_app.memory import parse_max_memory
         from vlm_app.runtime import ModelCache
 
         self.models = list(models)
@@ -33,6 +36,7 @@ class Backend:
         self.policy = replace(policy, allowed_dirs=(*policy.allowed_dirs, str(self.workdir)))
         self.votes_path = Path(votes_path)
         self.load_options = {"device": device, "dtype": dtype}
+        self.memory = {"max_memory": parse_max_memory(max_memory), "fit": fit}  # `service.Request` fields
         self.cache = ModelCache(budget_bytes=None if memory_budget_gb is None else int(memory_budget_gb * 2**30))
         self._cancels: dict[str, threading.Event] = {}
         self._folders: dict[str, Path] = {}

@@ -51,7 +51,7 @@ class CompareHandlers:
             raise gr.Error("Type a question and attach a video or image to compare on.")
         history = as_history(message)
         try:
-            request = ui_request(history, settings, self.backend.policy)
+            request = ui_request(history, settings, self.backend)
         except VlmAppError as error:
             raise gr.Error(str(error)) from None
         # each model gets the session's fresh Stop flag; Stop ends the whole comparison (service.compare)
