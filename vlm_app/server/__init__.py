@@ -14,6 +14,7 @@ def run_serve_command(args) -> int:
     import uvicorn
 
     from vlm_app.adapters.registry import resolve
+    from vlm_app.describer import memory_options
     from vlm_app.media.limits import Limits
     from vlm_app.security import check_exposure
     from vlm_app.server.app import ServerConfig, create_app
@@ -27,7 +28,8 @@ def run_serve_command(args) -> int:
     config = ServerConfig(models=list(dict.fromkeys(args.models)), api_key=args.api_key, limits=limits,
                           max_body_bytes=int(args.max_body_mb * MIB), body_seconds=args.body_timeout,
                           max_queue=args.max_queue, load_options={"device": args.device, "dtype": args.dtype},
-                          memory_budget_bytes=None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30))
+                          memory_budget_bytes=None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30),
+                          **memory_options(args))
     # hand the GIL from the generating thread to the event loop within 1 ms (default 5 ms), so each streamed
     # token leaves promptly (bench serve: 1.25x -> 1.13x of the direct adapter call on a tiny model, 2 CPUs)
     sys.setswitchinterval(0.001)

@@ -7,8 +7,8 @@
 Every /v1 route checks the Bearer key (constant-time) before reading the body; the body is read with a byte cap
 and a deadline. One model job runs at a time, in a worker thread; up to `max_queue` wait, and more get 429. A
 client that goes away cancels its job, which stops the model within one token. Failures are OpenAI error
-objects with a 4xx status for every client mistake, 507 when the request needs more memory than the machine has;
-a 500 means a bug.
+objects with a 4xx status for every client mistake (400 `memory_limit` for a request that cannot fit under the
+operator's --max-memory), 507 when the request needs more memory than the machine has; a 500 means a bug.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from vlm_app.errors import (DecodeError, LimitError, ModelLoadError, NotOfferedError, OptionsError, OutOfMemory,
-                            SourceError, VlmAppError)
+from vlm_app.errors import (DecodeError, LimitError, MemoryLimitError, ModelLoadError, NotOfferedError, OptionsError,
+                            OutOfMemory, SourceError, VlmAppError)
 from vlm_app.security import offered_model
 from vlm_app.server.protocol import (ApiError, chunk, completion, completion_id, extension, finish_reason, parse_chat,
                                      usage)
@@ -47,6 +47,8 @@ class ServerConfig:
     max_queue: int = 8                 # jobs that may wait while one runs
     load_options: dict = field(default_factory=dict)  # device, dtype
     memory_budget_bytes: int | None = None
+    max_memory: int | str | None = None  # every request's memory limit (`service.Request`); clients cannot change it
+    fit: bool = True
 
 
 class Jobs:
@@ -81,7 +83,8 @@ def as_api_error(error: VlmAppError) -> ApiError:
         return ApiError(422, str(error), "messages", "undecodable_media")
     if isinstance(error, OutOfMemory):  # the same request fails the same way: tell clients not to retry it as is
         return ApiError(507, str(error), "messages", "out_of_memory", "server_error", {"x-should-retry": "false"})
-    codes = {SourceError: "invalid_source", LimitError: "limit_exceeded", OptionsError: "invalid_options"}
+    codes = {SourceError: "invalid_source", MemoryLimitError: "memory_limit", LimitError: "limit_exceeded",
+             OptionsError: "invalid_options"}
     return ApiError(400, str(error), "messages", next((code for kind, code in codes.items() if isinstance(error, kind)),
                                                       "invalid_request"))
 
@@ -174,7 +177,8 @@ class Server:
 
     async def chat(self, request: Request):
         self.check_key(request)
-        call = parse_chat(await self.read_json(request), self.config.limits)
+        call = parse_chat(await self.read_json(request), self.config.limits,
+                          {"max_memory": self.config.max_memory, "fit": self.config.fit})
         self.check_model(call.model)
         cancel, events = threading.Event(), asyncio.Queue()
         # a streamed answer notices a disconnect when it writes; a whole answer needs a watcher, from the queue on

@@ -166,9 +166,10 @@ def _generation(body: dict) -> dict:
     return {key: value for key, value in generation.items() if value is not None}
 
 
-def parse_chat(body: Any, limits) -> ChatCall:
+def parse_chat(body: Any, limits, memory: dict | None = None) -> ChatCall:
     """The checked call of a /v1/chat/completions body; ApiError (400) on any mistake. The model name is
-    returned as given: the caller refuses names not on offer."""
+    returned as given: the caller refuses names not on offer. `memory`: the operator's max_memory and fit
+    (`service.Request` fields); no field of the body reaches them."""
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object", None, "invalid_type")
     model = body.get("model")
@@ -182,7 +183,7 @@ def parse_chat(body: Any, limits) -> ChatCall:
     video_options, image_options = _media_options(body)
     messages, generation = _messages(body, image_options), _generation(body)
     try:
-        request = Request(messages, video_options, generation, limits)
+        request = Request(messages, video_options, generation, limits, **(memory or {}))
     except VlmAppError as error:  # the message schema's own checks (roles, order)
         raise bad(str(error), "messages") from None
     return ChatCall(model, request, body.get("stream", False), bool(options.get("include_usage")))
@@ -201,9 +202,12 @@ def usage(record: dict) -> dict:
 
 
 def extension(record: dict) -> dict:
-    """The `vlm_app` object: what the model was shown and what the answer cost."""
+    """The `vlm_app` object: what the model was shown and what the answer cost (the estimated peak beside the
+    measured one in `timings`), and what the memory fit and the media pipeline changed (`notes`)."""
     return {"media": record["media"], "frames_indices": record["frames_indices"], "timestamps": record["timestamps"],
             "num_tokens": record["num_tokens"], "timings": record["timings"], "sampling": record["sampling"],
+            "memory_estimate_bytes": record["memory_estimate_bytes"], "max_memory_bytes": record["max_memory_bytes"],
+            "notes": record["notes"],
             "model_info": {key: record["model_info"][key] for key in ("family", "revision", "device", "dtype")}}
 
 
