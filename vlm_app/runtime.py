@@ -162,13 +162,24 @@ def _stored_dtype(folder: Path) -> str:
     return stored if stored in ELEMENT_BYTES else "float32"
 
 
+def tensor_bytes(file: Path) -> int:
+    """Bytes of the tensors a weight file holds: a .safetensors file less its header (an 8-byte length, then
+    JSON naming every tensor: kilobytes, enough to tip a memory fit), a .bin pickle as it is."""
+    size = file.stat().st_size
+    if file.suffix != ".safetensors":
+        return size
+    with file.open("rb") as handle:
+        header = int.from_bytes(handle.read(8), "little")
+    return size - 8 - header if 8 + header <= size else size  # a broken file fails when it loads, not here
+
+
 def weights_bytes(path: str) -> int:
-    """Bytes of the checkpoint's weight files, read from disk before loading. A sharded checkpoint whose index
+    """Bytes of the checkpoint's weight tensors, read from disk before loading. A sharded checkpoint whose index
     names a shard that is not there is an error here, listing every missing shard."""
     folder = Path(path)
     index = next(iter(sorted(folder.glob("*.safetensors.index.json"))), None)
     if index is None:
-        return sum(file.stat().st_size for file in [*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+        return sum(tensor_bytes(file) for file in [*folder.glob("*.safetensors"), *folder.glob("*.bin")])
     try:
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     except (OSError, ValueError, KeyError) as error:
@@ -178,7 +189,7 @@ def weights_bytes(path: str) -> int:
         raise ModelLoadError(f"{folder} is missing {len(missing)} of the {len(shards)} weight shards its "
                              f"{index.name} lists: {', '.join(missing)}; finish the download (`hf download` "
                              "resumes) or copy the missing files")
-    return sum((folder / shard).stat().st_size for shard in shards)
+    return sum(tensor_bytes(folder / shard) for shard in shards)
 
 
 def loaded_bytes_estimate(path: str, dtype: torch.dtype, quantization: str | None = None) -> int:
