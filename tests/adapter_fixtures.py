@@ -46,3 +46,17 @@ def smol_adapter(tiny_checkpoints):
 def video_messages(source, prompt: str = "Describe this video.", **options) -> list[dict]:
     return [{"role": "user", "content": [{"type": "video", "video": source, **options},
                                          {"type": "text", "text": prompt}]}]
+
+
+@pytest.fixture(scope="session")
+def memory_clip(tmp_path_factory, make_clip) -> Path:
+    """8 s at 12 fps, 320x240: 8 frames at SmolVLM2's 1 fps, room for the memory fit to lower."""
+    return make_clip(tmp_path_factory.mktemp("memory_clips") / "memory.mp4", 8.0, 12, 320, 240)
+
+
+def midway_limit(record: dict) -> int:
+    """A --max-memory halfway between what no fit lowers (the weights and the runtime's overhead) and the record's
+    unconstrained estimate: its videos must be lowered to fit under it."""
+    estimate = record["memory_estimate"]
+    floor = estimate["weights"] + estimate["overhead"]
+    return floor + (record["memory_estimate_bytes"] - floor) // 2

@@ -107,6 +107,30 @@ def test_parquet_output_from_a_list_file_with_relative_paths(ray_local, ray_vide
     assert "broken.mp4 is not a readable video" in rows[listed[1]]["error"]
 
 
+def test_max_memory_fits_like_the_local_engine(ray_run, ray_videos, tiny_checkpoints, tmp_path):
+    """The decode stage fits each video without the model, from the replicas' weights, dtype and device: the frames,
+    the notes and the failures equal the local engine's under the same --max-memory."""
+    from adapter_fixtures import midway_limit
+
+    unconstrained = read_jsonl(ray_run)
+    widest = max((record for record in unconstrained.values() if record["error"] is None),
+                 key=lambda record: record["memory_estimate_bytes"])
+    limit = str(midway_limit(widest))
+    local, ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert main(["describe", str(ray_videos), "--model", str(tiny_checkpoints["smolvlm2"]), "--device", "cpu",
+                 "--max-new-tokens", str(MAX_NEW_TOKENS), "--out", str(local), "--max-memory", limit]) == 0
+    assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], ray, "--max-memory", limit) == 0
+    local, ray = read_jsonl(local), read_jsonl(ray)
+    assert set(ray) == set(local)
+    for source in local:
+        assert {key: ray[source][key] for key in ("frames_indices", "notes", "error")} == \
+            {key: local[source][key] for key in ("frames_indices", "notes", "error")}, source
+    fitted = [source for source, record in ray.items() if record["error"] is None and record["notes"]]
+    assert fitted and all(len(ray[source]["frames_indices"]) < len(unconstrained[source]["frames_indices"])
+                          and ray[source]["notes"][0].startswith("memory fit: lowered frames") for source in fitted)
+    assert any("does not fit in" in (record["error"] or "") for record in ray.values())
+
+
 def test_without_ray_says_how_to_install(ray_videos, tiny_checkpoints, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], tmp_path / "out.jsonl") == 2
@@ -116,6 +140,7 @@ def test_without_ray_says_how_to_install(ray_videos, tiny_checkpoints, tmp_path,
 @pytest.mark.parametrize("extra, message", [
     (("--model-replicas", "0"), "--model-replicas must be at least 1"),
     (("--stream",), "--stream and --dump-features work with --engine local"),
+    (("--max-memory", "auto"), "--max-memory auto does not work with --engine ray"),
 ])
 def test_option_mistakes_are_reported(ray_videos, tiny_checkpoints, tmp_path, capsys, extra, message):
     assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], tmp_path / "out.jsonl", *extra) == 2

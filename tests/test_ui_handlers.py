@@ -201,3 +201,41 @@ def test_answer_budget_reaches_prepare(tiny_deepseek_dirs, deepseek_long_video):
     assert adapter.frame_budget(messages, 8) != adapter.frame_budget(messages, 512)  # the budget matters here
     assert run.stats()["frames"] == adapter.frame_budget(messages, 8)
     assert run.stats()["new_tokens"] <= 8
+
+
+def test_the_operators_memory_limit_fits_every_chat_and_compare_request(tiny_checkpoints, memory_clip, tmp_path):
+    from adapter_fixtures import midway_limit
+    from vlm_app.service import execute
+    from vlm_app.ui.answer import settings_from, ui_request
+
+    values = [None, None, None, None, None, 6, 0.0, 1.0, 0, ""]
+    history = [user(memory_clip, text="Describe.")]
+    policy = UploadPolicy(max_file_mb=1, max_duration_s=10, upload_dir=str(memory_clip.parent))
+    models = [str(tiny_checkpoints["smolvlm2"]), str(tiny_checkpoints["qwen2_5_vl"])]
+    free = Backend(models, policy, str(tmp_path / "votes.jsonl"), device="cpu")
+    unconstrained = execute(free.adapter(models[0]), ui_request(history, settings_from(values), free))
+    free.close()
+    limited = Backend(models, policy, str(tmp_path / "votes.jsonl"), device="cpu",
+                      max_memory=midway_limit(unconstrained))
+    try:
+        *_, (shown, gallery, stats, *_) = ChatHandlers(limited).respond(request(), history, models[0], True, *values)
+        assert shown[-1]["content"].strip() and 0 < len(gallery) < len(unconstrained["frames_indices"]) == 8
+        assert f"memory fit: lowered frames from 8 to {len(gallery)}" in stats
+        assert "| estimated peak (MiB) |" in stats and "| peak memory (MiB) |" in stats
+        # compare: the same limit on each model; Qwen2.5-VL's least video (4 frames of its minimum size) is over it
+        message = {"text": "Describe.", "files": [str(memory_clip)]}
+        *_, records = CompareHandlers(limited).api_compare(message, models, {"max_new_tokens": 6}, request("s3"))
+        assert records[0]["stats"]["frames"] == len(gallery) and "memory fit" in records[0]["stats"]["notes"][0]
+        assert records[0]["stats"]["memory_estimate_bytes"] <= limited.memory["max_memory"]
+        assert "does not fit in" in records[1]["error"] and "raise --max-memory" in records[1]["error"]
+        # clients cannot change the limit: it is no setting
+        *_, (answer, details) = ChatHandlers(limited).api_chat(message, [], models[0], {"max_memory": "1TB"},
+                                                              request())
+        assert "unknown option(s) max_memory" in details["error"]
+    finally:
+        limited.close()
+
+
+def test_ui_command_rejects_a_bad_max_memory(capsys, tiny_checkpoints):
+    assert main(["ui", "--models", str(tiny_checkpoints["smolvlm2"]), "--max-memory", "lots"]) == 2
+    assert "max memory 'lots' is not a size" in capsys.readouterr().err
