@@ -54,9 +54,9 @@ def memory_clip(tmp_path_factory, make_clip) -> Path:
     return make_clip(tmp_path_factory.mktemp("memory_clips") / "memory.mp4", 8.0, 12, 320, 240)
 
 
-def midway_limit(record: dict) -> int:
+def midway_limit(record: dict, fraction: float = 0.5) -> int:
     """A --max-memory halfway between what no fit lowers (the weights and the runtime's overhead) and the record's
     unconstrained estimate: its videos must be lowered to fit under it."""
     estimate = record["memory_estimate"]
     floor = estimate["weights"] + estimate["overhead"]
-    return floor + (record["memory_estimate_bytes"] - floor) // 2
+    return floor + int(fraction * (record["memory_estimate_bytes"] - floor))

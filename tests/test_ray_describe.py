@@ -115,7 +115,7 @@ def test_max_memory_fits_like_the_local_engine(ray_run, ray_videos, tiny_checkpo
     unconstrained = read_jsonl(ray_run)
     widest = max((record for record in unconstrained.values() if record["error"] is None),
                  key=lambda record: record["memory_estimate_bytes"])
-    limit = str(midway_limit(widest))
+    limit = str(midway_limit(widest, 0.75))  # the widest clip is lowered, the narrowest is not
     local, ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
     assert main(["describe", str(ray_videos), "--model", str(tiny_checkpoints["smolvlm2"]), "--device", "cpu",
                  "--max-new-tokens", str(MAX_NEW_TOKENS), "--out", str(local), "--max-memory", limit]) == 0
@@ -128,7 +128,7 @@ def test_max_memory_fits_like_the_local_engine(ray_run, ray_videos, tiny_checkpo
     fitted = [source for source, record in ray.items() if record["error"] is None and record["notes"]]
     assert fitted and all(len(ray[source]["frames_indices"]) < len(unconstrained[source]["frames_indices"])
                           and ray[source]["notes"][0].startswith("memory fit: lowered frames") for source in fitted)
-    assert any("does not fit in" in (record["error"] or "") for record in ray.values())
+    assert any(record["error"] is None and not record["notes"] for record in ray.values())
 
 
 def test_without_ray_says_how_to_install(ray_videos, tiny_checkpoints, tmp_path, monkeypatch, capsys):

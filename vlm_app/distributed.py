@@ -245,7 +245,7 @@ def run_ray_describe_command(args, model_options: dict, sampling: dict, generati
     if args.chapters or args.max_duration is not None:
         raise OptionsError("--chapters and --max-duration work with --engine local, not with --engine ray (yet)")
     job = Job(model=args.model, model_options=model_options, prompt=resolve_prompt(args.prompt, args.template),
-              sampling=sampling, generation=generation, **memory_options(args))
+              sampling=sampling, generation=generation, **memory_options(args, default=None))
     cluster = Cluster(address=args.address, decode_workers=args.decode_workers, model_replicas=args.model_replicas,
                       gpus_per_replica=args.gpus_per_replica)
     emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
