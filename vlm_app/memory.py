@@ -44,6 +44,13 @@ class TextDims:
     vocab: int
 
 
+def text_dims(config) -> TextDims:
+    """A transformers decoder config (Llama, Qwen2 and their kin) as `TextDims`."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return TextDims(hidden=config.hidden_size, mlp_width=config.intermediate_size, layers=config.num_hidden_layers,
+                    kv_width=2 * config.num_key_value_heads * head_dim, vocab=config.vocab_size)
+
+
 @dataclass(frozen=True)
 class VisionDims:
     """A vision encoder's sizes; `mlp_tensors`: wide tensors alive in its MLP (2 for fc1 + GELU, 3 for a gated

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from vlm_app.adapters.base import Adapter, VisualMap
-from vlm_app.memory import FitRules, ModelDims, RequestShape, TextDims, VisionDims
+from vlm_app.memory import FitRules, ModelDims, RequestShape, VisionDims, text_dims
 from vlm_app.messages import for_template
 
 
@@ -88,11 +88,8 @@ class Qwen2_5_VLAdapter(Adapter):
 
     # ---- memory ----------------------------------------------------------------------------------------------
     def memory_dims(self) -> ModelDims:
-        vision, text = self.config.vision_config, self.config.text_config
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        return ModelDims(text=TextDims(hidden=text.hidden_size, mlp_width=text.intermediate_size,
-                                       layers=text.num_hidden_layers, kv_width=2 * text.num_key_value_heads * head_dim,
-                                       vocab=text.vocab_size),
+        vision = self.config.vision_config
+        return ModelDims(text=text_dims(self.config.text_config),
                          vision=VisionDims(hidden=vision.hidden_size, mlp_width=vision.intermediate_size,
                                            heads=vision.num_heads, mlp_tensors=3))
 

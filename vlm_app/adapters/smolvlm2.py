@@ -20,7 +20,7 @@ import torch
 
 from vlm_app.adapters.base import Adapter, VisualMap
 from vlm_app.errors import OptionsError
-from vlm_app.memory import ModelDims, RequestShape, TextDims, VisionDims
+from vlm_app.memory import ModelDims, RequestShape, VisionDims, text_dims
 from vlm_app.messages import for_template
 
 PLACEHOLDER = re.compile(r"(<image>|<video>)")
@@ -121,11 +121,8 @@ class SmolVLM2Adapter(Adapter):
 
     # ---- memory ----------------------------------------------------------------------------------------------
     def memory_dims(self) -> ModelDims:
-        vision, text = self.config.vision_config, self.config.text_config
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        return ModelDims(text=TextDims(hidden=text.hidden_size, mlp_width=text.intermediate_size,
-                                       layers=text.num_hidden_layers, kv_width=2 * text.num_key_value_heads * head_dim,
-                                       vocab=text.vocab_size),
+        vision = self.config.vision_config
+        return ModelDims(text=text_dims(self.config.text_config),
                          vision=VisionDims(hidden=vision.hidden_size, mlp_width=vision.intermediate_size,
                                            heads=vision.num_attention_heads), pixel_copies=1)
 
