@@ -322,3 +322,22 @@ def test_retry_failed_redoes_only_the_failed_segments(tmp_path, make_clip, smol,
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 1 and records[0]["error"] is None
     assert [segment["error"] for segment in records[0]["segments"]] == [None, None, None]
+
+
+def test_cancel_stops_after_the_segment_being_described(clip, smol):
+    import threading
+
+    from vlm_app import load
+    from vlm_app.chapters import CANCELLED, describe_chapters
+
+    cancel, seen = threading.Event(), []
+
+    def finished(segment: dict) -> None:
+        seen.append(segment)
+        cancel.set()  # Stop pressed while the first segment was being described
+
+    record = describe_chapters(load(smol, device="cpu"), clip, generation={"max_new_tokens": 2}, seconds=10,
+                               on_segment=finished, cancel=cancel)
+    assert record["cancelled"] is True and record["error"] is None and record["summary"] is None
+    assert len(seen) == 1 and [item["error"] for item in record["segments"]] == [None, CANCELLED, CANCELLED]
+    assert [chapter["end"] for chapter in record["chapters"]] == [10.0, 20.0, 30.0]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -50,6 +51,7 @@ SEGMENT_FIELDS = ("answer", "error", "prompt", "frames_indices", "timestamps", "
                   "num_tokens", "timings", "finish_reason", "cancelled", "memory_estimate_bytes", "max_memory_bytes",
                   "notes")
 EXPORTS = (".json", ".srt", ".vtt")
+CANCELLED = "cancelled before this segment was described"
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,18 @@ def segment_key(source, segment: Segment, adapter, prompt: str, sampling: dict, 
                        "generation": generation}, sort_keys=True)
 
 
+class _Cancel(threading.Event):
+    """One segment's cancel flag (its run sets it when a stop string ends the answer or the stream closes), also up
+    while the whole run's is: the run's flag is the caller's alone."""
+
+    def __init__(self, run: threading.Event):
+        super().__init__()
+        self.run = run
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.run.is_set()
+
+
 class _Plan:
     """The segments of one run, made once the probe knows the duration: the load_video options of those still to
     describe (`done` holds the finished ones of an earlier run, by `segment_key`)."""
@@ -130,7 +144,7 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
                       generation: dict | None = None, seconds: float | None = None, overlap: float = 0.0,
                       limits=None, done: dict[str, dict] | None = None,
                       on_segment: Callable[[dict], None] | None = None, progress: bool = False,
-                      memory: dict | None = None) -> dict:
+                      memory: dict | None = None, cancel: threading.Event | None = None) -> dict:
     """The chapters record of a video: the usual record fields (`answer` is the summary) plus `duration`,
     `chapters` ([{start, end, text}] in order, from 0 to the duration without gaps), `summary`, `segments` (each
     segment's bounds, prompt, frames, timestamps, tokens, timings, error, and `media_s`: the seconds the shared
@@ -140,13 +154,16 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
     into the next; `done`: finished segment records of an earlier run by `segment_key` (not described again);
     `on_segment`: called with each newly finished segment record (a resumable run writes it down at once);
     `progress`: a bar of segments on stderr; `memory`: each request's max_memory and fit (`service.Request`; the
-    frames are sampled before the requests, so a limit only notes a segment over it). A failed segment leaves its chapter's text empty and sets the record's
+    frames are sampled before the requests, so a limit only notes a segment over it); `cancel`: once set, the
+    segment being described stops within a token and no later segment is decoded (they and the summary are left
+    out; the record says `cancelled`). A failed segment leaves its chapter's text empty and sets the record's
     `error`; the rest goes on."""
     from tqdm import tqdm
 
     from vlm_app.media.video import load_video_segments
 
     sampling, generation, done = dict(sampling or {}), dict(generation or {}), done or {}
+    cancel = cancel or threading.Event()
     _check_request(source, sampling, seconds)
     if seconds is None:
         sizing = segment_messages(prompt, Segment(0, 0, 0, 0), 0, str(source))
@@ -166,22 +183,25 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
             segment = plan.todo[len(described)]  # (no enumerate: its reused tuple would keep the last video alive)
             request = Request(segment_messages(prompt, segment, plan.duration, video), plan.media(segment), generation,
                               limits, str(source), **(memory or {}))
-            described[segment] = {**_segment_record(execute(adapter, request), segment, plan.key(segment)),
-                                  "media_s": video.decode_seconds}
+            described[segment] = {**_segment_record(execute(adapter, request, cancel=_Cancel(cancel)), segment,
+                                                    plan.key(segment)), "media_s": video.decode_seconds}
             del video, request  # the next segment is decoded only once this one's frames are gone
             if on_segment is not None:
                 on_segment(described[segment])
             bar.update()
+            if cancel.is_set():
+                break
     except VlmAppError as error:  # the media failed: this segment and every later one
         media_error = error
     finally:
         if bar is not None:
             bar.close()
+    missing = str(media_error) if media_error is not None else CANCELLED
     segments = [done.get(plan.key(segment)) or described.get(segment)
-                or _segment_record({"error": str(media_error)}, segment, plan.key(segment))
+                or _segment_record({"error": missing}, segment, plan.key(segment))
                 for segment in plan.segments]
     return _chapters_record(adapter, source, prompt, sampling, generation, limits, plan, segments, media_error,
-                            seconds, overlap)
+                            seconds, overlap, cancel.is_set())
 
 
 def _check_request(source, sampling: dict, seconds: float | None) -> None:
@@ -200,20 +220,20 @@ def _segment_record(record: dict, segment: Segment, key: str) -> dict:
 
 
 def _chapters_record(adapter, source, prompt, sampling, generation, limits, plan, segments, media_error, seconds,
-                     overlap) -> dict:
+                     overlap, cancelled) -> dict:
     chapters = [{"start": item["start"], "end": item["end"], "text": (item["answer"] or "").strip()}
                 for item in segments]
     parts = [(chapter["start"], chapter["end"], chapter["text"]) for chapter, item in zip(chapters, segments)
              if item["error"] is None]
     summary, summary_records, summary_error = None, [], None
-    if parts:
+    if parts and not cancelled:
         try:
             summary = summarize(adapter, parts, plan.duration, generation, summary_records)
         except VlmAppError as error:
             summary_error = error
     summary_error = summary_error or next((record["error"] for record in summary_records if record["error"]), None)
     request = Request(conversation(prompt, video=str(source)), sampling, generation, limits, str(source))
-    record = build_record(adapter, request, error=_error(segments, media_error, summary_error))
+    record = build_record(adapter, request, error=None if cancelled else _error(segments, media_error, summary_error))
     shown = sorted({(index, time) for item in segments for index, time in zip(item["frames_indices"] or [],
                                                                                item["timestamps"] or [])})
     requests = segments + summary_records
@@ -228,7 +248,7 @@ def _chapters_record(adapter, source, prompt, sampling, generation, limits, plan
         max_memory_bytes=next((item["max_memory_bytes"] for item in requests if item.get("max_memory_bytes")), None),
         notes=list(dict.fromkeys(note for item in requests for note in item.get("notes") or [])),
         finish_reason=summary_records[-1]["finish_reason"] if summary_records else None,
-        chapter_options={"segment_seconds": seconds, "overlap": overlap})
+        cancelled=cancelled, chapter_options={"segment_seconds": seconds, "overlap": overlap})
     return record
 
 
