@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import weakref
 from dataclasses import fields
 from fractions import Fraction
@@ -200,22 +201,34 @@ def test_a_counted_file_is_decoded_once_for_all_chapters(avi, smol, monkeypatch,
     assert calls[0][1] == sorted({index for segment in record["segments"] for index in segment["frames_indices"]})
 
 
-def test_the_chapters_run_holds_one_segment_at_a_time(clip, smol, monkeypatch, capsys):
+def test_the_chapters_run_holds_at_most_the_segment_described_and_the_next(clip, smol, monkeypatch, capsys):
+    from vlm_app import service
     from vlm_app.media import video as video_module
 
-    real, alive = video_module.load_video_segments, []
+    real_segments, real_execute, alive, overlapped = video_module.load_video_segments, service.execute, [], []
 
     def watched(*args, **kwargs):
-        videos = real(*args, **kwargs)
+        videos = real_segments(*args, **kwargs)
         while (sampled := next(videos, None)) is not None:
-            assert all(ref() is None for ref in alive), "a finished segment's frames were still held"
+            held = [number for number, ref in enumerate(alive) if ref() is not None]
+            assert held in ([], [len(alive) - 1]), f"segments {held} still held as segment {len(alive)} was decoded"
             alive.append(weakref.ref(sampled.frames))
             yield sampled
             del sampled
 
+    def execute(adapter, request, **kwargs):  # a segment's request (the first two wait for the next's decode)
+        if len(overlapped) < 2:
+            deadline = time.monotonic() + 60
+            while len(alive) < len(overlapped) + 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            overlapped.append(sum(ref() is not None for ref in alive))
+        return real_execute(adapter, request, **kwargs)
+
     monkeypatch.setattr(video_module, "load_video_segments", watched)
+    monkeypatch.setattr("vlm_app.chapters.execute", execute)
     record = _chapters_record(capsys, clip, "--model", smol, "--segment-seconds", "10")
     assert record["error"] is None and len(alive) == 3
+    assert overlapped == [2, 2]  # the next segment was decoded while the model was at this one
 
 
 def test_resume_keeps_the_finished_segments_of_an_interrupted_video(tmp_path, make_clip, smol, monkeypatch, capsys):

@@ -17,8 +17,9 @@ Times. Each segment's prompt names its absolute range ("This part of the video r
 labels are times in the whole video. Qwen2.5-VL's mRoPE counts time from the first frame of the video it is given
 (the model takes no offset), so there the prompt alone carries the segment's place in the video.
 
-Decoding: one probe and one decode pass for the whole video (`media.video.load_video_segments`), one segment's
-frames in memory at a time; a request only ever holds its own segment.
+Decoding: one probe and one decode pass for the whole video (`media.video.load_video_segments`), run one segment
+ahead of the model in a thread: while the model describes a segment, the next one is decoded, so the model's time
+hides behind the decoder's and at most two segments' frames are in memory; a request only ever holds its own.
 
 Summary: one more request, text only, over the chapter texts. When they do not fit the model's context next to
 the answer budget, each is cut to an equal share of the room; when a share would fall under `MIN_PART_TOKENS`,
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import sys
 import threading
 from dataclasses import asdict, dataclass
@@ -113,6 +115,57 @@ class _Cancel(threading.Event):
         return super().is_set() or self.run.is_set()
 
 
+class _DecodedAhead:
+    """The segments of a decode pass, decoded in a thread one segment ahead of their consumer: the next segment is
+    decoded while the model describes this one, and only once this one has been taken (so at most two are held).
+    The decode's errors reach the consumer in order; leaving the block stops the decode after its segment."""
+
+    def __init__(self, videos):
+        self._videos = videos
+        self._handoff: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._decode, name="vlm_app-chapters-decode", daemon=True)
+
+    def __enter__(self) -> "_DecodedAhead":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # release a decode waiting for its segment to be taken
+            try:
+                self._handoff.get(timeout=0.05)
+                self._handoff.task_done()
+            except queue.Empty:
+                pass
+
+    def __iter__(self) -> "_DecodedAhead":
+        return self
+
+    def __next__(self):
+        video, error = self._handoff.get()  # (a method, not a generator: no frame of ours keeps a video alive)
+        self._handoff.task_done()
+        if error is not None:
+            raise error
+        if video is None:
+            raise StopIteration
+        return video
+
+    def _decode(self) -> None:
+        try:
+            for video in self._videos:
+                self._handoff.put((video, None))
+                del video
+                self._handoff.join()
+                if self._stop.is_set():
+                    return
+            self._handoff.put((None, None))
+        except BaseException as error:  # handed on to the consumer, which raises it
+            self._handoff.put((None, error))
+        finally:
+            self._videos.close()
+
+
 class _Plan:
     """The segments of one run, made once the probe knows the duration: the load_video options of those still to
     describe (`done` holds the finished ones of an earlier run, by `segment_key`)."""
@@ -179,18 +232,17 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
     plan = _Plan(adapter, source, prompt, sampling, generation, seconds, overlap, done, on_plan)
     described, media_error = {}, None
     try:
-        for video in load_video_segments(source, adapter.policy, plan, limits=limits):
-            segment = plan.todo[len(described)]  # (no enumerate: its reused tuple would keep the last video alive)
-            request = Request(segment_messages(prompt, segment, plan.duration, video), plan.media(segment), generation,
-                              limits, str(source), **(memory or {}))
-            described[segment] = {**_segment_record(execute(adapter, request, cancel=_Cancel(cancel)), segment,
-                                                    plan.key(segment)), "media_s": video.decode_seconds}
-            del video, request  # the next segment is decoded only once this one's frames are gone
-            if on_segment is not None:
-                on_segment(described[segment])
-            bar.update()
-            if cancel.is_set():
-                break
+        with _DecodedAhead(load_video_segments(source, adapter.policy, plan, limits=limits)) as videos:
+            for video in videos:
+                segment = plan.todo[len(described)]  # (no enumerate: its reused tuple would keep the last video alive)
+                described[segment] = _describe_segment(adapter, plan, segment, video, generation, limits, memory,
+                                                       cancel)
+                del video  # before the next is taken: no segment's frames outlive its turn
+                if on_segment is not None:
+                    on_segment(described[segment])
+                bar.update()
+                if cancel.is_set():
+                    break
     except VlmAppError as error:  # the media failed: this segment and every later one
         media_error = error
     finally:
@@ -202,6 +254,14 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
                 for segment in plan.segments]
     return _chapters_record(adapter, source, prompt, sampling, generation, limits, plan, segments, media_error,
                             seconds, overlap, cancel.is_set())
+
+
+def _describe_segment(adapter, plan: _Plan, segment: Segment, video, generation: dict, limits, memory: dict | None,
+                      cancel: threading.Event) -> dict:
+    request = Request(segment_messages(plan.prompt, segment, plan.duration, video), plan.media(segment), generation,
+                      limits, str(plan.source), **(memory or {}))
+    record = execute(adapter, request, cancel=_Cancel(cancel))
+    return {**_segment_record(record, segment, plan.key(segment)), "media_s": video.decode_seconds}
 
 
 def _check_request(source, sampling: dict, seconds: float | None) -> None:
