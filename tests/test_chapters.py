@@ -354,3 +354,27 @@ def test_cancel_stops_after_the_segment_being_described(clip, smol):
     assert record["cancelled"] is True and record["error"] is None and record["summary"] is None
     assert len(seen) == 1 and [item["error"] for item in record["segments"]] == [None, CANCELLED, CANCELLED]
     assert [chapter["end"] for chapter in record["chapters"]] == [10.0, 20.0, 30.0]
+
+
+def test_max_memory_lowers_each_segment_and_says_so(clip, smol, capsys):
+    full = _chapters_record(capsys, clip, "--model", smol, "--segment-seconds", "10", "--max-new-tokens", "2")
+    widest = max(full["segments"], key=lambda segment: segment["memory_estimate_bytes"])
+    estimate = widest["memory_estimate_bytes"]
+    floor = full["memory_estimate"]["weights"] + full["memory_estimate"]["overhead"]
+    limit = int(floor + (estimate - floor) * 0.5)
+    fitted = _chapters_record(capsys, clip, "--model", smol, "--segment-seconds", "10", "--max-memory", limit)
+    assert fitted["error"] is None and fitted["max_memory_bytes"] == limit
+    for before, after in zip(full["segments"], fitted["segments"]):
+        assert 1 <= len(after["frames_indices"]) < len(before["frames_indices"])
+        assert after["memory_estimate_bytes"] <= limit
+        assert all(after["start"] <= time < after["end"] for time in after["timestamps"])
+        assert any(note.startswith("memory fit: lowered frames from") for note in after["notes"])
+    assert any(note.startswith("memory fit: lowered frames from") for note in fitted["notes"])
+
+
+def test_a_limit_no_segment_fits_fails_before_any_segment_is_described(clip, smol, capsys):
+    argv = [clip, "--model", smol, "--segment-seconds", "10", "--max-memory", "1MB"]
+    assert main(["describe", *map(str, argv), "--chapters", "--json", *FAST]) == 2
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "does not fit in 1 MiB" in record["error"] and record["summary"] is None
+    assert all(segment["answer"] is None and "does not fit in" in segment["error"] for segment in record["segments"])

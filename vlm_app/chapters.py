@@ -39,7 +39,7 @@ from typing import Callable
 
 from vlm_app.errors import LimitError, OptionsError, VlmAppError
 from vlm_app.messages import conversation
-from vlm_app.service import DEFAULT_MAX_NEW_TOKENS, Request, build_record, execute, is_image
+from vlm_app.service import DEFAULT_MAX_NEW_TOKENS, Request, build_record, execute, is_image, loaded_memory_fit
 from vlm_app.subtitles import Cue, clock, to_srt, to_vtt
 
 DEFAULT_PROMPT = "Describe what happens in this part of the video."
@@ -50,7 +50,8 @@ SUMMARY_PROMPT = ("Below are descriptions of the consecutive parts of a video th
 MIN_PART_TOKENS = 16  # of text per chapter in a summary request, its time range aside
 TEMPLATE_TOKENS = 64  # room left for the chat template around the summary prompt
 SEGMENT_FIELDS = ("answer", "error", "prompt", "frames_indices", "timestamps", "sample_fps", "num_visual_tokens",
-                  "num_tokens", "timings", "finish_reason", "cancelled", "memory_estimate_bytes", "max_memory_bytes",
+                  "num_tokens", "timings", "finish_reason", "cancelled", "memory_estimate_bytes", "memory_estimate",
+                  "max_memory_bytes",
                   "notes")
 EXPORTS = (".json", ".srt", ".vtt")
 CANCELLED = "cancelled before this segment was described"
@@ -69,7 +70,7 @@ class Segment:
 def segment_seconds(adapter, options: dict) -> float:
     """The default segment length for `adapter` when its videos get the load_video `options` (those of
     `Adapter.video_options`): the family's frames per request at its rate, within 60..240 s (see the module's
-    docstring). The one place to also fit a memory limit."""
+    docstring). A memory limit lowers each segment's frames or pixels within that length (`_Plan`)."""
     from vlm_app.media import get_policy
 
     policy = get_policy(adapter.policy)
@@ -168,13 +169,15 @@ class _DecodedAhead:
 
 class _Plan:
     """The segments of one run, made once the probe knows the duration: the load_video options of those still to
-    describe (`done` holds the finished ones of an earlier run, by `segment_key`)."""
+    describe (`done` holds the finished ones of an earlier run, by `segment_key`), each fitted to the memory limit
+    as its request would be (`fit_notes` say what was lowered)."""
 
-    def __init__(self, adapter, source, prompt, sampling, generation, seconds, overlap, done, on_plan):
+    def __init__(self, adapter, source, prompt, sampling, generation, seconds, overlap, limits, memory, done,
+                 on_plan):
         self.adapter, self.source, self.prompt = adapter, source, prompt
         self.sampling, self.generation, self.seconds, self.overlap = sampling, generation, seconds, overlap
-        self.done, self.on_plan = done, on_plan
-        self.duration, self.segments, self.todo = None, [], []
+        self.limits, self.memory, self.done, self.on_plan = limits, memory or {}, done, on_plan
+        self.duration, self.segments, self.todo, self.fit_notes = None, [], [], {}
 
     def key(self, segment: Segment) -> str:
         return segment_key(self.source, segment, self.adapter, self.prompt, self.sampling, self.generation)
@@ -182,15 +185,27 @@ class _Plan:
     def media(self, segment: Segment) -> dict:
         return {**self.sampling, "video_start": segment.video_start, "video_end": segment.video_end}
 
+    def request(self, segment: Segment, video) -> Request:
+        return Request(segment_messages(self.prompt, segment, self.duration, video), self.media(segment),
+                       self.generation, self.limits, str(self.source), **self.memory)
+
     def __call__(self, metadata) -> list[dict]:
         self.duration = metadata.duration
         self.segments = split_video(metadata.duration, self.seconds, self.overlap)
         self.todo = [segment for segment in self.segments if self.key(segment) not in self.done]
         self.on_plan(len(self.segments), len(self.segments) - len(self.todo))
-        return [self.adapter.video_options(segment_messages(self.prompt, segment, self.duration, self.source),
-                                           self.media(segment),
-                                           max_new_tokens=self.generation.get("max_new_tokens"))
-                for segment in self.todo]
+        return [self._options(segment, metadata) for segment in self.todo]
+
+    def _options(self, segment: Segment, metadata) -> dict:
+        """What the segment's request would sample (`Adapter.video_options`), lowered to its memory limit."""
+        request = self.request(segment, str(self.source))
+        options = self.adapter.video_options(request.messages, request.media, max_new_tokens=request.max_new_tokens)
+        fit, _ = loaded_memory_fit(self.adapter, request)
+        if fit is None:
+            return options
+        fitted = fit.fit_video(metadata, options)
+        self.fit_notes[segment] = fit.notes
+        return fitted
 
 
 def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: dict | None = None,
@@ -206,8 +221,9 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
     `seconds`: the segment length (default: `segment_seconds`); `overlap`: seconds each segment's window reaches
     into the next; `done`: finished segment records of an earlier run by `segment_key` (not described again);
     `on_segment`: called with each newly finished segment record (a resumable run writes it down at once);
-    `progress`: a bar of segments on stderr; `memory`: each request's max_memory and fit (`service.Request`; the
-    frames are sampled before the requests, so a limit only notes a segment over it); `cancel`: once set, the
+    `progress`: a bar of segments on stderr; `memory`: each request's max_memory and fit (`service.Request`: once
+    the probe has planned the segments, each one's pixels, then frames, are lowered to the limit as its own request
+    would lower them, and its notes say so; the segment decoded ahead is not in the estimate); `cancel`: once set, the
     segment being described stops within a token and no later segment is decoded (they and the summary are left
     out; the record says `cancelled`). A failed segment leaves its chapter's text empty and sets the record's
     `error`; the rest goes on."""
@@ -229,14 +245,13 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
         bar = tqdm(total=total, initial=reused, desc=str(source).rsplit("/", 1)[-1], unit="segment",
                    disable=not progress, file=sys.stderr, leave=False)
 
-    plan = _Plan(adapter, source, prompt, sampling, generation, seconds, overlap, done, on_plan)
+    plan = _Plan(adapter, source, prompt, sampling, generation, seconds, overlap, limits, memory, done, on_plan)
     described, media_error = {}, None
     try:
         with _DecodedAhead(load_video_segments(source, adapter.policy, plan, limits=limits)) as videos:
             for video in videos:
                 segment = plan.todo[len(described)]  # (no enumerate: its reused tuple would keep the last video alive)
-                described[segment] = _describe_segment(adapter, plan, segment, video, generation, limits, memory,
-                                                       cancel)
+                described[segment] = _describe_segment(adapter, plan, segment, video, cancel)
                 del video  # before the next is taken: no segment's frames outlive its turn
                 if on_segment is not None:
                     on_segment(described[segment])
@@ -256,12 +271,10 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
                             seconds, overlap, cancel.is_set())
 
 
-def _describe_segment(adapter, plan: _Plan, segment: Segment, video, generation: dict, limits, memory: dict | None,
-                      cancel: threading.Event) -> dict:
-    request = Request(segment_messages(plan.prompt, segment, plan.duration, video), plan.media(segment), generation,
-                      limits, str(plan.source), **(memory or {}))
-    record = execute(adapter, request, cancel=_Cancel(cancel))
-    return {**_segment_record(record, segment, plan.key(segment)), "media_s": video.decode_seconds}
+def _describe_segment(adapter, plan: _Plan, segment: Segment, video, cancel: threading.Event) -> dict:
+    record = execute(adapter, plan.request(segment, video), cancel=_Cancel(cancel))
+    notes = plan.fit_notes.get(segment, []) + (record["notes"] or [])
+    return {**_segment_record(record, segment, plan.key(segment)), "notes": notes, "media_s": video.decode_seconds}
 
 
 def _check_request(source, sampling: dict, seconds: float | None) -> None:
@@ -298,13 +311,14 @@ def _chapters_record(adapter, source, prompt, sampling, generation, limits, plan
                                                                                item["timestamps"] or [])})
     requests = segments + summary_records
     counted = [item for item in requests if item["num_tokens"]]
+    widest = max(requests, key=lambda item: item.get("memory_estimate_bytes") or 0, default={})  # the run's peak
     record.update(
         answer=summary, summary=summary, chapters=chapters, segments=segments, duration=plan.duration,
         frames_indices=[index for index, _ in shown], timestamps=[time for _, time in shown],
         num_visual_tokens=sum(item["num_visual_tokens"] for item in counted),
         num_tokens={name: sum(item["num_tokens"][name] for item in counted) for name in ("text", "visual", "total")},
         timings=_total_timings([item["timings"] for item in requests if item["timings"]]),
-        memory_estimate_bytes=max((item.get("memory_estimate_bytes") or 0 for item in requests), default=0) or None,
+        memory_estimate_bytes=widest.get("memory_estimate_bytes"), memory_estimate=widest.get("memory_estimate"),
         max_memory_bytes=next((item["max_memory_bytes"] for item in requests if item.get("max_memory_bytes")), None),
         notes=list(dict.fromkeys(note for item in requests for note in item.get("notes") or [])),
         finish_reason=summary_records[-1]["finish_reason"] if summary_records else None,

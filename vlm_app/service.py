@@ -184,6 +184,15 @@ def memory_fit(adapter, request: Request, limit: int | None, weights_bytes: int,
                RequestShape(text_tokens=text + TEMPLATE_TOKENS, max_new_tokens=request.max_new_tokens))
 
 
+def loaded_memory_fit(adapter, request: Request) -> tuple[Fit | None, int | None]:
+    """The loaded model's pre-flight of `request` (`memory_fit`) and the request's limit, resolved on its device."""
+    from vlm_app.runtime import model_bytes
+
+    weights, device = model_bytes(adapter), str(adapter.device)
+    limit = resolve_limit(request.max_memory, device, weights)
+    return memory_fit(adapter, request, limit, weights, adapter.model.dtype.itemsize, device), limit
+
+
 class Run:
     """One request on one adapter. `prepare()` samples the media and builds the inputs (raising `VlmAppError` on
     a user mistake); iterating yields the answer's text pieces (stop strings cut the answer and stop the model);
@@ -220,12 +229,8 @@ class Run:
         return self.prepared
 
     def _memory_fit(self) -> Fit | None:
-        """The loaded model's pre-flight (`memory_fit`), with the request's limit resolved on its device."""
-        from vlm_app.runtime import model_bytes
-
-        weights, device = model_bytes(self.adapter), str(self.adapter.device)
-        self.limit = resolve_limit(self.request.max_memory, device, weights)
-        return memory_fit(self.adapter, self.request, self.limit, weights, self.adapter.model.dtype.itemsize, device)
+        fit, self.limit = loaded_memory_fit(self.adapter, self.request)
+        return fit
 
     def _note_excess(self, fit: Fit | None) -> None:
         total = self.memory_estimate.total
