@@ -20,6 +20,15 @@ class LimitError(VlmAppError):
     """The input or request is over an explicit limit (file size, duration, frames, pixels, tokens)."""
 
 
+class DurationLimitError(LimitError):
+    """A video is longer than one request takes (`Limits.max_duration_seconds`); chapters take it, one request per
+    part. `seconds` and `limit` let each front door name its own chapters option."""
+
+    def __init__(self, message: str, label: str, seconds: float, limit: float):
+        super().__init__(message)
+        self.label, self.seconds, self.limit = label, seconds, limit
+
+
 class MemoryLimitError(LimitError):
     """The request cannot fit under the memory limit (--max-memory) even with its videos lowered to the least
     their family allows."""

@@ -37,7 +37,7 @@ from typing import Iterator
 import av
 import torch
 
-from vlm_app.errors import DecodeError, LimitError, OptionsError
+from vlm_app.errors import DecodeError, DurationLimitError, LimitError, OptionsError
 from vlm_app.media.limits import Limits
 
 BACKENDS = ("pyav", "decord", "torchcodec")
@@ -144,9 +144,10 @@ def check_duration(label: str, seconds: float, limits: Limits, chapters: bool = 
         raise LimitError(f"{label} lasts {seconds:.0f} s, over the {limits.max_chapters_duration_seconds:g} s limit "
                          "for chapters; cut it or raise Limits.max_chapters_duration_seconds")
     if not chapters and seconds > limits.max_duration_seconds:
-        raise LimitError(f"{label} lasts {seconds:.0f} s, over the {limits.max_duration_seconds:g} s limit; describe "
-                         "it in chapters (`describe --chapters`: one request per part of the video), cut it, or raise "
-                         "Limits.max_duration_seconds")
+        raise DurationLimitError(f"{label} lasts {seconds:.0f} s, over the {limits.max_duration_seconds:g} s limit; "
+                                 "describe it in chapters (`describe --chapters`: one request per part of the video), "
+                                 "cut it, or raise Limits.max_duration_seconds", label, seconds,
+                                 limits.max_duration_seconds)
 
 
 def probe(path: str, label: str, limits: Limits, deadline: float | Deadline,
