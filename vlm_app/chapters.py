@@ -212,7 +212,9 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
                       generation: dict | None = None, seconds: float | None = None, overlap: float = 0.0,
                       limits=None, done: dict[str, dict] | None = None,
                       on_segment: Callable[[dict], None] | None = None, progress: bool = False,
-                      memory: dict | None = None, cancel: threading.Event | None = None) -> dict:
+                      memory: dict | None = None, cancel: threading.Event | None = None,
+                      on_plan: Callable[[float, list[Segment]], None] | None = None,
+                      raise_unreadable: bool = False) -> dict:
     """The chapters record of a video: the usual record fields (`answer` is the summary) plus `duration`,
     `chapters` ([{start, end, text}] in order, from 0 to the duration without gaps), `summary`, `segments` (each
     segment's bounds, prompt, frames, timestamps, tokens, timings, error, and `media_s`: the seconds the shared
@@ -225,8 +227,11 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
     the probe has planned the segments, each one's pixels, then frames, are lowered to the limit as its own request
     would lower them, and its notes say so; the segment decoded ahead is not in the estimate); `cancel`: once set, the
     segment being described stops within a token and no later segment is decoded (they and the summary are left
-    out; the record says `cancelled`). A failed segment leaves its chapter's text empty and sets the record's
-    `error`; the rest goes on."""
+    out; the record says `cancelled`); `on_plan`: called with the duration and the segments once the probe has read
+    the video, before any segment is described; `raise_unreadable`: a video that cannot be read at all (not
+    fetched or opened, not probed, over a limit) raises its error instead of becoming the record's (a front door
+    answering one request). A failed segment leaves its chapter's text empty and sets the record's `error`; the
+    rest goes on."""
     from tqdm import tqdm
 
     from vlm_app.media.video import load_video_segments
@@ -240,12 +245,14 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
                                                                  max_new_tokens=generation.get("max_new_tokens")))
     bar = None
 
-    def on_plan(total: int, reused: int) -> None:  # the bar starts once the probe has told how many segments
+    def planned(total: int, reused: int) -> None:  # the bar starts once the probe has told how many segments
         nonlocal bar
         bar = tqdm(total=total, initial=reused, desc=str(source).rsplit("/", 1)[-1], unit="segment",
                    disable=not progress, file=sys.stderr, leave=False)
+        if on_plan is not None:
+            on_plan(plan.duration, plan.segments)
 
-    plan = _Plan(adapter, source, prompt, sampling, generation, seconds, overlap, limits, memory, done, on_plan)
+    plan = _Plan(adapter, source, prompt, sampling, generation, seconds, overlap, limits, memory, done, planned)
     described, media_error = {}, None
     try:
         with _DecodedAhead(load_video_segments(source, adapter.policy, plan, limits=limits)) as videos:
@@ -259,6 +266,8 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
                 if cancel.is_set():
                     break
     except VlmAppError as error:  # the media failed: this segment and every later one
+        if raise_unreadable and plan.duration is None:
+            raise
         media_error = error
     finally:
         if bar is not None:
