@@ -6,9 +6,11 @@
 
 Every /v1 route checks the Bearer key (constant-time) before reading the body; the body is read with a byte cap
 and a deadline. One model job runs at a time, in a worker thread; up to `max_queue` wait, and more get 429. A
-client that goes away cancels its job, which stops the model within one token. Failures are OpenAI error
-objects with a 4xx status for every client mistake (400 `memory_limit` for a request that cannot fit under the
-operator's --max-memory), 507 when the request needs more memory than the machine has; a 500 means a bug.
+client that goes away cancels its job, which stops the model within one token. A chapters request
+(`vlm_app.chapters`) is one job of one request per segment (`vlm_app.chapters.describe_chapters`), each chapter
+streamed as it finishes, then the summary; cancelled, it stops within the segment being described. Failures are
+OpenAI error objects with a 4xx status for every client mistake (400 `memory_limit` for a request that cannot fit
+under the operator's --max-memory), 507 when the request needs more memory than the machine has; a 500 means a bug.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from vlm_app.errors import (DecodeError, LimitError, MemoryLimitError, ModelLoadError, NotOfferedError, OptionsError,
-                            OutOfMemory, SourceError, VlmAppError)
+from vlm_app.errors import (DecodeError, DurationLimitError, LimitError, MemoryLimitError, ModelLoadError,
+                            NotOfferedError, OptionsError, OutOfMemory, SourceError, VlmAppError)
 from vlm_app.security import offered_model
 from vlm_app.server.protocol import (ApiError, chunk, completion, completion_id, extension, finish_reason, parse_chat,
                                      usage)
@@ -83,6 +85,10 @@ def as_api_error(error: VlmAppError) -> ApiError:
         return ApiError(422, str(error), "messages", "undecodable_media")
     if isinstance(error, OutOfMemory):  # the same request fails the same way: tell clients not to retry it as is
         return ApiError(507, str(error), "messages", "out_of_memory", "server_error", {"x-should-retry": "false"})
+    if isinstance(error, DurationLimitError):  # this server's way to a longer video, not the CLI's
+        return ApiError(400, f"{error.label} lasts {error.seconds:.0f} s, over this server's {error.limit:g} s limit "
+                             'for one request; ask for it in chapters, "vlm_app": {"chapters": {}} (one request per '
+                             "part of the video, then a summary)", "messages", "limit_exceeded")
     codes = {SourceError: "invalid_source", MemoryLimitError: "memory_limit", LimitError: "limit_exceeded",
              OptionsError: "invalid_options"}
     return ApiError(400, str(error), "messages", next((code for kind, code in codes.items() if isinstance(error, kind)),
@@ -148,23 +154,17 @@ class Server:
 
     # ---- the model job ------------------------------------------------------------------------------------------
     def _work(self, call, cancel: threading.Event, loop, events: asyncio.Queue) -> None:
-        """In a worker thread: load (cached), prepare, generate; every step goes to `events`. Leaves the job
-        slot when done, so the next job starts only after this one's model work has really stopped."""
+        """In a worker thread: load (cached), then answer or describe in chapters; every step goes to `events`
+        ("ready" once the media is read, "text" pieces, "done" with the record, or "error"). Leaves the job slot
+        when done, so the next job starts only after this one's model work has really stopped."""
         def put(kind: str, value: Any = None) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
         try:
             if cancel.is_set():
                 raise ApiError(400, "the client disconnected while waiting for the model", None, "client_disconnected")
-            run = Run(self.cache.get(call.model, **self.config.load_options), call.request, cancel)
-            run.prepare()
-            put("ready")
-            for piece in run:
-                put("text", piece)
-            record = run.record
-            log.info("%s finish=%s new_tokens=%d", call.model, record["finish_reason"],
-                     record["timings"]["new_tokens"])
-            put("done", record)
+            adapter = self.cache.get(call.model, **self.config.load_options)
+            put("done", (_chapters if call.chapters is not None else _answer)(adapter, call, cancel, put))
         except VlmAppError as error:
             if isinstance(error, OutOfMemory):  # not the client's mistake alone: the operator should see it too
                 log.warning("request on %s: %s", call.model, error)
@@ -229,6 +229,37 @@ class Server:
         self.check_key(request)
         return {"object": "list", "data": [{"id": name, "object": "model", "created": self.started,
                                             "owned_by": "vlm_app"} for name in self.config.models]}
+
+
+def _answer(adapter, call, cancel: threading.Event, put) -> dict:
+    run = Run(adapter, call.request, cancel)
+    run.prepare()
+    put("ready")
+    for piece in run:
+        put("text", piece)
+    record = run.record
+    log.info("%s finish=%s new_tokens=%d", call.model, record["finish_reason"], record["timings"]["new_tokens"])
+    return record
+
+
+def _chapters(adapter, call, cancel: threading.Event, put) -> dict:
+    """The request's video in chapters: "ready" once the probe has read it (an unreadable video is the request's
+    error), each chapter's line as its segment finishes, then the summary."""
+    from vlm_app.chapters import DEFAULT_PROMPT, describe_chapters, segment_line
+
+    request = call.request
+    record = describe_chapters(adapter, request.label(), request.prompt() or DEFAULT_PROMPT, request.media,
+                               request.generation, limits=request.limits,
+                               memory={"max_memory": request.max_memory, "fit": request.fit}, cancel=cancel,
+                               on_plan=lambda duration, segments: put("ready"),
+                               on_segment=lambda segment: put("text", segment_line(segment) + "\n"),
+                               raise_unreadable=True, **call.chapters)
+    if record["summary"] is not None:
+        put("text", f"\nSummary: {record['summary']}")
+    described = sum(segment["error"] is None and not segment["cancelled"] for segment in record["segments"])
+    log.info("%s chapters: %d of %d segments described, cancelled=%s, new tokens %d", call.model, described,
+             len(record["segments"]), record["cancelled"], (record["timings"] or {}).get("new_tokens", 0))
+    return record
 
 
 async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:

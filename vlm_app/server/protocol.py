@@ -4,7 +4,9 @@ before anything runs; media sources are only named, never opened (the fetch guar
 decides what may be read).
 
 Media options use vLLM's names, in `mm_processor_kwargs` (every video) and `media_io_kwargs`
-({"video": {...}, "image": {...}}); `VLLM_OPTION_NAMES` maps them to ours.
+({"video": {...}, "image": {...}}); `VLLM_OPTION_NAMES` maps them to ours. Our own request options sit in a
+`vlm_app` object, as our answers' extras do: `{"vlm_app": {"chapters": {"segment_seconds": 60, "overlap": 0}}}`
+describes the request's one video in chapters (`vlm_app.chapters`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from numbers import Real
 from typing import Any
 
 from vlm_app.errors import VlmAppError
+from vlm_app.media.limits import DEFAULT_LIMITS
 from vlm_app.service import Request
 
 MAX_MESSAGES = 64
@@ -29,6 +32,10 @@ VLLM_OPTION_NAMES = {"fps": "fps", "num_frames": "nframes", "max_frames": "max_f
                      "video_start": "video_start", "video_end": "video_end"}
 IMAGE_OPTION_NAMES = ("max_pixels", "min_pixels")
 PART_TYPES = ("text", "image_url", "video_url")
+EXTENSION_FIELDS = ("chapters",)  # of the request's `vlm_app` object
+CHAPTER_OPTIONS = ("segment_seconds", "overlap")  # of `vlm_app.chapters`
+SEGMENT_FIELDS = ("start", "end", "video_start", "video_end", "error", "frames_indices", "timestamps", "sample_fps",
+                  "num_tokens", "timings", "finish_reason", "cancelled", "notes")  # each segment's, in answers
 
 
 class ApiError(VlmAppError):
@@ -55,16 +62,18 @@ class ChatCall:
     request: Request
     stream: bool
     include_usage: bool
+    chapters: dict | None = None  # describe_chapters' seconds and overlap: the request's video in chapters
 
 
-def _number(body: dict, name: str, low: float, high: float, integer: bool = False) -> Any:
+def _number(body: dict, name: str, low: float, high: float, integer: bool = False, within: str = "") -> Any:
     value = body.get(name)
+    name = within + name
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int if integer else Real):
         raise bad(f"{name} must be {'an integer' if integer else 'a number'}, got {type(value).__name__}", name,
                   "invalid_type")
-    if not low <= value <= high:
+    if not low <= value <= high:  # NaN too
         raise bad(f"{name} must be between {low:g} and {high:g}, got {value}", name)
     return value
 
@@ -166,6 +175,53 @@ def _generation(body: dict) -> dict:
     return {key: value for key, value in generation.items() if value is not None}
 
 
+def _unknown(given: dict, known, where: str) -> None:
+    unknown = [name for name in given if name not in known]
+    if unknown:
+        raise bad(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(known)}", f"{where}.{unknown[0]}")
+
+
+def _chapter_options(body: dict, limits) -> dict | None:
+    """describe_chapters' options from `vlm_app.chapters` (None: a plain request). A segment is one request, so
+    it and its overlap stay within one request's duration cap."""
+    extension = body.get("vlm_app")
+    if extension is None:
+        return None
+    if not isinstance(extension, dict):
+        raise bad('vlm_app must be an object like {"chapters": {"segment_seconds": 60}}', "vlm_app", "invalid_type")
+    _unknown(extension, EXTENSION_FIELDS, "vlm_app")
+    options = extension.get("chapters")
+    if options is None:
+        return None
+    if not isinstance(options, dict):
+        raise bad('vlm_app.chapters must be an object: {} for the defaults, or {"segment_seconds": S, "overlap": S}',
+                  "vlm_app.chapters", "invalid_type")
+    _unknown(options, CHAPTER_OPTIONS, "vlm_app.chapters")
+    cap = (limits or DEFAULT_LIMITS).max_duration_seconds
+    seconds = _number(options, "segment_seconds", 1, cap, within="vlm_app.chapters.")
+    overlap = _number(options, "overlap", 0, cap, within="vlm_app.chapters.")
+    return {"seconds": seconds, "overlap": overlap or 0.0}
+
+
+def _check_chapters(messages: list[dict], video_options: dict) -> None:
+    """A chapters request is one user turn with one video, by URL, over its whole length."""
+    if len(messages) != 1 or messages[0]["role"] != "user":
+        raise bad("vlm_app.chapters takes one user message (the video and an optional prompt for each part); "
+                  "drop the other messages", "messages")
+    kinds = [item["type"] for item in messages[0]["content"]]
+    if kinds.count("video") != 1 or "image" in kinds:
+        raise bad(f"vlm_app.chapters describes one video; this message has {kinds.count('video')} video(s) and "
+                  f"{kinds.count('image')} image(s)", "messages")
+    if next(item["video"] for item in messages[0]["content"] if item["type"] == "video").startswith("data:"):
+        # every segment's resume key names the source: a data: URI would be copied once per segment
+        raise bad("vlm_app.chapters needs the video by URL (http(s):// or file://), not a data: URI", "messages",
+                  "invalid_url")
+    cut = [name for name in ("video_start", "video_end") if name in video_options]
+    if cut:
+        raise bad(f"vlm_app.chapters cover the whole video, part by part; drop {', '.join(cut)} from the media "
+                  "options, or cut the video first", "vlm_app.chapters")
+
+
 def parse_chat(body: Any, limits, memory: dict | None = None) -> ChatCall:
     """The checked call of a /v1/chat/completions body; ApiError (400) on any mistake. The model name is
     returned as given: the caller refuses names not on offer. `memory`: the operator's max_memory and fit
@@ -180,13 +236,16 @@ def parse_chat(body: Any, limits, memory: dict | None = None) -> ChatCall:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise bad("stream_options must be an object", "stream_options", "invalid_type")
+    chapters = _chapter_options(body, limits)
     video_options, image_options = _media_options(body)
     messages, generation = _messages(body, image_options), _generation(body)
+    if chapters is not None:
+        _check_chapters(messages, video_options)
     try:
         request = Request(messages, video_options, generation, limits, **(memory or {}))
     except VlmAppError as error:  # the message schema's own checks (roles, order)
         raise bad(str(error), "messages") from None
-    return ChatCall(model, request, body.get("stream", False), bool(options.get("include_usage")))
+    return ChatCall(model, request, body.get("stream", False), bool(options.get("include_usage")), chapters)
 
 
 def completion_id() -> str:
@@ -203,12 +262,19 @@ def usage(record: dict) -> dict:
 
 def extension(record: dict) -> dict:
     """The `vlm_app` object: what the model was shown and what the answer cost (the estimated peak beside the
-    measured one in `timings`), and what the memory fit and the media pipeline changed (`notes`)."""
-    return {"media": record["media"], "frames_indices": record["frames_indices"], "timestamps": record["timestamps"],
-            "num_tokens": record["num_tokens"], "timings": record["timings"], "sampling": record["sampling"],
-            "memory_estimate_bytes": record["memory_estimate_bytes"], "max_memory_bytes": record["max_memory_bytes"],
-            "notes": record["notes"],
-            "model_info": {key: record["model_info"][key] for key in ("family", "revision", "device", "dtype")}}
+    measured one in `timings`), and what the memory fit and the media pipeline changed (`notes`). A chapters
+    record adds its chapters, summary, duration, options, each segment's `SEGMENT_FIELDS` and its `error` (a
+    failed segment leaves its chapter empty; the rest go on); frames, tokens and timings are over all requests."""
+    shown = {"media": record["media"], "frames_indices": record["frames_indices"],
+             "timestamps": record["timestamps"], "num_tokens": record["num_tokens"], "timings": record["timings"],
+             "sampling": record["sampling"], "memory_estimate_bytes": record["memory_estimate_bytes"],
+             "max_memory_bytes": record["max_memory_bytes"], "notes": record["notes"],
+             "model_info": {key: record["model_info"][key] for key in ("family", "revision", "device", "dtype")}}
+    if "chapters" in record:
+        shown.update({name: record[name] for name in ("chapters", "summary", "duration", "chapter_options",
+                                                      "cancelled", "error")},
+                     segments=[{name: segment[name] for name in SEGMENT_FIELDS} for segment in record["segments"]])
+    return shown
 
 
 def finish_reason(record: dict) -> str:
