@@ -1,6 +1,7 @@
 """Server-area fixtures: `python -m vlm_app serve` started the way a user starts it, on two tiny checkpoints, once
 per session, bound to 127.0.0.1 on a free port, with an API key, one allowed folder, a one-slot queue and a short
-body deadline (so the queue and slow-body cases are cheap to make)."""
+body deadline (so the queue and slow-body cases are cheap to make). The folder's long.mp4 lasts over a plain
+request's 4 h cap in a few frames, so chapters of an hour cost a few tiny requests."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ui_fixtures import _free_port, running_server
 
 API_KEY = "test-key-0123456789"
 BODY_TIMEOUT_S = 3
+LONG_FRAMES, LONG_FRAME_SECONDS = 26, 600.0  # long.mp4: 4 h 20 min, a frame every 10 minutes
 
 
 @dataclass
@@ -22,7 +24,7 @@ class ApiServer:
     url: str          # http://127.0.0.1:PORT/v1
     pid: int
     models: list[str]
-    allowed: Path     # the --allow-dir folder (holds clip.mp4 and image.png)
+    allowed: Path     # the --allow-dir folder (holds clip.mp4, long.mp4 and image.png)
     log: Path
 
     def log_text(self) -> str:
@@ -33,10 +35,14 @@ class ApiServer:
 def api_server(tmp_path_factory, tiny_checkpoints, make_clip) -> ApiServer:
     from PIL import Image
 
+    from vlm_app.testing.videos import moving_square, write_video
+
     root = tmp_path_factory.mktemp("api_server")
     allowed = root / "allowed"
     allowed.mkdir()
     make_clip(allowed / "clip.mp4", 2.0, 12, 160, 120)
+    write_video(allowed / "long.mp4", (moving_square(index, LONG_FRAMES, 64, 48) for index in range(LONG_FRAMES)),
+                durations=[LONG_FRAME_SECONDS] * LONG_FRAMES, options={"preset": "ultrafast"})
     Image.new("RGB", (64, 48), (200, 30, 30)).save(allowed / "image.png")
     models = [str(tiny_checkpoints["smolvlm2"]), str(tiny_checkpoints["qwen2_5_vl"])]
     port = _free_port()

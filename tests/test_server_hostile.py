@@ -7,6 +7,7 @@ Traffic goes to loopback only: URLs naming other addresses are refused by the fe
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import socket
 import threading
@@ -53,6 +54,76 @@ def chat(api_server, parts=None, **fields) -> dict:
 
 def video(url: str) -> list[dict]:
     return [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "what?"}]
+
+
+def chapters(api_server, options=None, parts=None, **fields) -> dict:
+    """A valid chapters body (long.mp4 in hour-long chapters), with `options` as vlm_app.chapters, `parts` as the
+    user's content and `fields` on top."""
+    parts = parts if parts is not None else video(f"file://{api_server.allowed / 'long.mp4'}")
+    return {**chat(api_server, parts), "vlm_app": {"chapters": options if options is not None
+                                                   else {"segment_seconds": 3600}}, **fields}
+
+
+def chapter_cases(api_server, redirector: int) -> list[tuple[str, dict, int, str]]:
+    """(name, httpx.request keywords, expected status, what the error message says)."""
+    allowed = api_server.allowed
+    long_video = video(f"file://{allowed / 'long.mp4'}")
+    post = {"method": "POST", "url": "/chat/completions", "headers": AUTH}
+
+    def body(value) -> dict:
+        return {**post, "json": value}
+
+    def raw(value) -> dict:  # json.dumps writes NaN and Infinity as Python's json.loads reads them
+        return {**post, "content": json.dumps(value).encode(), "headers": {**AUTH, "Content-Type": "application/json"}}
+
+    return [
+        ("vlm_app not an object", body(chat(api_server, long_video, vlm_app=[1])), 400, "vlm_app must be an object"),
+        ("vlm_app unknown field", body(chat(api_server, long_video, vlm_app={"chapter": {}})), 400,
+         "unknown field 'chapter'; known: chapters"),
+        ("chapters not an object", body(chapters(api_server, True)), 400, "vlm_app.chapters must be an object"),
+        ("chapters unknown option", body(chapters(api_server, {"segments": 4})), 400,
+         "unknown field 'segments'; known: segment_seconds, overlap"),
+        ("segment_seconds a string", body(chapters(api_server, {"segment_seconds": "60"})), 400,
+         "segment_seconds must be a number, got str"),
+        ("segment_seconds a boolean", body(chapters(api_server, {"segment_seconds": True})), 400,
+         "segment_seconds must be a number, got bool"),
+        ("segment_seconds zero", body(chapters(api_server, {"segment_seconds": 0})), 400,
+         "segment_seconds must be between 1 and 14400, got 0"),
+        ("segment_seconds negative", body(chapters(api_server, {"segment_seconds": -60})), 400, "got -60"),
+        ("segment_seconds over one request's cap", body(chapters(api_server, {"segment_seconds": 1e300})), 400,
+         "got 1e+300"),
+        ("segment_seconds NaN", raw(chapters(api_server, {"segment_seconds": float("nan")})), 400, "got nan"),
+        ("segment_seconds Infinity", raw(chapters(api_server, {"segment_seconds": float("inf")})), 400, "got inf"),
+        ("overlap negative", body(chapters(api_server, {"overlap": -1})), 400,
+         "overlap must be between 0 and 14400, got -1"),
+        ("overlap NaN", raw(chapters(api_server, {"overlap": float("nan")})), 400, "overlap must be between"),
+        ("chapters without a video", body(chapters(api_server, parts=[{"type": "text", "text": "hi"}])), 400,
+         "has 0 video(s) and 0 image(s)"),
+        ("chapters of two videos", body(chapters(api_server, parts=long_video + long_video)), 400,
+         "has 2 video(s)"),
+        ("chapters with an image", body(chapters(api_server, parts=long_video + [
+            {"type": "image_url", "image_url": {"url": f"file://{allowed / 'image.png'}"}}])), 400,
+         "has 1 video(s) and 1 image(s)"),
+        ("chapters with a system message", body({**chapters(api_server), "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": long_video}]}), 400,
+         "takes one user message"),
+        ("chapters with video_start", body(chapters(api_server, mm_processor_kwargs={"video_start": 60})), 400,
+         "drop video_start"),
+        ("chapters with video_end", body(chapters(api_server, media_io_kwargs={"video": {"video_end": 60}})), 400,
+         "drop video_end"),
+        ("chapters of a data: URI", body(chapters(api_server, parts=video("data:video/mp4;base64,AAAA"))), 400,
+         "not a data: URI"),
+        ("chapters of a file outside the allowed folder", body(chapters(api_server, parts=video(
+            "file:///etc/passwd"))), 400, "/etc/passwd"),
+        ("chapters of a symlink out", body(chapters(api_server, parts=video(f"file://{allowed / 'link.mp4'}"))), 400,
+         "link.mp4"),
+        ("chapters at a loopback address", body(chapters(api_server, parts=video(
+            f"http://127.0.0.1:{redirector}/clip.mp4"))), 400, "127.0.0.1"),
+        ("chapters redirected to a private address", body(chapters(api_server, parts=video(
+            f"http://localhost:{redirector}/to/http://10.1.2.3/clip.mp4"))), 400, "10.1.2.3"),
+        ("chapters of a file that is not a video", body(chapters(api_server, parts=video(
+            f"file://{allowed / 'notes.txt'}"))), 422, "not a readable video"),
+    ]
 
 
 LOOPBACK_SPELLINGS = ["127.0.0.1", "127.0.0.2", "127.1", "2130706433", "0x7f000001", "0177.0.0.1", "[::1]",
@@ -145,6 +216,7 @@ def corpus(api_server, redirector: int) -> list[tuple[str, dict, int]]:
                400) for host in LOOPBACK_SPELLINGS]
     cases += [(f"video_url at private {host}", body(chat(api_server, video(f"http://{host}/clip.mp4"))), 400)
               for host in PRIVATE_ADDRESSES]
+    cases += [(name, request, status) for name, request, status, _ in chapter_cases(api_server, redirector)]
     return cases
 
 
@@ -152,13 +224,14 @@ def send(http: httpx.Client, request: dict) -> httpx.Response:
     return http.request(**request)
 
 
-def assert_refused(http: httpx.Client, name: str, request: dict, status: int) -> None:
+def assert_refused(http: httpx.Client, name: str, request: dict, status: int) -> dict:
     started = time.monotonic()
     response = send(http, request)
     assert time.monotonic() - started < CASE_DEADLINE_S, name
     assert response.status_code == status, (name, response.status_code, response.text[:300])
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"], (name, error)
+    return error
 
 
 def still_serving(http: httpx.Client, api_server) -> None:
@@ -174,6 +247,16 @@ def test_every_hostile_request_gets_its_4xx_and_the_server_keeps_serving(api_ser
         for name, request, status in cases:
             assert_refused(http, name, request, status)
         still_serving(http, api_server)
+
+
+def test_hostile_chapter_options_get_their_own_errors(api_server, redirector):
+    corpus(api_server, redirector)  # makes notes.txt and link.mp4
+    with httpx.Client(base_url=api_server.url, timeout=CASE_DEADLINE_S) as http:
+        for name, request, status, says in chapter_cases(api_server, redirector):
+            error = assert_refused(http, name, request, status)
+            assert says in error["message"], (name, error)
+        response = http.post("/chat/completions", headers=AUTH, json=chapters(api_server))
+    assert response.status_code == 200 and len(response.json()["vlm_app"]["chapters"]) == 4
 
 
 def test_a_slowly_sent_body_is_cut_off(api_server):

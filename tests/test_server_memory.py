@@ -68,3 +68,14 @@ def test_a_request_that_cannot_fit_is_an_error_object(limited_client, tiny_check
     body = raised.value.body
     assert raised.value.status_code == 400 and body["code"] == "memory_limit" and body["param"] == "messages"
     assert "does not fit in" in body["message"] and "raise --max-memory" in body["message"]
+
+
+def test_chapters_run_under_the_operators_limit(limited_client, tiny_checkpoints, memory_clip):
+    client, limit = limited_client
+    response = client.chat.completions.create(model=str(tiny_checkpoints["smolvlm2"]), max_tokens=MAX_TOKENS,
+                                              messages=video_message(memory_clip),
+                                              extra_body={"vlm_app": {"chapters": {"segment_seconds": 4}},
+                                                          "max_memory": 2**40})
+    shown = response.model_extra["vlm_app"]
+    assert [chapter["end"] for chapter in shown["chapters"]] == [4, 8] and shown["error"] is None
+    assert shown["max_memory_bytes"] == limit and 0 < shown["memory_estimate_bytes"]

@@ -15,8 +15,8 @@ import pytest
 from server_fixtures import API_KEY
 
 
-def video_message(api_server, text: str = "What happens?") -> list[dict]:
-    url = f"file://{api_server.allowed / 'clip.mp4'}"
+def video_message(api_server, text: str = "What happens?", name: str = "clip.mp4") -> list[dict]:
+    url = f"file://{api_server.allowed / name}"
     return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
                                          {"type": "text", "text": text}]}]
 
@@ -166,3 +166,80 @@ def test_a_full_queue_answers_429(client, api_server):
             assert raised.value.status_code == 429 and raised.value.body["code"] == "queue_full"
     waiting.join(timeout=60)
     assert waited["response"].usage.completion_tokens <= 2
+
+
+HOUR_CHAPTERS = {"vlm_app": {"chapters": {"segment_seconds": 3600}}}
+HOURS = ["[00:00:00 - 01:00:00] ", "[01:00:00 - 02:00:00] ", "[02:00:00 - 03:00:00] "]  # then 03:00:00 to the end
+
+
+def chapters_request(api_server, max_tokens: int = 4) -> dict:
+    return {"model": api_server.models[0], "messages": video_message(api_server, name="long.mp4"),
+            "max_tokens": max_tokens, "temperature": 0, "extra_body": HOUR_CHAPTERS}
+
+
+def test_a_video_over_the_plain_cap_is_refused_with_the_chapters_option(client, api_server):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=api_server.models[0], max_tokens=2,
+                                       messages=video_message(api_server, name="long.mp4"))
+    body = raised.value.body
+    assert body["code"] == "limit_exceeded" and "over this server's 14400 s limit" in body["message"]
+    assert '"vlm_app": {"chapters": {}}' in body["message"]
+
+
+def test_chapters_cover_the_video_in_order_and_end_with_a_summary(client, api_server):
+    """The 4 h 20 min video, over a plain request's cap, in hour-long chapters: the chapters cap applies."""
+    response = client.chat.completions.create(**chapters_request(api_server))
+    shown = response.model_extra["vlm_app"]
+    chapters, segments = shown["chapters"], shown["segments"]
+    assert shown["duration"] > 4 * 3600 and shown["error"] is None and not shown["cancelled"]
+    assert [chapter["start"] for chapter in chapters] == [0, 3600, 7200, 10800]
+    assert [chapter["end"] for chapter in chapters] == [3600, 7200, 10800, shown["duration"]]
+    assert response.choices[0].message.content == shown["summary"] and shown["summary"]
+    for chapter, segment in zip(chapters, segments):  # frames at their times in the whole video
+        assert segment["error"] is None and segment["frames_indices"]
+        assert all(chapter["start"] <= time <= chapter["end"] for time in segment["timestamps"])
+    assert shown["timestamps"] == sorted({time for segment in segments for time in segment["timestamps"]})
+    segment_prompts = sum(segment["num_tokens"]["total"] for segment in segments)
+    segment_answers = sum(segment["timings"]["new_tokens"] for segment in segments)
+    assert response.usage.prompt_tokens > segment_prompts  # the summary's request is counted too
+    assert response.usage.completion_tokens == shown["timings"]["new_tokens"] > segment_answers
+
+
+def test_streamed_chapters_come_in_order_then_the_summary_then_usage(client, api_server):
+    whole = client.chat.completions.create(**chapters_request(api_server)).model_extra["vlm_app"]
+    chunks = list(client.chat.completions.create(**chapters_request(api_server), stream=True,
+                                                 stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1
+    shown = finals[0].model_extra["vlm_app"]
+    assert shown["chapters"] == whole["chapters"] and shown["summary"] == whole["summary"]  # greedy: the same
+    assert len(pieces) == 5  # each chapter as it finishes, then the summary
+    for piece, hour, chapter in zip(pieces, HOURS + ["[03:00:00 - "], shown["chapters"]):
+        assert piece.startswith(hour) and piece == piece[:piece.index("] ") + 2] + chapter["text"] + "\n"
+    assert pieces[-1] == f"\nSummary: {shown['summary']}"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == shown["timings"]["new_tokens"]
+
+
+def _chapter_jobs(api_server) -> list[tuple[int, int, str, int]]:
+    return [(int(described), int(total), cancelled, int(tokens)) for described, total, cancelled, tokens in
+            re.findall(r"chapters: (\d+) of (\d+) segments described, cancelled=(\w+), new tokens (\d+)",
+                       api_server.log_text())]
+
+
+def test_a_client_that_disconnects_cancels_a_chapters_job(api_server):
+    """4000-token answers for each of 4 segments; the client leaves once the stream starts (the video probed): the
+    segment being described stops, no later one runs, no summary."""
+    before = len(_chapter_jobs(api_server))
+    body = {**_stream_request(api_server, 4000), **HOUR_CHAPTERS,
+            "messages": video_message(api_server, name="long.mp4")}
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", api_server.url + "/chat/completions", json=body,
+                         headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+            assert response.status_code == 200
+            next(line for line in response.iter_lines() if line.startswith("data: "))
+    deadline = time.monotonic() + 30
+    while len(_chapter_jobs(api_server)) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    described, total, cancelled, tokens = _chapter_jobs(api_server)[-1]
+    assert cancelled == "True" and described < total == 4 and tokens < 400, (described, total, cancelled, tokens)
