@@ -378,3 +378,17 @@ def test_a_limit_no_segment_fits_fails_before_any_segment_is_described(clip, smo
     record = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert "does not fit in 1 MiB" in record["error"] and record["summary"] is None
     assert all(segment["answer"] is None and "does not fit in" in segment["error"] for segment in record["segments"])
+
+
+def test_a_front_door_gets_an_unplannable_video_as_an_error(clip, smol):
+    from vlm_app import load
+    from vlm_app.chapters import describe_chapters
+    from vlm_app.errors import MemoryLimitError, VlmAppError
+
+    adapter, planned = load(smol, device="cpu"), []
+    with pytest.raises(MemoryLimitError, match="does not fit in 1 MiB"):
+        describe_chapters(adapter, clip, seconds=10, memory={"max_memory": "1MB"}, raise_unreadable=True,
+                          on_plan=lambda duration, segments: planned.append(duration))
+    with pytest.raises(VlmAppError):
+        describe_chapters(adapter, clip.with_name("missing.mp4"), raise_unreadable=True)
+    assert planned == []  # told of a plan only once every segment is planned

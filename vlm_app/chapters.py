@@ -178,6 +178,7 @@ class _Plan:
         self.sampling, self.generation, self.seconds, self.overlap = sampling, generation, seconds, overlap
         self.limits, self.memory, self.done, self.on_plan = limits, memory or {}, done, on_plan
         self.duration, self.segments, self.todo, self.fit_notes = None, [], [], {}
+        self.ready = False  # every segment planned: the video was read and its segments fit the memory limit
 
     def key(self, segment: Segment) -> str:
         return segment_key(self.source, segment, self.adapter, self.prompt, self.sampling, self.generation)
@@ -193,8 +194,10 @@ class _Plan:
         self.duration = metadata.duration
         self.segments = split_video(metadata.duration, self.seconds, self.overlap)
         self.todo = [segment for segment in self.segments if self.key(segment) not in self.done]
+        options = [self._options(segment, metadata) for segment in self.todo]
+        self.ready = True
         self.on_plan(len(self.segments), len(self.segments) - len(self.todo))
-        return [self._options(segment, metadata) for segment in self.todo]
+        return options
 
     def _options(self, segment: Segment, metadata) -> dict:
         """What the segment's request would sample (`Adapter.video_options`), lowered to its memory limit."""
@@ -225,13 +228,13 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
     `on_segment`: called with each newly finished segment record (a resumable run writes it down at once);
     `progress`: a bar of segments on stderr; `memory`: each request's max_memory and fit (`service.Request`: once
     the probe has planned the segments, each one's pixels, then frames, are lowered to the limit as its own request
-    would lower them, and its notes say so; the segment decoded ahead is not in the estimate); `cancel`: once set, the
-    segment being described stops within a token and no later segment is decoded (they and the summary are left
-    out; the record says `cancelled`); `on_plan`: called with the duration and the segments once the probe has read
-    the video, before any segment is described; `raise_unreadable`: a video that cannot be read at all (not
-    fetched or opened, not probed, over a limit) raises its error instead of becoming the record's (a front door
-    answering one request). A failed segment leaves its chapter's text empty and sets the record's `error`; the
-    rest goes on."""
+    would lower them, and its notes say so; the segment decoded ahead is not in the estimate); `cancel`: once set,
+    the segment being described stops within a token and no later segment is decoded (they and the summary are left
+    out; the record says `cancelled`); `on_plan`: called (from the decode thread) with the duration and the segments
+    once the probe has read the video, before any segment is described; `raise_unreadable`: a video that cannot be
+    read at all (not fetched or opened, not probed, over a limit, not even its least sample within the memory limit)
+    raises its error instead of becoming the record's (a front door answering one request). A failed segment leaves
+    its chapter's text empty and sets the record's `error`; the rest goes on."""
     from tqdm import tqdm
 
     from vlm_app.media.video import load_video_segments
@@ -266,7 +269,7 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
                 if cancel.is_set():
                     break
     except VlmAppError as error:  # the media failed: this segment and every later one
-        if raise_unreadable and plan.duration is None:
+        if raise_unreadable and not plan.ready:
             raise
         media_error = error
     finally:
