@@ -392,3 +392,18 @@ def test_a_front_door_gets_an_unplannable_video_as_an_error(clip, smol):
     with pytest.raises(VlmAppError):
         describe_chapters(adapter, clip.with_name("missing.mp4"), raise_unreadable=True)
     assert planned == []  # told of a plan only once every segment is planned
+
+
+def test_the_number_of_segments_is_capped(clip, smol):
+    from vlm_app import load
+    from vlm_app.chapters import describe_chapters
+    from vlm_app.errors import LimitError
+    from vlm_app.media import DEFAULT_LIMITS
+
+    adapter, limits = load(smol, device="cpu"), DEFAULT_LIMITS.with_overrides(max_chapters_segments=10)
+    record = describe_chapters(adapter, clip, seconds=1, limits=limits)
+    assert "makes 30 requests, over the limit of 10; use longer segments (at least 3 s)" in record["error"]
+    assert all(segment["answer"] is None for segment in record["segments"])
+    with pytest.raises(LimitError, match="over the limit of 10"):
+        describe_chapters(adapter, clip, seconds=1, limits=limits, raise_unreadable=True)
+    assert describe_chapters(adapter, clip, seconds=3, limits=limits, generation={"max_new_tokens": 1})["error"] is None

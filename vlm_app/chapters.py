@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from vlm_app.errors import LimitError, OptionsError, VlmAppError
+from vlm_app.media.limits import DEFAULT_LIMITS
 from vlm_app.messages import conversation
 from vlm_app.service import DEFAULT_MAX_NEW_TOKENS, Request, build_record, execute, is_image, loaded_memory_fit
 from vlm_app.subtitles import Cue, clock, to_srt, to_vtt
@@ -193,6 +194,11 @@ class _Plan:
     def __call__(self, metadata) -> list[dict]:
         self.duration = metadata.duration
         self.segments = split_video(metadata.duration, self.seconds, self.overlap)
+        cap = (self.limits or DEFAULT_LIMITS).max_chapters_segments
+        if len(self.segments) > cap:
+            raise LimitError(f"{metadata.source} in {self.seconds:g} s segments makes {len(self.segments)} requests, "
+                             f"over the limit of {cap}; use longer segments (at least "
+                             f"{math.ceil(metadata.duration / cap)} s) or raise Limits.max_chapters_segments")
         self.todo = [segment for segment in self.segments if self.key(segment) not in self.done]
         options = [self._options(segment, metadata) for segment in self.todo]
         self.ready = True

@@ -16,6 +16,7 @@ class Limits:
     max_file_bytes: int = 8 * 1024**3  # local files and downloads
     max_duration_seconds: float = 4 * 3600.0  # one plain request; longer videos go in chapters
     max_chapters_duration_seconds: float = 24 * 3600.0  # a chapters run (one request per segment)
+    max_chapters_segments: int = 1440  # requests of one chapters run (24 h in minutes)
     max_source_frames: int = 1_000_000
     max_frame_pixels: int = 8192 * 8192  # decoded frame size (16K video and larger images are refused)
     max_sampled_frames: int = 4096
