@@ -152,6 +152,16 @@ def test_auto_resolves_to_this_machine_and_none_means_no_limit(smol_adapter, exa
     assert unlimited["max_memory_bytes"] is None and unlimited["frames_indices"] == record["frames_indices"]
 
 
+def test_auto_reads_the_available_memory_stand_in(smol_adapter, example_clip, tiny_checkpoints, monkeypatch, capsys):
+    """VLM_APP_AVAILABLE_MEMORY replaces the RAM auto measures: the limit is its share plus the loaded weights."""
+    monkeypatch.setenv(memory.AVAILABLE_MEMORY_VARIABLE, "1GiB")
+    record = Run(smol_adapter, one_turn("Describe.", str(example_clip), {}, {"max_new_tokens": 2})).execute()
+    assert record["max_memory_bytes"] == int(2**30 * memory.AUTO_RAM_FRACTION) + record["memory_estimate"]["weights"]
+    monkeypatch.setenv(memory.AVAILABLE_MEMORY_VARIABLE, "auto")
+    assert main(["describe", str(example_clip), "--model", str(tiny_checkpoints["smolvlm2"]), *FAST]) == 2
+    assert "VLM_APP_AVAILABLE_MEMORY is a size (bytes, 12GB, 512MiB), not auto" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text, expected", [("12GB", 12 * 2**30), ("512MiB", 512 * 2**20), ("1.5g", int(1.5 * 2**30)),
                                             ("8000000000", 8000000000), (4096, 4096), ("auto", "auto"),
                                             (None, None)])

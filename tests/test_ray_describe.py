@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from vlm_app import distributed
 from vlm_app.cli import main
 from vlm_app.describer import DEFAULT_PROMPT
+from vlm_app.memory import AUTO_RAM_FRACTION, AVAILABLE_MEMORY_VARIABLE
 from vlm_app.service import execute, one_turn
 from vlm_app.messages import conversation
 
@@ -20,9 +22,19 @@ REPRODUCIBILITY = ("source", "model", "answer", "error", "prompt", "frames_indic
                    "num_visual_tokens", "num_tokens", "sampling", "generation")
 
 
+def ray_arguments(ray_videos, checkpoint, out, *extra) -> list[str]:
+    return ["describe", str(ray_videos), "--engine", "ray", "--model", str(checkpoint), "--device", "cpu",
+            "--max-new-tokens", str(MAX_NEW_TOKENS), "--out", str(out), "--decode-workers", "1", *extra]
+
+
 def ray_describe(ray_videos, checkpoint, out, *extra) -> int:
-    return main(["describe", str(ray_videos), "--engine", "ray", "--model", str(checkpoint), "--device", "cpu",
-                 "--max-new-tokens", str(MAX_NEW_TOKENS), "--out", str(out), "--decode-workers", "1", *extra])
+    return main(ray_arguments(ray_videos, checkpoint, out, *extra))
+
+
+def local_describe(ray_videos, checkpoint, out, *extra) -> dict[str, dict]:
+    assert main(["describe", str(ray_videos), "--model", str(checkpoint), "--device", "cpu", "--max-new-tokens",
+                 str(MAX_NEW_TOKENS), "--out", str(out), *extra]) == 0
+    return read_jsonl(out)
 
 
 def read_jsonl(path) -> dict[str, dict]:
@@ -107,28 +119,70 @@ def test_parquet_output_from_a_list_file_with_relative_paths(ray_local, ray_vide
     assert "broken.mp4 is not a readable video" in rows[listed[1]]["error"]
 
 
-def test_max_memory_fits_like_the_local_engine(ray_run, ray_videos, tiny_checkpoints, tmp_path):
-    """The decode stage fits each video without the model, from the replicas' weights, dtype and device: the frames,
-    the notes and the failures equal the local engine's under the same --max-memory."""
-    from adapter_fixtures import midway_limit
-
-    unconstrained = read_jsonl(ray_run)
-    widest = max((record for record in unconstrained.values() if record["error"] is None),
-                 key=lambda record: record["memory_estimate_bytes"])
-    limit = str(midway_limit(widest, 0.75))  # the widest clip is lowered, the narrowest is not
-    local, ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
-    assert main(["describe", str(ray_videos), "--model", str(tiny_checkpoints["smolvlm2"]), "--device", "cpu",
-                 "--max-new-tokens", str(MAX_NEW_TOKENS), "--out", str(local), "--max-memory", limit]) == 0
-    assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], ray, "--max-memory", limit) == 0
-    local, ray = read_jsonl(local), read_jsonl(ray)
+def assert_fitted_like_the_local_engine(ray: dict, local: dict, unconstrained: dict) -> None:
+    """The same frames, notes, failures and limits; the widest clips lowered, at least one clip not."""
     assert set(ray) == set(local)
     for source in local:
         assert {key: ray[source][key] for key in ("frames_indices", "notes", "error")} == \
             {key: local[source][key] for key in ("frames_indices", "notes", "error")}, source
+        if local[source]["error"] is None:
+            assert ray[source]["max_memory_bytes"] == local[source]["max_memory_bytes"], source
     fitted = [source for source, record in ray.items() if record["error"] is None and record["notes"]]
     assert fitted and all(len(ray[source]["frames_indices"]) < len(unconstrained[source]["frames_indices"])
                           and ray[source]["notes"][0].startswith("memory fit: lowered frames") for source in fitted)
     assert any(record["error"] is None and not record["notes"] for record in ray.values())
+
+
+def fitting_limit(unconstrained: dict) -> int:
+    """A limit under which the widest clip is lowered and the narrowest is not."""
+    from adapter_fixtures import midway_limit
+
+    widest = max((record for record in unconstrained.values() if record["error"] is None),
+                 key=lambda record: record["memory_estimate_bytes"])
+    return midway_limit(widest, 0.75)
+
+
+def test_max_memory_fits_like_the_local_engine(ray_run, ray_videos, tiny_checkpoints, tmp_path):
+    """The decode stage fits each video without the model, from the replicas' figures: the frames, the notes and the
+    failures equal the local engine's under the same --max-memory."""
+    unconstrained = read_jsonl(ray_run)
+    limit = str(fitting_limit(unconstrained))
+    local = local_describe(ray_videos, tiny_checkpoints["smolvlm2"], tmp_path / "local.jsonl", "--max-memory", limit)
+    assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], tmp_path / "ray.jsonl", "--max-memory", limit) == 0
+    ray = read_jsonl(tmp_path / "ray.jsonl")
+    assert_fitted_like_the_local_engine(ray, local, unconstrained)
+    assert all(record["max_memory_bytes"] == int(limit) for record in ray.values() if record["error"] is None)
+
+
+@pytest.mark.parametrize("ray_memory", [(), ("--max-memory", "auto")], ids=["unset", "auto"])
+def test_auto_is_measured_by_the_replicas(ray_run, ray_videos, tiny_checkpoints, tmp_path, monkeypatch, ray_memory):
+    """Unset or auto, the model replicas resolve --max-memory on their own side: with less RAM available (the
+    environment's stand-in, which a Ray started by the command passes on to its workers), the records equal the
+    local engine's under auto."""
+    unconstrained = read_jsonl(ray_run)
+    weights = next(record for record in unconstrained.values() if record["error"] is None)["memory_estimate"]["weights"]
+    available = str(int((fitting_limit(unconstrained) - weights) / AUTO_RAM_FRACTION))
+    monkeypatch.setenv(AVAILABLE_MEMORY_VARIABLE, available)
+    local = local_describe(ray_videos, tiny_checkpoints["smolvlm2"], tmp_path / "local.jsonl", "--max-memory", "auto")
+    out = tmp_path / "ray.jsonl"
+    # a fresh process: its own local Ray, whose workers start with this environment (the session's Ray did not)
+    command = [sys.executable, "-m", "vlm_app", *ray_arguments(ray_videos, tiny_checkpoints["smolvlm2"], out,
+                                                                *ray_memory)]
+    done = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert_fitted_like_the_local_engine(read_jsonl(out), local, unconstrained)
+
+
+def test_memory_board_waits_for_every_replica_and_gives_the_smallest(ray_local):
+    from vlm_app.service import ModelMemory
+
+    board = ray_local.remote(num_cpus=0)(distributed.MemoryBoard).remote(2)
+    read = board.smallest.remote()
+    ray_local.get(board.post.remote(ModelMemory(3 * 2**30, 2**20, 2, "cuda:0")))
+    assert ray_local.wait([read], timeout=1)[0] == []  # the other replica is still loading
+    ray_local.get(board.post.remote(ModelMemory(2 * 2**30, 2**20, 2, "cuda:1")))
+    assert ray_local.get(read, timeout=60) == ModelMemory(2 * 2**30, 2**20, 2, "cuda:1")
 
 
 def test_without_ray_says_how_to_install(ray_videos, tiny_checkpoints, tmp_path, monkeypatch, capsys):
@@ -140,7 +194,6 @@ def test_without_ray_says_how_to_install(ray_videos, tiny_checkpoints, tmp_path,
 @pytest.mark.parametrize("extra, message", [
     (("--model-replicas", "0"), "--model-replicas must be at least 1"),
     (("--stream",), "--stream and --dump-features work with --engine local"),
-    (("--max-memory", "auto"), "--max-memory auto does not work with --engine ray"),
 ])
 def test_option_mistakes_are_reported(ray_videos, tiny_checkpoints, tmp_path, capsys, extra, message):
     assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], tmp_path / "out.jsonl", *extra) == 2

@@ -54,9 +54,9 @@ def _add_memory_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("memory (the pre-flight estimates each request's peak before decoding)")
     group.add_argument("--max-memory", metavar="BYTES|auto", default=None,
                        help="the peak a request may reach on the model's device: bytes, a size (12GB, 512MiB) or "
-                            "auto (the default, except on --engine ray: free GPU memory, or 80%% of the available "
-                            "RAM); over it, videos are lowered to fit, pixels per frame first, then frames (the "
-                            "record's notes say so)")
+                            "auto (the default: free GPU memory, or 80%% of the available RAM; on --engine ray, "
+                            "the smallest the model replicas measure); over it, videos are lowered to fit, pixels "
+                            "per frame first, then frames (the record's notes say so)")
     group.add_argument("--no-fit", action="store_true",
                        help="keep the reference sampling budget even over --max-memory")
 

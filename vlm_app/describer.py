@@ -199,12 +199,11 @@ def save_boxes_image(source: Any, answer: str, path: str | Path) -> int:
     return len(boxes)
 
 
-def memory_options(args, default="auto") -> dict:
-    """--max-memory (unset: `default`) and --no-fit as `service.Request` fields."""
+def memory_options(args) -> dict:
+    """--max-memory (unset: auto) and --no-fit as `service.Request` fields."""
     from vlm_app.memory import parse_max_memory
 
-    given = args.max_memory if args.max_memory is not None else default
-    return {"max_memory": parse_max_memory(given), "fit": not args.no_fit}
+    return {"max_memory": parse_max_memory(args.max_memory or "auto"), "fit": not args.no_fit}
 
 
 def _print_answer_line(text: str) -> None:

@@ -8,10 +8,15 @@ Both stages are actor pools, so Ray Data never fuses decoding into the model act
 the next actor stage): frames are decoded while the model generates. Only uint8 frames and small metadata cross
 the object store. Records come from `vlm_app.service` (`Run` / `build_record`), so they equal the sequential
 path's records, answers included. Without `address` a local Ray is started and stopped around the job.
+
+Under a memory limit the decode workers fit each video before a replica gets it, so they need the replicas' side of
+the fit: each replica, once loaded, posts its limit ("auto" resolved on its device), weights, element bytes and
+device to a `MemoryBoard`, and the decode workers fit to the figures with the smallest limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -23,8 +28,7 @@ from pathlib import Path
 from vlm_app.describer import collection_sources
 from vlm_app.errors import OptionsError, SourceError, VlmAppError
 from vlm_app.results import JsonlResults, sources_to_skip
-from vlm_app.memory import parse_max_memory
-from vlm_app.service import MemoryGuard, Run, build_record, memory_fit, one_turn
+from vlm_app.service import MemoryGuard, Run, build_record, memory_fit, model_memory, one_turn
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install -e ".[ray]"  (or: pip install "ray[data]>=2.40" pyarrow)'
 PARQUET_PART_ROWS = 64  # records per Parquet part file: a crash loses at most this many finished records
@@ -39,15 +43,13 @@ class Job:
     prompt: str = "Describe this video."
     sampling: dict = field(default_factory=dict)
     generation: dict = field(default_factory=dict)
-    max_memory: int | str | None = None  # the model replicas' memory limit (`service.Request`), fitted when decoding
+    max_memory: int | str | None = "auto"  # the model replicas' memory limit (`service.Request`), fitted when decoding
     fit: bool = True
     model_location: str = ""  # set by the driver: a local folder as an absolute path, else the name
 
-    def __post_init__(self):
-        if parse_max_memory(self.max_memory) == "auto":
-            raise OptionsError("--max-memory auto does not work with --engine ray: the decode workers fit each video "
-                               "before a model replica gets it, and cannot see the replicas' free memory; give the "
-                               "replicas' limit as a size (e.g. --max-memory 20GB)")
+    @property
+    def fits(self) -> bool:
+        return self.max_memory is not None and self.fit
 
     def located(self) -> Job:
         """This job with `model_location` filled in; call it on the driver, whose working directory the workers
@@ -85,29 +87,55 @@ def import_ray():
 
 
 # ---- the two stages --------------------------------------------------------------------------------------------
+class MemoryBoard:
+    """Where the model replicas post their `service.ModelMemory` once loaded, and the decode workers read the one
+    with the smallest limit: every video is fitted to it. An async actor, so a read waits for all `replicas`
+    without holding up their posts (a replica Ray restarts posts again; the smallest still holds)."""
+
+    def __init__(self, replicas: int):
+        self.replicas, self.posted, self.complete = replicas, [], asyncio.Event()
+
+    def post(self, memory) -> None:
+        self.posted.append(memory)
+        if len(self.posted) >= self.replicas:
+            self.complete.set()
+
+    async def smallest(self):
+        await self.complete.wait()
+        return min(self.posted, key=lambda memory: memory.limit)
+
+
+def replicas_memory(board):
+    """The figures every video is fitted to, once all replicas posted theirs (on a first request: the wait for the
+    models to load)."""
+    import ray
+
+    return ray.get(board.smallest.remote())
+
+
 class Decoder:
     """A decode worker: samples each video exactly as the model's adapter would, without loading weights.
     The adapter is built around the checkpoint's processor and config, because they set sampling defaults
     (SmolVLM2's fps and frame cap, DeepSeek-VL2's context) and `load_media` applies them with the family's
-    policy and the job's answer budget. Under a memory limit it fits each video as the request layer would on a
-    replica (`service.memory_fit`), with the weights, dtype and device the replicas will load with."""
+    policy and the job's answer budget. With a `MemoryBoard` it fits each video as the request layer would on a
+    replica (`service.memory_fit`), with the figures the replicas measured."""
 
-    def __init__(self, job: Job, gpus_per_replica: float = 0.0):
+    def __init__(self, job: Job, board=None):
         from vlm_app.adapters import registry
         from vlm_app.runtime import locate
 
         ref = registry.resolve(job.model_location)
         path, _ = locate(ref, job.model_options.get("revision"))
         self.sampler = registry.adapter_class(ref.family).without_weights(path)
-        fits = job.max_memory is not None and job.fit
-        self.replica = replica_memory(job.model_options, path, gpus_per_replica) if fits else None
-        self.job = job
+        self.job, self.board, self.replicas = job, board, None  # replicas: their `ModelMemory`, once read
 
     def __call__(self, row: dict) -> dict:
         job = self.job
         request = one_turn(job.prompt, row["location"], job.sampling, job.generation, max_memory=job.max_memory,
                            fit=job.fit)
-        fit = memory_fit(self.sampler, request, request.max_memory, *self.replica) if self.replica else None
+        if self.board is not None:
+            self.replicas = self.replicas or replicas_memory(self.board)
+        fit = memory_fit(self.sampler, request, self.replicas) if self.replicas is not None else None
         try:
             with MemoryGuard("decoding the video", "cpu"):
                 video = self.sampler.load_media(request.messages, request.media, request.max_new_tokens,
@@ -119,43 +147,29 @@ class Decoder:
                 "notes": json.dumps(fit.notes if fit is not None else [])}
 
 
-def replica_memory(model_options: dict, path: str, gpus_per_replica: float) -> tuple[int, int, str]:
-    """(weight bytes, activation element bytes, device) of the model replicas, as a decode worker, which may run
-    on a node without a GPU, can tell them: the device --device names; for auto, a GPU when each replica gets one,
-    else what this node picks (Ray hides no GPU from actors that ask for none). The weights are the checkpoint's
-    files rescaled to the loaded dtype."""
-    import torch
-
-    from vlm_app.runtime import loaded_bytes_estimate, pick_device, pick_dtype
-
-    device = model_options.get("device", "auto")
-    if device == "auto":
-        device = "cuda" if gpus_per_replica else pick_device("auto")
-    requested = model_options.get("dtype", "auto")
-    if requested == "auto" and device.startswith("cuda") and not torch.cuda.is_available():
-        dtype = torch.bfloat16  # auto picks bf16 or fp16 on a GPU: two bytes either way
-    else:
-        dtype = pick_dtype(requested, device)
-    weights = loaded_bytes_estimate(path, dtype, model_options.get("quantization"))
-    return weights, dtype.itemsize, device
-
-
 class Describer:
     """A model replica: loads the model once, then turns decoded videos into records (as JSON text, which
-    crosses Arrow blocks without schema surprises)."""
+    crosses Arrow blocks without schema surprises). With a `MemoryBoard` it posts its memory figures once loaded,
+    and its requests take the limit the decode workers fitted to (the records' `max_memory_bytes`)."""
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, board=None):
         from vlm_app.runtime import load_adapter
 
         self.adapter = load_adapter(job.model_location, **job.model_options)
         self.adapter.info.model_id = job.model
-        self.job = job
+        if board is not None:
+            import ray
+
+            ray.get(board.post.remote(model_memory(self.adapter, job.max_memory)))
+        self.job, self.board, self.replicas = job, board, None
 
     def __call__(self, row: dict) -> dict:
         job = self.job
+        if self.board is not None:
+            self.replicas = self.replicas or replicas_memory(self.board)
         shown = row["video"] if row["error"] is None else row["source"]
         request = one_turn(job.prompt, shown, job.sampling, job.generation, label=row["source"],
-                           max_memory=job.max_memory, fit=job.fit)
+                           max_memory=self.replicas.limit if self.replicas else job.max_memory, fit=job.fit)
         if row["error"] is not None:
             record = build_record(self.adapter, request, error=row["error"])
         else:
@@ -216,10 +230,12 @@ def build_dataset(ray, sources: list[str], job: Job, cluster: Cluster):
     decode_workers = cluster.decode_workers or default_decode_workers(ray, cluster)
     rows = [{"source": source, "location": _location(source)} for source in sources]
     dataset = ray.data.from_items(rows, override_num_blocks=len(sources))
-    dataset = dataset.map(Decoder, fn_constructor_args=(job, cluster.gpus_per_replica), num_cpus=1,
+    board = ray.remote(num_cpus=0)(MemoryBoard).remote(cluster.model_replicas) if job.fits else None
+    dataset = dataset.map(Decoder, fn_constructor_args=(job, board), num_cpus=1,
                           compute=ActorPoolStrategy(size=decode_workers))
-    return dataset.map(Describer, fn_constructor_args=(job,), num_cpus=1, num_gpus=cluster.gpus_per_replica or None,
-                       compute=ActorPoolStrategy(size=cluster.model_replicas))
+    replicas = ActorPoolStrategy(size=cluster.model_replicas)
+    return dataset.map(Describer, fn_constructor_args=(job, board), num_cpus=1,
+                       num_gpus=cluster.gpus_per_replica or None, compute=replicas)
 
 
 def _location(source: str) -> str:
@@ -245,7 +261,7 @@ def run_ray_describe_command(args, model_options: dict, sampling: dict, generati
     if args.chapters or args.max_duration is not None:
         raise OptionsError("--chapters and --max-duration work with --engine local, not with --engine ray (yet)")
     job = Job(model=args.model, model_options=model_options, prompt=resolve_prompt(args.prompt, args.template),
-              sampling=sampling, generation=generation, **memory_options(args, default=None))
+              sampling=sampling, generation=generation, **memory_options(args))
     cluster = Cluster(address=args.address, decode_workers=args.decode_workers, model_replicas=args.model_replicas,
                       gpus_per_replica=args.gpus_per_replica)
     emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None

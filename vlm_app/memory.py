@@ -28,6 +28,7 @@ GIB = 2**30
 RUNTIME_OVERHEAD = {"cpu": 200 * 2**20, "cuda": 64 * 2**20, "mps": 64 * 2**20}
 AUTO_RAM_FRACTION = 0.8  # of the RAM available now, on top of what the loaded model already holds
 LOGITS_BYTES = 4  # generate keeps the next-token scores in float32
+AVAILABLE_MEMORY_VARIABLE = "VLM_APP_AVAILABLE_MEMORY"  # stands in for the measured free memory (see available_bytes)
 FIT_HEADROOM = 0.02  # of the room left beside the weights: the pre-flight predicts the prompt's text, roughly
 
 
@@ -180,15 +181,29 @@ def _bad_memory(value):
 
 def available_bytes(device: str, resident_bytes: int) -> int:
     """What `auto` means: on a GPU, its free memory plus what this process already holds there; on the CPU, a
-    fraction of the RAM available now plus `resident_bytes` (the loaded weights, already in RAM)."""
+    fraction of the RAM available now plus `resident_bytes` (the loaded weights, already in RAM).
+    VLM_APP_AVAILABLE_MEMORY (a size: bytes, 12GB), when set, stands in for the free GPU memory or the available RAM:
+    for tests, and to make auto see less than the machine has (a local Ray's workers inherit it from the driver)."""
     if device.startswith("cuda"):
         import torch
 
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        free = _stand_in() or torch.cuda.mem_get_info(torch.device(device))[0]
         return int(free + torch.cuda.memory_allocated(torch.device(device)))
+    return int((_stand_in() or _ram_available()) * AUTO_RAM_FRACTION) + resident_bytes
+
+
+def _stand_in() -> int | None:
+    given = os.environ.get(AVAILABLE_MEMORY_VARIABLE)
+    size = parse_max_memory(given) if given else None
+    if size == "auto":
+        raise OptionsError(f"{AVAILABLE_MEMORY_VARIABLE} is a size (bytes, 12GB, 512MiB), not auto")
+    return size
+
+
+def _ram_available() -> int:
     with open("/proc/meminfo") as handle:
         fields = dict(line.split(":", 1) for line in handle)
-    return int(int(fields["MemAvailable"].split()[0]) * 1024 * AUTO_RAM_FRACTION) + resident_bytes
+    return int(fields["MemAvailable"].split()[0]) * 1024
 
 
 def resolve_limit(max_memory, device: str, resident_bytes: int) -> int | None:

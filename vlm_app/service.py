@@ -168,29 +168,44 @@ class MemoryGuard:
         raise OutOfMemory(message) from error
 
 
-def memory_fit(adapter, request: Request, limit: int | None, weights_bytes: int, element_bytes: int,
-               device: str) -> Fit | None:
-    """The pre-flight of `request` under `limit` bytes, for the model `adapter` describes (its weights of
-    `weights_bytes`, activations of `element_bytes` each, on `device`): videos are fitted as they are probed, on
-    top of the prompt's text and the answer budget. None without a limit, or with `fit=False`. The request layer
-    passes the loaded model's figures; the Ray decode stage, which has no model, those its replicas will have."""
-    if limit is None or not request.fit:
+@dataclass(frozen=True)
+class ModelMemory:
+    """What the memory fit needs of a loaded model: the limit in bytes (None: no limit), its weights, the bytes of
+    one activation element, its device."""
+
+    limit: int | None
+    weights_bytes: int
+    element_bytes: int
+    device: str
+
+
+def model_memory(adapter, max_memory) -> ModelMemory:
+    """The loaded model's figures, with `max_memory` ("auto" included) resolved on its device now."""
+    from vlm_app.runtime import model_bytes
+
+    weights, device = model_bytes(adapter), str(adapter.device)
+    return ModelMemory(resolve_limit(max_memory, device, weights), weights, adapter.model.dtype.itemsize, device)
+
+
+def memory_fit(adapter, request: Request, memory: ModelMemory) -> Fit | None:
+    """The pre-flight of `request` under `memory.limit`, for the model `adapter` describes, with the weights, the
+    element bytes and the device of `memory`: videos are fitted as they are probed, on top of the prompt's text and
+    the answer budget. None without a limit, or with `fit=False`. The request layer passes its loaded model's
+    figures; the Ray decode stage, which has no model, those its replicas measured (`distributed.MemoryBoard`)."""
+    if memory.limit is None or not request.fit:
         return None
     text = sum(len(adapter.tokenizer(item["text"]).input_ids) for message in request.messages
                for item in message["content"] if item["type"] == "text")
-    estimate_of = partial(adapter.memory_estimate, weights_bytes=weights_bytes, element_bytes=element_bytes,
-                          device=device)
-    return Fit(estimate_of, adapter.video_shape, adapter.fit_rules, limit,
+    estimate_of = partial(adapter.memory_estimate, weights_bytes=memory.weights_bytes,
+                          element_bytes=memory.element_bytes, device=memory.device)
+    return Fit(estimate_of, adapter.video_shape, adapter.fit_rules, memory.limit,
                RequestShape(text_tokens=text + TEMPLATE_TOKENS, max_new_tokens=request.max_new_tokens))
 
 
 def loaded_memory_fit(adapter, request: Request) -> tuple[Fit | None, int | None]:
     """The loaded model's pre-flight of `request` (`memory_fit`) and the request's limit, resolved on its device."""
-    from vlm_app.runtime import model_bytes
-
-    weights, device = model_bytes(adapter), str(adapter.device)
-    limit = resolve_limit(request.max_memory, device, weights)
-    return memory_fit(adapter, request, limit, weights, adapter.model.dtype.itemsize, device), limit
+    memory = model_memory(adapter, request.max_memory)
+    return memory_fit(adapter, request, memory), memory.limit
 
 
 class Run:
