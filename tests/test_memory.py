@@ -179,3 +179,9 @@ def test_bad_max_memory_on_the_command_line(tiny_checkpoints, example_clip, caps
     assert main(["describe", str(example_clip), "--model", str(tiny_checkpoints["smolvlm2"]), "--max-memory",
                  "lots", *FAST]) == 2
     assert "max memory 'lots' is not a size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("filters", [["--clip-seconds", "30"], ["--families", "qwen2_5_vl", "--clip-seconds", "600"]])
+def test_bench_memory_filter_that_selects_nothing_is_a_clear_error(filters, capsys):
+    assert main(["bench", "memory", *filters, "--device", "cpu"]) == 2
+    assert "no bench memory case on those families and that clip (clips: 40, 600 s)" in capsys.readouterr().err

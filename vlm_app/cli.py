@@ -398,6 +398,8 @@ def _add_bench_memory(benches) -> None:
     parser = benches.add_parser("memory", help="the memory pre-flight's estimate vs the measured peak, per request")
     parser.add_argument("--families", action=ListFlag, default=None, metavar="FAMILY",
                         help="qwen2_5_vl, smolvlm2, deepseek_vl2 (a,b or a b; default: all)")
+    parser.add_argument("--clip-seconds", type=int, default=None, metavar="SECONDS",
+                        help="only the requests on the clip of this length (40 or 600; default: all)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=_run_bench_memory)
@@ -406,7 +408,7 @@ def _add_bench_memory(benches) -> None:
 def _run_bench_memory(args: argparse.Namespace) -> int:
     from vlm_app.bench.memory import run_memory_benchmark
 
-    return run_memory_benchmark(args.families, args.device, args.json)
+    return run_memory_benchmark(args.families, args.device, args.json, args.clip_seconds)
 
 
 def _add_bench_chapters(benches) -> None:

@@ -3,9 +3,9 @@ request, on random-weight models at their real widths (nothing is downloaded).
 
 Each case runs in a fresh process: the model is built from its published config (SmolVLM2-256M and -500M at
 their full size; Qwen2.5-VL-3B and DeepSeek-VL2-tiny with fewer layers, to fit a CPU), then one request (a
-textured 640x360 clip, `nframes` frames, an 8-token answer) goes through `service.execute`. Measured: on CPU, the
-peak RSS of the request (VmHWM, reset after the model is built) minus the RSS before the model existed, so weights
-count on both sides; on CUDA, the allocator's peak. The estimate is the record's `memory_estimate_bytes`.
+textured 640x360 clip of 40 s or 10 minutes, `nframes` frames, an 8-token answer) goes through `service.execute`.
+Measured: on CPU, the peak RSS of the request (VmHWM, reset after the model is built) minus the RSS before the
+model existed, so weights count on both sides; on CUDA, the allocator's peak. The estimate is the record's `memory_estimate_bytes`.
 """
 
 from __future__ import annotations
@@ -17,28 +17,32 @@ import sys
 from pathlib import Path
 
 from vlm_app.bench.sampling import CACHE_DIR
+from vlm_app.errors import OptionsError
 
-# (family, size, (vision layers, text layers) or None for the full model, request options; SmolVLM2 samples at its
-# fps, so its frame count is set by max_frames)
+# (family, size, (vision layers, text layers) or None for the full model, request options, clip seconds).
+# SmolVLM2 samples at 1 fps up to 64 frames, so max_frames sets its count; only the 10-minute clip fills its default.
 CASES = [
-    *[("smolvlm2", "256m", None, {"max_frames": n}) for n in (1, 2, 4, 8, 12, 16)],
-    *[("smolvlm2", "500m", None, {"max_frames": n}) for n in (2, 8)],
-    *[("qwen2_5_vl", "3b", (4, 4), options) for options in
+    *[("smolvlm2", "256m", None, {"max_frames": n}, 40) for n in (1, 2, 4, 8, 12, 16)],
+    *[("smolvlm2", "256m", None, options, 600) for options in ({"max_frames": 16}, {"max_frames": 32}, {})],
+    *[("smolvlm2", "500m", None, {"max_frames": n}, 40) for n in (2, 8)],
+    *[("qwen2_5_vl", "3b", (4, 4), options, 40) for options in
       ({"nframes": 4}, {"nframes": 8}, {"nframes": 16}, {"nframes": 32}, {"nframes": 16, "max_pixels": 100352},
        {"nframes": 24, "max_pixels": 200704})],
-    *[("deepseek_vl2", "tiny", (4, 2), {"nframes": n}) for n in (1, 2, 3, 4, 6, 8)],
+    *[("deepseek_vl2", "tiny", (4, 2), {"nframes": n}, 40) for n in (1, 2, 3, 4, 6, 8)],
 ]
 MAX_NEW_TOKENS = 8
-CLIP_SECONDS = 40
 
 
-def run_memory_benchmark(families: list[str] | None, device: str, as_json: bool) -> int:
-    clip = _clip()
+def run_memory_benchmark(families: list[str] | None, device: str, as_json: bool,
+                         clip_seconds: int | None = None) -> int:
+    cases = [case for case in CASES
+             if (not families or case[0] in families) and (not clip_seconds or case[-1] == clip_seconds)]
+    if not cases:
+        clips = ", ".join(str(seconds) for seconds in sorted({case[-1] for case in CASES}))
+        raise OptionsError(f"no bench memory case on those families and that clip (clips: {clips} s)")
     rows = []
-    for family, size, layers, options in CASES:
-        if families and family not in families:
-            continue
-        row = _run_case(family, size, layers, options, clip, device)
+    for family, size, layers, options, seconds in cases:
+        row = _run_case(family, size, layers, options, seconds, device)
         rows.append(row)
         print(json.dumps(row) if as_json else _line(row), flush=True)
     errors = [abs(row["estimate"] / row["measured"] - 1) for row in rows if row.get("measured")]
@@ -48,17 +52,21 @@ def run_memory_benchmark(families: list[str] | None, device: str, as_json: bool)
     return 0
 
 
-def _clip() -> str:
+def _clip(seconds: int) -> str:
     from vlm_app.testing.videos import make_textured_clip
 
-    path = CACHE_DIR / f"textured_640x360_{CLIP_SECONDS}s_24fps.mp4"
+    path = CACHE_DIR / f"textured_640x360_{seconds}s_24fps.mp4"
     if not path.exists():
-        make_textured_clip(path, CLIP_SECONDS, fps=24, width=640, height=360, preset="ultrafast")
+        print(f"generating {path} ...", file=sys.stderr, flush=True)
+        partial = path.with_suffix(".partial.mp4")
+        make_textured_clip(partial, seconds, fps=24, width=640, height=360, preset="ultrafast")
+        partial.rename(path)
     return str(path)
 
 
-def _run_case(family, size, layers, options, clip, device) -> dict:
-    spec = {"family": family, "size": size, "layers": layers, "options": options, "clip": clip, "device": device}
+def _run_case(family, size, layers, options, seconds, device) -> dict:
+    spec = {"family": family, "size": size, "layers": layers, "options": options, "clip_seconds": seconds,
+            "clip": _clip(seconds), "device": device}
     done = subprocess.run([sys.executable, "-m", "vlm_app.bench.memory", json.dumps(spec)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     if done.returncode != 0:
@@ -69,11 +77,12 @@ def _run_case(family, size, layers, options, clip, device) -> dict:
 def _line(row: dict) -> str:
     layers = f" ({row['layers'][0]}+{row['layers'][1]} layers)" if row["layers"] else ""
     name = f"{row['family']}-{row['size']}{layers}"
-    options = ",".join(f"{key}={value}" for key, value in row["options"].items())
+    options = ",".join(f"{key}={value}" for key, value in row["options"].items()) or "defaults"
+    options = f"{row['clip_seconds']} s clip, {options}"
     if "error" in row:
-        return f"{name:<34} {options:<28} error: {row['error']}"
+        return f"{name:<34} {options:<44} error: {row['error']}"
     mib = 2**20
-    return (f"{name:<34} {options:<28} {row['frames']:>3} frames {row['prompt_tokens']:>6} tokens  "
+    return (f"{name:<34} {options:<44} {row['frames']:>3} frames {row['prompt_tokens']:>6} tokens  "
             f"estimate {row['estimate'] / mib:>7.0f} MiB  measured {row['measured'] / mib:>7.0f} MiB  "
             f"{row['estimate'] / row['measured'] - 1:+6.1%}  (peak in {row['peak_phase']})")
 
