@@ -126,7 +126,10 @@ def _add_ui(sub) -> None:
     parser.add_argument("--insecure-no-auth", action="store_true",
                         help="allow a non-loopback --host or --share without a login (trusted networks only)")
     parser.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload")
-    parser.add_argument("--max-duration", type=float, default=600.0, help="longest accepted video, seconds")
+    parser.add_argument("--max-duration", type=float, default=600.0,
+                        help="longest video one answer takes, seconds (longer ones go in Chapters)")
+    parser.add_argument("--max-chapters-duration", type=float, default=4 * 3600.0, metavar="SECONDS",
+                        help="longest video a Chapters run takes (default 4 h)")
     parser.add_argument("--allow-dir", action=ListFlag, default=[], metavar="DIR",
                         help="folders whose files may be named by path or file:// URL (a,b or a b; repeatable)")
     parser.add_argument("--allow-host", action=ListFlag, default=[], metavar="HOST",

@@ -1,8 +1,9 @@
 """The Gradio app: layout and event wiring. `python -m vlm_app ui` calls `launch`.
 
-Every event that runs a model (chat, regenerate, edit, compare, load) shares the "gpu" concurrency group with a
-limit of 1, so one model job runs at a time and the rest wait in the queue. Stop buttons bypass the queue.
-Named endpoints for scripts: `/chat`, `/compare`, `/stop` (see `ChatHandlers.api_chat`, `CompareHandlers.api_compare`).
+Every event that runs a model (chat, regenerate, edit, chapters, compare, load) shares the "gpu" concurrency group
+with a limit of 1, so one model job runs at a time and the rest wait in the queue. Stop buttons bypass the queue.
+Named endpoints for scripts: `/chat`, `/chapters`, `/compare`, `/stop` (see `ChatHandlers.api_chat`,
+`ChapterHandlers.api_chapters`, `CompareHandlers.api_compare`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.security import check_exposure
 from vlm_app.ui.answer import SETTING_NAMES
 from vlm_app.ui.backend import Backend
+from vlm_app.ui.chapters import LONGEST_SEGMENT_S, SHORTEST_SEGMENT_S, ChapterHandlers
 from vlm_app.ui.chat import ChatHandlers, seek, toggle_subtitles
 from vlm_app.ui.compare import MAX_MODELS, TIE, CompareHandlers
 from vlm_app.ui.limits import UploadPolicy
@@ -104,7 +106,7 @@ def cleared_chat():
 
 def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.Blocks:
     templates = load_templates() if templates is None else templates
-    chat, compare = ChatHandlers(backend), CompareHandlers(backend)
+    chat, chapters, compare = ChatHandlers(backend), ChapterHandlers(backend), CompareHandlers(backend)
     with gr.Blocks(title="vlm_app", delete_cache=(1800, 3600)) as demo:
         with gr.Sidebar(label="Settings", open=True):
             model, table, memory, status = _model_panel(backend)
@@ -127,6 +129,14 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
                             stop = gr.Button("Stop", variant="stop", elem_id="stop")
                             regenerate = gr.Button("Regenerate", elem_id="regenerate")
                             clear = gr.Button("Clear", elem_id="clear")
+                            chapters_button = gr.Button("Chapters", elem_id="chapters")
+                        with gr.Accordion("Chapters: the last video part by part, then a summary (long videos)",
+                                          open=False):
+                            with gr.Row():
+                                segment_seconds = gr.Number(label="segment length (s; blank = the model's own)",
+                                                            value=None, minimum=SHORTEST_SEGMENT_S,
+                                                            maximum=LONGEST_SEGMENT_S, elem_id="segment-seconds")
+                                overlap = gr.Number(label="overlap (s)", value=0, minimum=0, elem_id="overlap")
                     with gr.Column(scale=2):
                         # accordions, not nested tabs: Gradio 6.31 drops updates to a video in an unmounted inner tab
                         with gr.Accordion("What it saw", open=True):
@@ -137,7 +147,7 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
                             player = gr.Video(label="video", interactive=False, elem_id="player")
                             show_subtitles = gr.Checkbox(label="show the answer as subtitles", value=True)
                             cues = gr.Radio([], type="index", visible=False, elem_id="cues",
-                                            label="timestamps in the answer (click one to jump there)")
+                                            label="timestamps in the answer, or chapters (click one to jump there)")
                             downloads = gr.File(label="subtitles (SRT / VTT / JSON)", visible=False,
                                                 elem_id="downloads")
                             cue_state = gr.State([])
@@ -174,11 +184,13 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
             api_answer = gr.Textbox(label="answer")
             api_details = gr.JSON(label="details")
             api_records = gr.JSON(label="records")
-            api_chat, api_compare, api_stop = gr.Button(), gr.Button(), gr.Button()
+            api_chat, api_chapters, api_compare, api_stop = gr.Button(), gr.Button(), gr.Button(), gr.Button()
 
         # ---- named endpoints for scripts (registered first so that they own their names) ----
         api_chat.click(chat.api_chat, [api_message, api_history, model, api_options], [api_answer, api_details],
                        api_name="chat", **GPU)
+        api_chapters.click(chapters.api_chapters, [api_message, model, api_options], [api_answer, api_details],
+                           api_name="chapters", **GPU)
         api_compare.click(compare.api_compare, [api_message, api_models, api_options], api_records,
                           api_name="compare", **GPU)
         api_stop.click(chat.stop, None, None, api_name="stop", queue=False)
@@ -196,6 +208,10 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
         for trigger in (clear.click, chatbot.clear):
             trigger(chat.stop, None, None, queue=False, **PRIVATE).then(cleared_chat, None, chat_outputs,
                                                                         queue=False, **PRIVATE)
+        chapters_button.click(chapters.add_turn, [textbox, urls, chatbot], [textbox, urls, chatbot], **PRIVATE,
+                              concurrency_limit=4).success(
+            chapters.run, [chatbot, model, show_subtitles, segment_seconds, overlap, *settings], chat_outputs,
+            **PRIVATE, **GPU).then(status, None, [table, memory], **PRIVATE)
         stop.click(chat.stop, None, None, queue=False, **PRIVATE)
         cues.select(seek, [cues, cue_state], player, queue=False, **PRIVATE)
         show_subtitles.change(toggle_subtitles, [show_subtitles, cue_state], player, queue=False, **PRIVATE)
@@ -217,7 +233,8 @@ def build_app(backend: Backend, templates: dict[str, str] | None = None) -> gr.B
 
 
 def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: float = 600,
-               allow_dirs: tuple[str, ...] = (), allow_hosts: tuple[str, ...] = (),
+               max_chapters_duration_s: float = 4 * 3600, allow_dirs: tuple[str, ...] = (),
+               allow_hosts: tuple[str, ...] = (),
                votes_path: str = "vlm_app_votes.jsonl", device: str = "auto", dtype: str = "auto",
                memory_budget_gb: float | None = None, max_memory: int | str | None = None,
                fit: bool = True) -> tuple[gr.Blocks, Backend]:
@@ -227,7 +244,8 @@ def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: fl
 
     for name in models:
         resolve(name)  # unknown names and missing folders fail here, before the server starts
-    policy = UploadPolicy(max_file_mb=max_upload_mb, max_duration_s=max_duration_s, upload_dir=get_upload_folder(),
+    policy = UploadPolicy(max_file_mb=max_upload_mb, max_duration_s=max_duration_s,
+                          max_chapters_duration_s=max_chapters_duration_s, upload_dir=get_upload_folder(),
                           allowed_dirs=tuple(allow_dirs), allowed_hosts=tuple(allow_hosts))
     backend = Backend(models, policy, votes_path, device=device, dtype=dtype, memory_budget_gb=memory_budget_gb,
                       max_memory=max_memory, fit=fit)
@@ -269,7 +287,8 @@ def serve(args) -> int:
     check_exposure(args.host, authenticated=bool(auth), insecure=args.insecure_no_auth, share=args.share,
                    auth_option="--auth USER:PASSWORD (or --auth-file FILE)")
     demo, backend = create_app(args.models or [DEFAULT_MODEL], max_upload_mb=args.max_upload_mb,
-                               max_duration_s=args.max_duration, allow_dirs=tuple(args.allow_dir),
+                               max_duration_s=args.max_duration,
+                               max_chapters_duration_s=args.max_chapters_duration, allow_dirs=tuple(args.allow_dir),
                                allow_hosts=tuple(args.allow_host), votes_path=args.votes, device=args.device,
                                dtype=args.dtype, memory_budget_gb=args.memory_budget_gb, **memory_options(args))
     try:

@@ -87,7 +87,7 @@ class ChatHandlers:
             shown.append({"role": "assistant", "content": {"path": boxed}})
         cues = timeline.find_cues(run.text, duration=run.duration())
         yield (shown, run.seen(), stats_markdown(stats),
-               *timeline_outputs(cues, last_video(history), show_subtitles, folder))
+               *timeline_outputs(cues, last_video(history), show_subtitles, answer_files(cues, folder)))
 
     def stop(self, request: gr.Request) -> None:
         """Stop this session's generation inside the model (the stream ends within one token)."""
@@ -157,19 +157,25 @@ def grounded_image(answer: str, history: list[dict], folder: Path) -> str | None
     return str(path)
 
 
-def timeline_outputs(cues: list[timeline.Cue], video: str | None, show_subtitles: bool, folder):
-    """Player (with subtitles when asked), the cue list, the cues for seeking, and the SRT/VTT/JSON files."""
+def timeline_outputs(cues: list[timeline.Cue], video: str | None, show_subtitles: bool, files: list[str]):
+    """Player (with subtitles when asked), the cue list, the cues for seeking, and the export `files`."""
     player = gr.Video(value=video, playback_position=0,
                       subtitles=timeline.subtitles(cues) if show_subtitles and cues else None)
     labels = [f"{timeline.format_clock(cue.start)}–{timeline.format_clock(cue.end)} · {cue.text}" for cue in cues]
-    files = []
-    if cues:
-        for suffix, render in (("srt", timeline.to_srt), ("vtt", timeline.to_vtt), ("json", timeline.to_json)):
-            path = folder / f"answer.{suffix}"
-            path.write_text(render(cues), encoding="utf-8")
-            files.append(str(path))
     return (player, gr.Radio(choices=labels, value=None, visible=bool(labels)), [cue.__dict__ for cue in cues],
             gr.File(value=files or None, visible=bool(files)))
+
+
+def answer_files(cues: list[timeline.Cue], folder: Path) -> list[str]:
+    """The answer's cues as answer.srt, answer.vtt and answer.json in `folder` (none without cues)."""
+    if not cues:
+        return []
+    files = []
+    for suffix, render in (("srt", timeline.to_srt), ("vtt", timeline.to_vtt), ("json", timeline.to_json)):
+        path = folder / f"answer.{suffix}"
+        path.write_text(render(cues), encoding="utf-8")
+        files.append(str(path))
+    return files
 
 
 def seek(index: int | None, cues: list[dict]):

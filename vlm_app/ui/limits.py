@@ -1,4 +1,5 @@
-"""What the web app accepts: upload size and duration limits, readable folders, and guarded URL fetching.
+"""What the web app accepts: upload size and duration limits (one for a chat answer, a longer one for chapters),
+readable folders, and guarded URL fetching.
 
 Only files inside the upload folder (where Gradio stores uploads) or in folders the operator allowed
 (`--allow-dir`) are read; anything else a client names is refused. URLs go through the fetch guard
@@ -27,7 +28,8 @@ MB = 1024 * 1024
 @dataclass(frozen=True)
 class UploadPolicy:
     max_file_mb: float = 200.0
-    max_duration_s: float = 600.0
+    max_duration_s: float = 600.0             # one answer
+    max_chapters_duration_s: float = 4 * 3600.0  # a chapters run (one request per part of the video)
     upload_dir: str = ""                      # Gradio's upload cache; always readable
     allowed_dirs: tuple[str, ...] = field(default=())
     allowed_hosts: tuple[str, ...] = field(default=())  # exempt from the fetch guard's address check
@@ -37,7 +39,8 @@ class UploadPolicy:
         """The fetch guard's limits for this app's clients: readable folders, allowed hosts, size and duration."""
         return Limits.for_remote_clients(allowed_dirs=self.readable_dirs(), allowed_hosts=self.allowed_hosts,
                                          max_file_bytes=int(self.max_file_mb * MB),
-                                         max_duration_seconds=float(self.max_duration_s))
+                                         max_duration_seconds=float(self.max_duration_s),
+                                         max_chapters_duration_seconds=float(self.max_chapters_duration_s))
 
     def readable_dirs(self) -> list[Path]:
         return [Path(folder).resolve() for folder in (self.upload_dir, *self.allowed_dirs) if folder]
@@ -49,8 +52,9 @@ class UploadPolicy:
             raise SourceError(f"{path} does not exist or is not a file; upload it again")
         return resolved
 
-    def check_file(self, path: str, kind: str) -> None:
-        """Raise LimitError (with the limit and how to change it) when a readable file is too big or too long."""
+    def check_file(self, path: str, kind: str, chapters: bool = False) -> float | None:
+        """Raise LimitError (with the limit and how to change it) when a readable file is too big or a video too
+        long for one answer (or, with `chapters`, for a chapters run); return a video's duration in seconds."""
         resolved = self.check_readable(path)
         name = resolved.name
         size = resolved.stat().st_size
@@ -58,12 +62,21 @@ class UploadPolicy:
             raise LimitError(f"{name} is {size / MB:.1f} MB, over this app's upload limit of {self.max_file_mb:g} MB; "
                              "upload a smaller file (or start the app with a larger --max-upload-mb)")
         if kind != "video":
-            return
+            return None
         limits = self.limits.with_overrides(max_duration_seconds=float("inf"))
         duration = probe(str(resolved), name, limits, time.monotonic() + limits.decode_seconds).duration
-        if duration > self.max_duration_s:
-            raise LimitError(f"{name} lasts {duration:.1f} s, over this app's limit of {self.max_duration_s:g} s; "
-                             "cut the video, or start the app with a larger --max-duration")
+        if chapters and duration > self.max_chapters_duration_s:
+            raise LimitError(f"{name} lasts {duration:.1f} s, over this app's limit of "
+                             f"{self.max_chapters_duration_s:g} s for chapters; cut the video, or start the app with "
+                             "a larger --max-chapters-duration")
+        if not chapters and duration > self.max_duration_s:
+            in_chapters = ("describe it in chapters (the Chapters button under the chat, or /chapters: one request "
+                           f"per part of the video, up to {self.max_chapters_duration_s:g} s), "
+                           if duration <= self.max_chapters_duration_s else "")
+            raise LimitError(f"{name} lasts {duration:.1f} s, over this app's limit of {self.max_duration_s:g} s "
+                             f"for one answer; {in_chapters}cut the video, or start the app with a larger "
+                             "--max-duration")
+        return duration
 
     def fetch(self, url: str, folder: str) -> str:
         """A readable local path as it is; an http(s) or data: URL downloaded into `folder`. Both through the
