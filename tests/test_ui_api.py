@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
 import pytest
 from gradio_client import handle_file
 
-from ui_fixtures import UI_MAX_DURATION_S, UI_MAX_UPLOAD_MB
+from ui_fixtures import UI_LONG_CLIP_S, UI_MAX_DURATION_S, UI_MAX_UPLOAD_MB
 
 STATS_KEYS = {"model", "family", "frames", "visual_tokens", "text_tokens", "preprocess_s", "prefill_s", "decode_s",
               "tokens_per_s", "new_tokens", "peak_memory_bytes", "cancelled"}
@@ -20,9 +21,10 @@ def ask(text, *files):
 
 def test_endpoints_are_named_and_stable(ui_client):
     endpoints = ui_client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/chat", "/compare", "/stop"} <= set(endpoints)
+    assert {"/chat", "/chapters", "/compare", "/stop"} <= set(endpoints)
     assert [p["parameter_name"] for p in endpoints["/chat"]["parameters"]] == ["message", "history", "model",
                                                                               "options"]
+    assert [p["parameter_name"] for p in endpoints["/chapters"]["parameters"]] == ["message", "model", "options"]
 
 
 def test_chat_streams_partials_then_final_answer(ui_client, ui_server, ui_clip):
@@ -49,6 +51,34 @@ def test_chat_remembers_earlier_turns(ui_client, ui_server, ui_clip):
     history = [{"role": "user", "content": "What moves?"}, {"role": "assistant", "content": "A red square."}]
     _, second = ui_client.predict(ask("And the colours?", ui_clip), history, model, options, api_name="/chat")
     assert second["stats"]["text_tokens"] > first["stats"]["text_tokens"]
+
+
+def test_chapters_describe_a_video_too_long_for_one_answer_part_by_part(ui_client, ui_server, ui_long_clip):
+    model = ui_server.models[0]
+    answer, _ = ui_client.predict(ask("Describe.", ui_long_clip), [], model, {}, api_name="/chat")
+    assert "describe it in chapters (the Chapters button under the chat, or /chapters" in answer
+    job = ui_client.submit(ask("What happens?", ui_long_clip), model,
+                           {"segment_seconds": 4, "overlap": 1, "max_new_tokens": 3}, api_name="/chapters")
+    text, details = job.result(timeout=120)
+    lines = [len(re.findall(r"^\[\d\d:\d\d:\d\d - ", partial, re.M)) for partial, _ in job.outputs()]
+    assert lines == sorted(lines) and {1, 2, 3} <= set(lines)  # each chapter arrives as its segment finishes
+    assert details["error"] is None and details["cancelled"] is False and details["duration"] == UI_LONG_CLIP_S
+    assert [(chapter["start"], chapter["end"]) for chapter in details["chapters"]] == [(0, 4), (4, 8), (8, 10)]
+    assert details["summary"] and details["summary"] in text
+    assert [cue["timestamp"] for cue in details["timeline"]] == [[0, 4], [4, 8], [8, 10]]
+    assert details["stats"]["model"] == model and details["stats"]["frames"] > 0
+
+
+def test_stop_ends_a_chapters_run(ui_client, ui_server, ui_long_clip):
+    job = ui_client.submit(ask("Describe.", ui_long_clip), ui_server.models[0],
+                           {"segment_seconds": 4, "max_new_tokens": 512}, api_name="/chapters")
+    deadline = time.monotonic() + 60
+    while not any("[00:00:00 - " in text for text, _ in job.outputs()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ui_client.predict(api_name="/stop")
+    _, details = job.result(timeout=60)
+    assert details["cancelled"] is True and details["summary"] is None
+    assert details["chapters"][-1]["text"] == ""  # the last segment was never described
 
 
 def test_compare_returns_one_answer_and_stats_per_model(ui_client, ui_server, ui_clip):

@@ -1,7 +1,8 @@
 """The web app in a real browser: Debian's Chromium driven by Playwright against `python -m vlm_app ui`.
 
 Uploads a generated video, asks, watches the answer stream in, presses Stop mid-stream, then compares two
-models. Screenshots go to artifacts/screenshots/ (git-ignored; CI keeps them as artifacts).
+models; describes a longer video in chapters and seeks on their timeline. Screenshots go to
+artifacts/screenshots/ (git-ignored; CI keeps them as artifacts).
 """
 
 from __future__ import annotations
@@ -140,3 +141,28 @@ def test_timeline_cue_click_seeks_and_shows_subtitles(tiny_checkpoints, ui_clip,
     finally:
         demo.close()
         backend.close()
+
+
+def test_chapters_of_a_long_video_fill_the_timeline(page, ui_long_clip):
+    """A video too long for one answer, described in 4 s chapters: they stream into the chat, then the timeline
+    lists them, a click seeks to a chapter's start, and the chapters download as SRT/VTT/JSON."""
+    from playwright.sync_api import expect
+
+    set_max_new_tokens(page, 4)
+    page.get_by_text("Chapters: the last video part by part", exact=False).click()
+    length = page.locator("#segment-seconds input[type=number]")
+    length.fill("4")
+    length.press("Tab")
+    page.locator("#chat-input input[type=file]").set_input_files(str(ui_long_clip))
+    page.wait_for_selector("#chat-input video, #chat-input .thumbnail-item", timeout=30_000)
+    page.locator("#chapters").click()
+    expect(page.locator("#chatbot .bot").last).to_contain_text("Summary:", timeout=120_000)
+    for label in ("00:00–00:04", "00:04–00:08", "00:08–00:10"):
+        expect(page.locator("#cues")).to_contain_text(label)
+    page.locator("#cues label", has_text="00:04–00:08").click()
+    wait_for(lambda: page.evaluate("document.querySelector('#player video').currentTime") == 4, 10,
+             "the player to jump to the second chapter")
+    assert page.locator("#player track").count() == 1  # the chapters as a subtitle track
+    for suffix in (".srt", ".vtt", ".json"):
+        expect(page.locator("#downloads")).to_contain_text(suffix)
+    page.screenshot(path=str(SCREENSHOTS / "chapters.png"), full_page=True)

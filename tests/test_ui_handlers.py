@@ -15,7 +15,7 @@ from vlm_app.cli import main
 from vlm_app.errors import LimitError, OptionsError, SourceError
 from vlm_app.ui.answer import ERROR_TITLE, Settings, settings_from_dict, to_messages
 from vlm_app.ui.backend import Backend
-from vlm_app.ui.chat import ChatHandlers, grounded_image, seek, timeline_outputs
+from vlm_app.ui.chat import ChatHandlers, answer_files, grounded_image, seek, timeline_outputs
 from vlm_app.ui.compare import CompareHandlers
 from vlm_app.ui.limits import UploadPolicy
 from vlm_app.ui.timeline import Cue
@@ -120,9 +120,11 @@ def test_respond_shows_errors_in_the_chat(backend, ui_long_clip, tmp_path):
     assert "outside the folders" in shown[-1]["content"]
 
 
-def test_timeline_outputs_write_subtitles_and_seek(tmp_path, ui_clip):
+def test_timeline_outputs_write_subtitles_and_seek(tmp_path, ui_clip, gradio_temp_dir):
     cues = [Cue(0.5, 1.5, "a red square", "00:00"), Cue(1.5, 2.0, "it leaves", "00:01")]
-    player, dataset, state, files = timeline_outputs(cues, str(ui_clip), True, tmp_path)
+    tmp_path = tmp_path / "session"
+    tmp_path.mkdir()
+    player, dataset, state, files = timeline_outputs(cues, str(ui_clip), True, answer_files(cues, tmp_path))
     assert files.visible and sorted(path.name for path in tmp_path.iterdir()) == ["answer.json", "answer.srt",
                                                                                   "answer.vtt"]
     assert (tmp_path / "answer.srt").read_text().startswith("1\n00:00:00,500 --> 00:00:01,500\na red square")

@@ -1,5 +1,5 @@
-"""The hostile-request corpus, web-app side: scripted calls to `/chat` and `/compare` of `python -m vlm_app ui`
-with names off the list, server paths, wrong types and bad options. Each is refused with a specific message
+"""The hostile-request corpus, web-app side: scripted calls to `/chat`, `/chapters` and `/compare` of
+`python -m vlm_app ui` with names off the list, server paths, wrong types and bad options. Each is refused with a specific message
 within 30 s (never an internal error), and the app keeps answering. Loopback only."""
 
 from __future__ import annotations
@@ -53,6 +53,27 @@ def test_chat_with_a_model_off_the_list_is_refused(ui_client, ui_server, ui_clip
 def test_hostile_compare_calls_are_refused_before_any_model_loads(ui_client, ui_server, ui_clip, models, words):
     with pytest.raises(Exception, match=words):
         ui_client.predict(ask("What happens?", ui_clip), models, {}, api_name="/compare")
+
+
+@pytest.mark.parametrize("files, options, words", [
+    (1, {"segment_seconds": -4}, "the segment length must be 1 to 3600 s, got -4"),
+    (1, {"segment_seconds": 1e12}, "the segment length must be 1 to 3600 s"),
+    (1, {"segment_seconds": "ten"}, "the segment length must be a number of seconds, got 'ten'"),
+    (1, {"segment_seconds": "NaN"}, "the segment length must be a finite number"),  # JSON has no NaN
+    (1, {"segment_seconds": 4, "overlap": -1}, "the overlap must be 0 to 4 s"),
+    (1, {"overlap": [1]}, "the overlap must be a number of seconds"),
+    (1, {"segments": 4}, "unknown option(s) segments"),
+    (1, ["segment_seconds", 4], "options must be an object"),
+    (1, {"video_end": 2}, "chapters cover the whole video"),
+    (2, {}, "chapters take exactly one video file"),
+    (0, {}, "chapters take exactly one video file"),
+])
+def test_hostile_chapters_calls_get_a_specific_refusal(ui_client, ui_server, ui_long_clip, files, options, words):
+    started = time.monotonic()
+    answer, details = ui_client.predict(ask("Describe.", *[ui_long_clip] * files), ui_server.models[0], options,
+                                        api_name="/chapters")
+    assert time.monotonic() - started < CASE_DEADLINE_S
+    assert details == {"error": answer} and words in answer and "internal error" not in answer, answer
 
 
 def test_the_app_still_answers_after_the_corpus(ui_client, ui_server, ui_clip):

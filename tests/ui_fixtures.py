@@ -18,6 +18,7 @@ import pytest
 
 UI_MAX_UPLOAD_MB = 2
 UI_MAX_DURATION_S = 6
+UI_LONG_CLIP_S = UI_MAX_DURATION_S + 4.0
 SERVER_START_TIMEOUT_S = 180
 
 
@@ -87,6 +88,15 @@ def ui_server(tmp_path_factory, tiny_checkpoints) -> UiServer:
                        scratch_parent=scratch_parent)
 
 
+@pytest.fixture
+def gradio_temp_dir(tmp_path, monkeypatch) -> Path:
+    """Gradio's cache folder, where a player's subtitle track is written, in a pytest temp folder."""
+    folder = tmp_path / "gradio"
+    folder.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def ui_clip_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ui_clips")
@@ -100,8 +110,8 @@ def ui_clip(ui_clip_dir, make_clip) -> Path:
 
 @pytest.fixture(scope="session")
 def ui_long_clip(ui_clip_dir, make_clip) -> Path:
-    """Longer than the server's duration limit, tiny in bytes."""
-    return make_clip(ui_clip_dir / "long.mp4", UI_MAX_DURATION_S + 4.0, 4, 64, 48)
+    """Longer than the server's duration limit for one answer (not for chapters), tiny in bytes."""
+    return make_clip(ui_clip_dir / "long.mp4", UI_LONG_CLIP_S, 4, 64, 48)
 
 
 @pytest.fixture
