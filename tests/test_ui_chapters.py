@@ -185,14 +185,14 @@ def test_chapters_need_a_readable_video_and_the_whole_of_it(backend, ui_long_cli
 
 
 def test_the_operators_memory_limit_reaches_every_segment(backend, ui_long_clip, tmp_path, gradio_temp_dir):
-    """Segments are sampled before their requests, so a limit under their estimate is noted on each (no client
-    option changes it)."""
+    """Each segment is fitted to the operator's limit when it is planned; one that not even a frame fits fails
+    with the numbers (no client option changes it)."""
     limited = Backend(backend.models, backend.policy, str(tmp_path / "votes.jsonl"), device="cpu",
                       max_memory=2**20)
     try:
-        shown, _, stats, *_ = chapters_run(limited, [user(ui_long_clip)])[-1]
-        assert "**Summary:**" in shown[-1]["content"]
-        assert "is over the 1 MiB limit" in stats
+        shown, *_ = chapters_run(limited, [user(ui_long_clip)])[-1]
+        assert "3 of 3 segments failed" in shown[-1]["content"]
+        assert "does not fit in 1 MiB: even 1 frame(s) need about" in shown[-1]["content"]
     finally:
         limited.close()
 
