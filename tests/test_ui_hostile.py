@@ -26,10 +26,11 @@ def chat_cases(models: list[str]) -> list[tuple[str, tuple, str]]:
         ("history of the wrong shape", ([{"who": "me"}], models[0], {}), "history must be a list"),
         ("history with a system turn", ([{"role": "system", "content": "x"}], models[0], {}), "history must be a list"),
         ("contradicting video options", ([], models[0], {"video_start": 5, "video_end": 1}), "video_start"),
+        ("options not an object", ([], models[0], ["max_new_tokens", 4]), "options must be an object"),
     ]
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", range(8))
 def test_hostile_chat_calls_get_a_specific_refusal(ui_client, ui_server, ui_clip, case):
     name, arguments, words = chat_cases(ui_server.models)[case]
     started = time.monotonic()

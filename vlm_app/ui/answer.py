@@ -189,9 +189,16 @@ def settings_from(values) -> Settings:
     return settings_from_dict(dict(zip(SETTING_NAMES, values)))
 
 
+def options_object(options) -> dict:
+    """A copy of the API's `options`, which must be a {name: value} object (or nothing)."""
+    if not isinstance(options, (dict, type(None))):
+        raise OptionsError("options must be an object of {name: value}")
+    return dict(options or {})
+
+
 def settings_from_dict(options: dict | None) -> Settings:
     """Settings from a {name: value} dict (the API's `options`); unknown names are a user error."""
-    raw = dict(options or {})
+    raw = options_object(options)
     unknown = sorted(set(raw) - set(SETTING_NAMES))
     if unknown:
         raise OptionsError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(SETTING_NAMES)}")

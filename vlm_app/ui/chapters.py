@@ -23,8 +23,8 @@ from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.service import stats as service_stats
 from vlm_app.subtitles import clock
 from vlm_app.ui import timeline
-from vlm_app.ui.answer import (Settings, history_text, last_user, media_kind, settings_from, settings_from_dict,
-                               stats_markdown)
+from vlm_app.ui.answer import (Settings, history_text, last_user, media_kind, options_object, settings_from,
+                               settings_from_dict, stats_markdown)
 from vlm_app.ui.chat import ChatHandlers, last_video, notice, timeline_outputs
 
 SHORTEST_SEGMENT_S, LONGEST_SEGMENT_S = 1.0, 3600.0
@@ -202,9 +202,7 @@ class ChapterHandlers:
         message = message or {}
         files = message.get("files") or []
         try:
-            if not isinstance(options, (dict, type(None))):
-                raise OptionsError("options must be an object of {name: value}")
-            options = dict(options or {})
+            options = options_object(options)
             seconds, overlap = options.pop("segment_seconds", None), options.pop("overlap", None)
             settings = settings_from_dict(options)
             if len(files) != 1 or media_kind(files[0]) != "video":
