@@ -40,7 +40,8 @@ from typing import Callable
 from vlm_app.errors import LimitError, OptionsError, VlmAppError
 from vlm_app.media.limits import DEFAULT_LIMITS
 from vlm_app.messages import conversation
-from vlm_app.service import DEFAULT_MAX_NEW_TOKENS, Request, build_record, execute, is_image, loaded_memory_fit
+from vlm_app.service import (DEFAULT_MAX_NEW_TOKENS, Request, build_record, execute, is_image, memory_fit,
+                             model_memory)
 from vlm_app.subtitles import Cue, clock, to_srt, to_vtt
 
 DEFAULT_PROMPT = "Describe what happens in this part of the video."
@@ -179,6 +180,7 @@ class _Plan:
         self.sampling, self.generation, self.seconds, self.overlap = sampling, generation, seconds, overlap
         self.limits, self.memory, self.done, self.on_plan = limits, memory or {}, done, on_plan
         self.duration, self.segments, self.todo, self.fit_notes = None, [], [], {}
+        self.model_memory = None  # the model's figures and the run's limit, once the video is probed
         self.ready = False  # every segment planned: the video was read and its segments fit the memory limit
 
     def key(self, segment: Segment) -> str:
@@ -188,8 +190,10 @@ class _Plan:
         return {**self.sampling, "video_start": segment.video_start, "video_end": segment.video_end}
 
     def request(self, segment: Segment, video) -> Request:
+        """The segment's request, under the limit resolved once for the run (the one its frames were fitted to)."""
         return Request(segment_messages(self.prompt, segment, self.duration, video), self.media(segment),
-                       self.generation, self.limits, str(self.source), **self.memory)
+                       self.generation, self.limits, str(self.source), max_memory=self.model_memory.limit,
+                       fit=self.memory.get("fit", True))
 
     def __call__(self, metadata) -> list[dict]:
         self.duration = metadata.duration
@@ -200,6 +204,7 @@ class _Plan:
                              f"over the limit of {cap}; use longer segments (at least "
                              f"{math.ceil(metadata.duration / cap)} s) or raise Limits.max_chapters_segments")
         self.todo = [segment for segment in self.segments if self.key(segment) not in self.done]
+        self.model_memory = model_memory(self.adapter, self.memory.get("max_memory", Request.max_memory))
         options = [self._options(segment, metadata) for segment in self.todo]
         self.ready = True
         self.on_plan(len(self.segments), len(self.segments) - len(self.todo))
@@ -209,7 +214,7 @@ class _Plan:
         """What the segment's request would sample (`Adapter.video_options`), lowered to its memory limit."""
         request = self.request(segment, str(self.source))
         options = self.adapter.video_options(request.messages, request.media, max_new_tokens=request.max_new_tokens)
-        fit, _ = loaded_memory_fit(self.adapter, request)
+        fit = memory_fit(self.adapter, request, self.model_memory)
         if fit is None:
             return options
         fitted = fit.fit_video(metadata, options)

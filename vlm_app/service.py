@@ -202,12 +202,6 @@ def memory_fit(adapter, request: Request, memory: ModelMemory) -> Fit | None:
                RequestShape(text_tokens=text + TEMPLATE_TOKENS, max_new_tokens=request.max_new_tokens))
 
 
-def loaded_memory_fit(adapter, request: Request) -> tuple[Fit | None, int | None]:
-    """The loaded model's pre-flight of `request` (`memory_fit`) and the request's limit, resolved on its device."""
-    memory = model_memory(adapter, request.max_memory)
-    return memory_fit(adapter, request, memory), memory.limit
-
-
 class Run:
     """One request on one adapter. `prepare()` samples the media and builds the inputs (raising `VlmAppError` on
     a user mistake); iterating yields the answer's text pieces (stop strings cut the answer and stop the model);
@@ -244,8 +238,9 @@ class Run:
         return self.prepared
 
     def _memory_fit(self) -> Fit | None:
-        fit, self.limit = loaded_memory_fit(self.adapter, self.request)
-        return fit
+        memory = model_memory(self.adapter, self.request.max_memory)
+        self.limit = memory.limit
+        return memory_fit(self.adapter, self.request, memory)
 
     def _note_excess(self, fit: Fit | None) -> None:
         total = self.memory_estimate.total
