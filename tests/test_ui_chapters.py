@@ -17,7 +17,8 @@ from vlm_app.chapters import CANCELLED, DEFAULT_PROMPT
 from vlm_app.errors import OptionsError
 from vlm_app.ui.answer import ERROR_TITLE
 from vlm_app.ui.backend import Backend
-from vlm_app.ui.chapters import MAX_SEGMENTS, ChapterHandlers, chapter_bounds
+from vlm_app.media.limits import DEFAULT_LIMITS
+from vlm_app.ui.chapters import ChapterHandlers, chapter_bounds
 from vlm_app.ui.chat import ChatHandlers, seek
 from vlm_app.ui.limits import UploadPolicy
 
@@ -146,9 +147,10 @@ def test_hostile_segment_values_get_a_clear_refusal(backend, ui_long_clip, secon
 
 def test_segment_counts_are_bounded():
     assert chapter_bounds("90", "2.5", 3600) == (90.0, 2.5) and chapter_bounds(None, None, 3600) == (None, 0.0)
-    least = math.ceil(24 * 3600 / MAX_SEGMENTS)
+    most = DEFAULT_LIMITS.max_chapters_segments
+    least = math.ceil(24 * 3600 / most)
     assert chapter_bounds(least, 0, 24 * 3600)[0] == least
-    with pytest.raises(OptionsError, match=f"makes 86400 segments .* over this app's {MAX_SEGMENTS}; choose at "
+    with pytest.raises(OptionsError, match=f"makes 86400 segments .* over this app's {most}; choose at "
                                            f"least {least} s"):
         chapter_bounds(1, 0, 24 * 3600)
 

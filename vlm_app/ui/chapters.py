@@ -20,6 +20,7 @@ import gradio as gr
 from vlm_app.chapters import (DEFAULT_PROMPT, EXPORTS, MIN_SEGMENT_SECONDS, chapter_cues, describe_chapters,
                               segment_line, split_video, write_chapters)
 from vlm_app.errors import OptionsError, VlmAppError
+from vlm_app.media.limits import DEFAULT_LIMITS
 from vlm_app.service import stats as service_stats
 from vlm_app.subtitles import clock
 from vlm_app.ui import timeline
@@ -28,13 +29,13 @@ from vlm_app.ui.answer import (Settings, history_text, last_user, media_kind, op
 from vlm_app.ui.chat import ChatHandlers, last_video, notice, timeline_outputs
 
 SHORTEST_SEGMENT_S, LONGEST_SEGMENT_S = 1.0, 3600.0
-MAX_SEGMENTS = 1440  # a day at one chapter a minute: more requests than any sensible run
 log = logging.getLogger(__name__)
 
 
-def chapter_bounds(seconds, overlap, duration: float) -> tuple[float | None, float]:
+def chapter_bounds(seconds, overlap, duration: float,
+                   max_segments: int = DEFAULT_LIMITS.max_chapters_segments) -> tuple[float | None, float]:
     """The client's segment length (blank: the model's own) and overlap as seconds, within this app's bounds for a
-    video of `duration` seconds; OptionsError otherwise."""
+    video of `duration` seconds (at most `max_segments`, checked before any model loads); OptionsError otherwise."""
     seconds, overlap = _seconds("segment length", seconds), _seconds("overlap", overlap) or 0.0
     if seconds is not None and not SHORTEST_SEGMENT_S <= seconds <= LONGEST_SEGMENT_S:
         raise OptionsError(f"the segment length must be {SHORTEST_SEGMENT_S:g} to {LONGEST_SEGMENT_S:g} s, "
@@ -42,9 +43,9 @@ def chapter_bounds(seconds, overlap, duration: float) -> tuple[float | None, flo
     widest = seconds if seconds is not None else MIN_SEGMENT_SECONDS  # the model's own length is at least that
     if not 0 <= overlap <= widest:
         raise OptionsError(f"the overlap must be 0 to {widest:g} s (the segment length), got {overlap:g}")
-    if seconds is not None and (count := len(split_video(duration, seconds))) > MAX_SEGMENTS:
+    if seconds is not None and (count := len(split_video(duration, seconds))) > max_segments:
         raise OptionsError(f"a segment length of {seconds:g} s makes {count} segments of this {duration:.0f} s video, "
-                           f"over this app's {MAX_SEGMENTS}; choose at least {math.ceil(duration / MAX_SEGMENTS)} s")
+                           f"over this app's {max_segments}; choose at least {math.ceil(duration / max_segments)} s")
     return seconds, overlap
 
 
@@ -72,7 +73,7 @@ def chapter_stream(backend, video: str | None, model: str, prompt: str, settings
         if video is None:
             raise OptionsError("attach a video first: chapters describe the conversation's last video")
         duration = backend.policy.check_file(video, "video", chapters=True)
-        seconds, overlap = chapter_bounds(seconds, overlap, duration)
+        seconds, overlap = chapter_bounds(seconds, overlap, duration, backend.policy.limits.max_chapters_segments)
     except VlmAppError as error:
         yield "", None, str(error)
         return
