@@ -53,8 +53,7 @@ MIN_PART_TOKENS = 16  # of text per chapter in a summary request, its time range
 TEMPLATE_TOKENS = 64  # room left for the chat template around the summary prompt
 SEGMENT_FIELDS = ("answer", "error", "prompt", "frames_indices", "timestamps", "sample_fps", "num_visual_tokens",
                   "num_tokens", "timings", "finish_reason", "cancelled", "memory_estimate_bytes", "memory_estimate",
-                  "max_memory_bytes",
-                  "notes")
+                  "max_memory_bytes", "notes")
 EXPORTS = (".json", ".srt", ".vtt")
 CANCELLED = "cancelled before this segment was described"
 
