@@ -407,3 +407,27 @@ def test_the_number_of_segments_is_capped(clip, smol):
     with pytest.raises(LimitError, match="over the limit of 10"):
         describe_chapters(adapter, clip, seconds=1, limits=limits, raise_unreadable=True)
     assert describe_chapters(adapter, clip, seconds=3, limits=limits, generation={"max_new_tokens": 1})["error"] is None
+
+
+def test_a_system_prompt_goes_to_every_segment_and_the_summary(clip, smol, monkeypatch):
+    from vlm_app import chapters, describe_chapters, load
+
+    adapter, asked, real_execute = load(smol, device="cpu"), [], chapters.execute
+
+    def seen(adapter, request, *args, **kwargs):
+        asked.append(request.messages)
+        return real_execute(adapter, request, *args, **kwargs)
+
+    monkeypatch.setattr(chapters, "execute", seen)
+    plain = describe_chapters(clip, model=adapter, segment_seconds=10, generation={"max_new_tokens": 2})
+    assert len(asked) == 4 and all(messages[0]["role"] == "user" for messages in asked)  # 3 segments, the summary
+    asked.clear()
+    told = describe_chapters(clip, model=adapter, segment_seconds=10, generation={"max_new_tokens": 2},
+                             system="Answer in five words.")
+    assert len(asked) == 4 and told["error"] is None
+    assert all(messages[0] == {"role": "system", "content": [{"type": "text", "text": "Answer in five words."}]}
+               for messages in asked)
+    grown = {told_segment["num_tokens"]["text"] - plain_segment["num_tokens"]["text"]
+             for told_segment, plain_segment in zip(told["segments"], plain["segments"])}
+    assert len(grown) == 1 and grown.pop() > 0  # each segment's prompt carries it, the same tokens each
+    assert told["segments"][0]["key"] != plain["segments"][0]["key"]  # a resumed run does not mix the two

@@ -104,9 +104,13 @@ def chapter_cases(api_server, redirector: int) -> list[tuple[str, dict, int, str
         ("chapters with an image", body(chapters(api_server, parts=long_video + [
             {"type": "image_url", "image_url": {"url": f"file://{allowed / 'image.png'}"}}])), 400,
          "has 1 video(s) and 1 image(s)"),
-        ("chapters with a system message", body({**chapters(api_server), "messages": [
-            {"role": "system", "content": "Be brief."}, {"role": "user", "content": long_video}]}), 400,
+        ("chapters with two user messages", body({**chapters(api_server), "messages": [
+            {"role": "user", "content": "Be brief."}, {"role": "user", "content": long_video}]}), 400,
          "takes one user message"),
+        ("chapters with an image in the system message", body({**chapters(api_server), "messages": [
+            {"role": "system", "content": [{"type": "image_url", "image_url": {
+                "url": f"file://{allowed / 'image.png'}"}}]}, {"role": "user", "content": long_video}]}), 400,
+         "system message of a vlm_app.chapters request is text only"),
         ("chapters with video_start", body(chapters(api_server, mm_processor_kwargs={"video_start": 60})), 400,
          "drop video_start"),
         ("chapters with video_end", body(chapters(api_server, media_io_kwargs={"video": {"video_end": 60}})), 400,

@@ -205,6 +205,16 @@ def test_chapters_cover_the_video_in_order_and_end_with_a_summary(client, api_se
     assert response.usage.completion_tokens == shown["timings"]["new_tokens"] > segment_answers
 
 
+def test_a_chapters_request_takes_a_system_message_for_every_segment(client, api_server):
+    plain = client.chat.completions.create(**chapters_request(api_server)).model_extra["vlm_app"]
+    told = client.chat.completions.create(**{**chapters_request(api_server), "messages": [
+        {"role": "system", "content": "Answer in five words."}, *video_message(api_server, name="long.mp4")]})
+    shown = told.model_extra["vlm_app"]
+    grown = {segment["num_tokens"]["text"] - before["num_tokens"]["text"]
+             for segment, before in zip(shown["segments"], plain["segments"])}
+    assert shown["error"] is None and len(grown) == 1 and grown.pop() > 0
+
+
 def test_streamed_chapters_come_in_order_then_the_summary_then_usage(client, api_server):
     whole = client.chat.completions.create(**chapters_request(api_server)).model_extra["vlm_app"]
     chunks = list(client.chat.completions.create(**chapters_request(api_server), stream=True,

@@ -96,6 +96,16 @@ def test_chapters_stream_in_order_and_fill_the_timeline(backend, ui_long_clip, g
     assert [(chapter["start"], chapter["end"]) for chapter in record["chapters"]] == RANGES
 
 
+def test_the_system_prompt_reaches_every_segment(backend, ui_long_clip, gradio_temp_dir):
+    def text_tokens(values) -> int:
+        stats = chapters_run(backend, [user(ui_long_clip)], values=values)[-1][2]
+        return int(re.search(r"\| text tokens \| (\d+) \|", stats).group(1))
+
+    told = settings()
+    told[-1] = "Answer in five words."
+    assert text_tokens(told) > text_tokens(settings())
+
+
 def test_the_chapters_button_adds_the_turn_with_the_default_question(backend, ui_long_clip):
     handlers = ChapterHandlers(backend)
     box, urls, history = handlers.add_turn({"text": "  ", "files": [str(ui_long_clip)]}, "", [], request())

@@ -50,9 +50,10 @@ def describe(source, model=DEFAULT_MODEL, prompt: str = DEFAULT_PROMPT, out: str
 
 def describe_chapters(source, model=DEFAULT_MODEL, prompt: str | None = None, segment_seconds: float | None = None,
                       overlap: float = 0.0, generation: dict | None = None, limits=None, progress: bool = False,
-                      max_memory=None, fit: bool = True, **sampling) -> dict:
+                      max_memory=None, fit: bool = True, system: str | None = None, **sampling) -> dict:
     """A long video as chapters: one request per segment, merged into `chapters` ([{start, end, text}] from 0 to the
-    duration) with a `summary` (see `vlm_app.chapters.describe_chapters`, which the CLI's --chapters calls)."""
+    duration) with a `summary` (see `vlm_app.chapters.describe_chapters`, which the CLI's --chapters calls);
+    `system`: a system prompt for every request."""
     from vlm_app.chapters import DEFAULT_PROMPT as CHAPTER_PROMPT
     from vlm_app.chapters import describe_chapters as describe_in_chapters
     from vlm_app.runtime import CACHE
@@ -61,4 +62,4 @@ def describe_chapters(source, model=DEFAULT_MODEL, prompt: str | None = None, se
     adapter = CACHE.get(model) if isinstance(model, str) else model
     return describe_in_chapters(adapter, source, prompt or CHAPTER_PROMPT, sampling, generation,
                                 seconds=segment_seconds, overlap=overlap, limits=limits, progress=progress,
-                                memory={"max_memory": max_memory, "fit": fit})
+                                memory={"max_memory": max_memory, "fit": fit}, system=system)

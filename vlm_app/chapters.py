@@ -90,19 +90,21 @@ def split_video(duration: float, seconds: float, overlap: float = 0.0) -> list[S
     return [Segment(start, end, start, min(end + overlap, duration)) for start, end in zip(bounds, bounds[1:])]
 
 
-def segment_messages(prompt: str, segment: Segment, duration: float, video) -> list[dict]:
-    """The request of one segment: its video and the prompt naming its absolute range. The clocks are fixed-width,
-    so every segment's prompt takes as many tokens (a zero segment sizes them all)."""
+def segment_messages(prompt: str, segment: Segment, duration: float, video, system: str | None = None) -> list[dict]:
+    """The request of one segment: the system prompt if any, its video and the prompt naming its absolute range.
+    The clocks are fixed-width, so every segment's prompt takes as many tokens (a zero segment sizes them all)."""
     text = SEGMENT_PROMPT.format(start=clock(segment.video_start), end=clock(segment.video_end),
                                  duration=clock(duration), prompt=prompt)
-    return conversation(text, video=video)
+    return conversation(text, video=video, system=system)
 
 
-def segment_key(source, segment: Segment, adapter, prompt: str, sampling: dict, generation: dict) -> str:
-    """What makes a finished segment reusable by a resumed run: the video, the bounds, the model and every option."""
+def segment_key(source, segment: Segment, adapter, prompt: str, sampling: dict, generation: dict,
+                system: str | None = None) -> str:
+    """What makes a finished segment reusable by a resumed run: the video, the bounds, the model and every option
+    (a system prompt only when there is one, so runs without one keep their keys)."""
     return json.dumps({"source": str(source), **asdict(segment), "model": adapter.info.model_id,
                        "revision": adapter.info.revision, "prompt": prompt, "sampling": sampling,
-                       "generation": generation}, sort_keys=True)
+                       "generation": generation, **({"system": system} if system else {})}, sort_keys=True)
 
 
 class _Cancel(threading.Event):
@@ -173,9 +175,9 @@ class _Plan:
     describe (`done` holds the finished ones of an earlier run, by `segment_key`), each fitted to the memory limit
     as its request would be (`fit_notes` say what was lowered)."""
 
-    def __init__(self, adapter, source, prompt, sampling, generation, seconds, overlap, limits, memory, done,
+    def __init__(self, adapter, source, prompt, system, sampling, generation, seconds, overlap, limits, memory, done,
                  on_plan):
-        self.adapter, self.source, self.prompt = adapter, source, prompt
+        self.adapter, self.source, self.prompt, self.system = adapter, source, prompt, system
         self.sampling, self.generation, self.seconds, self.overlap = sampling, generation, seconds, overlap
         self.limits, self.memory, self.done, self.on_plan = limits, memory or {}, done, on_plan
         self.duration, self.segments, self.todo, self.fit_notes = None, [], [], {}
@@ -183,16 +185,17 @@ class _Plan:
         self.ready = False  # every segment planned: the video was read and its segments fit the memory limit
 
     def key(self, segment: Segment) -> str:
-        return segment_key(self.source, segment, self.adapter, self.prompt, self.sampling, self.generation)
+        return segment_key(self.source, segment, self.adapter, self.prompt, self.sampling, self.generation,
+                           self.system)
 
     def media(self, segment: Segment) -> dict:
         return {**self.sampling, "video_start": segment.video_start, "video_end": segment.video_end}
 
     def request(self, segment: Segment, video) -> Request:
         """The segment's request, under the limit resolved once for the run (the one its frames were fitted to)."""
-        return Request(segment_messages(self.prompt, segment, self.duration, video), self.media(segment),
-                       self.generation, self.limits, str(self.source), max_memory=self.model_memory.limit,
-                       fit=self.memory.get("fit", True))
+        messages = segment_messages(self.prompt, segment, self.duration, video, self.system)
+        return Request(messages, self.media(segment), self.generation, self.limits, str(self.source),
+                       max_memory=self.model_memory.limit, fit=self.memory.get("fit", True))
 
     def __call__(self, metadata) -> list[dict]:
         self.duration = metadata.duration
@@ -227,7 +230,7 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
                       on_segment: Callable[[dict], None] | None = None, progress: bool = False,
                       memory: dict | None = None, cancel: threading.Event | None = None,
                       on_plan: Callable[[float, list[Segment]], None] | None = None,
-                      raise_unreadable: bool = False) -> dict:
+                      raise_unreadable: bool = False, system: str | None = None) -> dict:
     """The chapters record of a video: the usual record fields (`answer` is the summary) plus `duration`,
     `chapters` ([{start, end, text}] in order, from 0 to the duration without gaps), `summary`, `segments` (each
     segment's bounds, prompt, frames, timestamps, tokens, timings, error, and `media_s`: the seconds the shared
@@ -243,7 +246,8 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
     out; the record says `cancelled`); `on_plan`: called (from the decode thread) with the duration and the segments
     once the probe has read the video, before any segment is described; `raise_unreadable`: a video that cannot be
     read at all (not fetched or opened, not probed, over a limit, not even its least sample within the memory limit)
-    raises its error instead of becoming the record's (a front door answering one request). A failed segment leaves
+    raises its error instead of becoming the record's (a front door answering one request); `system`: a system
+    prompt for every request, the segments' and the summary's. A failed segment leaves
     its chapter's text empty and sets the record's `error`; the rest goes on."""
     from tqdm import tqdm
 
@@ -253,7 +257,7 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
     cancel = cancel or threading.Event()
     _check_request(source, sampling, seconds)
     if seconds is None:
-        sizing = segment_messages(prompt, Segment(0, 0, 0, 0), 0, str(source))
+        sizing = segment_messages(prompt, Segment(0, 0, 0, 0), 0, str(source), system)
         seconds = segment_seconds(adapter, adapter.video_options(sizing, sampling,
                                                                  max_new_tokens=generation.get("max_new_tokens")))
     bar = None
@@ -265,7 +269,8 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
         if on_plan is not None:
             on_plan(plan.duration, plan.segments)
 
-    plan = _Plan(adapter, source, prompt, sampling, generation, seconds, overlap, limits, memory, done, planned)
+    plan = _Plan(adapter, source, prompt, system, sampling, generation, seconds, overlap, limits, memory, done,
+                 planned)
     described, media_error = {}, None
     try:
         with _DecodedAhead(load_video_segments(source, adapter.policy, plan, limits=limits)) as videos:
@@ -323,11 +328,12 @@ def _chapters_record(adapter, source, prompt, sampling, generation, limits, plan
     summary, summary_records, summary_error = None, [], None
     if parts and not cancelled:
         try:
-            summary = summarize(adapter, parts, plan.duration, generation, summary_records)
+            summary = summarize(adapter, parts, plan.duration, generation, summary_records, plan.system)
         except VlmAppError as error:
             summary_error = error
     summary_error = summary_error or next((record["error"] for record in summary_records if record["error"]), None)
-    request = Request(conversation(prompt, video=str(source)), sampling, generation, limits, str(source))
+    request = Request(conversation(prompt, video=str(source), system=plan.system), sampling, generation, limits,
+                      str(source))
     record = build_record(adapter, request, error=None if cancelled else _error(segments, media_error, summary_error))
     shown = sorted({(index, time) for item in segments for index, time in zip(item["frames_indices"] or [],
                                                                                item["timestamps"] or [])})
@@ -371,16 +377,16 @@ def _total_timings(timings: list[dict]) -> dict | None:
 
 
 def summarize(adapter, parts: list[tuple[float, float, str]], duration: float, generation: dict,
-              records: list[dict]) -> str:
-    """A summary of (start, end, text) parts by text-only requests (their records appended to `records`), fitted to
-    the model's context as the module's docstring says."""
+              records: list[dict], system: str | None = None) -> str:
+    """A summary of (start, end, text) parts by text-only requests (their records appended to `records`), under the
+    system prompt if any, fitted to the model's context as the module's docstring says."""
     tokenizer = adapter.tokenizer
 
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
 
     answer_tokens = int(generation.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
-    room = (adapter.context_tokens - answer_tokens - TEMPLATE_TOKENS
+    room = (adapter.context_tokens - answer_tokens - TEMPLATE_TOKENS - count(system or "")
             - count(SUMMARY_PROMPT.format(duration=clock(duration), parts="")))
     label_tokens = count(_part(0, 0, "")) + 1
     if room < 2 * (label_tokens + MIN_PART_TOKENS):
@@ -390,12 +396,14 @@ def summarize(adapter, parts: list[tuple[float, float, str]], duration: float, g
     if share >= MIN_PART_TOKENS or len(parts) == 1:
         lines = [_part(start, end, _cut(tokenizer, text, share)) for start, end, text in parts]
         prompt = SUMMARY_PROMPT.format(duration=clock(duration), parts="\n".join(lines))
-        records.append(execute(adapter, Request(conversation(prompt), generation=generation, source="summary")))
+        records.append(execute(adapter, Request(conversation(prompt, system=system), generation=generation,
+                                                source="summary")))
         return (records[-1]["answer"] or "").strip()
     size = max(room // (label_tokens + MIN_PART_TOKENS), 2)
     groups = [parts[first:first + size] for first in range(0, len(parts), size)]
-    return summarize(adapter, [(group[0][0], group[-1][1], summarize(adapter, group, duration, generation, records))
-                               for group in groups], duration, generation, records)
+    summaries = [(group[0][0], group[-1][1], summarize(adapter, group, duration, generation, records, system))
+                 for group in groups]
+    return summarize(adapter, summaries, duration, generation, records, system)
 
 
 def _part(start: float, end: float, text: str) -> str:

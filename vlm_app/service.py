@@ -97,6 +97,13 @@ class Request:
         items = self.messages[-1]["content"]
         return "\n".join(item["text"] for item in items if item["type"] == "text")
 
+    def system(self) -> str | None:
+        """The text of the system prompt (the first message, when it is one)."""
+        first = self.messages[0] if self.messages else None
+        if first is None or first["role"] != "system":
+            return None
+        return "\n".join(item["text"] for item in first["content"] if item["type"] == "text")
+
 
 def is_image(source: Any) -> bool:
     """Whether a source names a still image (by its file extension) rather than a video."""
@@ -399,9 +406,10 @@ def build_record(adapter, request: Request, run: Run | None = None, error: str |
 def stats(record: dict) -> dict:
     """The record's costs as one flat dict (the web app's and the server's stats): what was shown, then
     `timings` under its own names, the estimated peak beside the measured one, and the record's notes (what the
-    memory fit and the media pipeline changed)."""
+    memory fit and the media pipeline changed). A chapters record's frames are those of all its segments."""
     counts = record["num_tokens"] or {}
-    frames = sum(len(item["frames_indices"]) if item["type"] == "video" else 1 for item in record["media"])
+    frames = (len(record["frames_indices"]) if "chapters" in record else
+              sum(len(item["frames_indices"]) if item["type"] == "video" else 1 for item in record["media"]))
     return {"model": record["model"], "family": record["model_info"]["family"], "frames": frames,
             "visual_tokens": counts.get("visual", 0), "text_tokens": counts.get("text", 0),
             **(record["timings"] or {}), "memory_estimate_bytes": record["memory_estimate_bytes"],

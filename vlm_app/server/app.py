@@ -253,7 +253,7 @@ def _chapters(adapter, call, cancel: threading.Event, put) -> dict:
                                memory={"max_memory": request.max_memory, "fit": request.fit}, cancel=cancel,
                                on_plan=lambda duration, segments: put("ready"),
                                on_segment=lambda segment: put("text", segment_line(segment) + "\n"),
-                               raise_unreadable=True, **call.chapters)
+                               raise_unreadable=True, system=request.system(), **call.chapters)
     if record["summary"] is not None:
         put("text", f"\nSummary: {record['summary']}")
     described = sum(segment["error"] is None and not segment["cancelled"] for segment in record["segments"])

@@ -204,15 +204,19 @@ def _chapter_options(body: dict, limits) -> dict | None:
 
 
 def _check_chapters(messages: list[dict], video_options: dict) -> None:
-    """A chapters request is one user turn with one video, by URL, over its whole length."""
-    if len(messages) != 1 or messages[0]["role"] != "user":
-        raise bad("vlm_app.chapters takes one user message (the video and an optional prompt for each part); "
-                  "drop the other messages", "messages")
-    kinds = [item["type"] for item in messages[0]["content"]]
+    """A chapters request is an optional system message (text, for every segment and the summary), then one user
+    turn with one video, by URL, over its whole length."""
+    system, turns = (messages[:1], messages[1:]) if messages and messages[0]["role"] == "system" else ([], messages)
+    if len(turns) != 1 or turns[0]["role"] != "user":
+        raise bad("vlm_app.chapters takes one user message (the video and an optional prompt for each part), after "
+                  "an optional system message; drop the other messages", "messages")
+    if any(item["type"] != "text" for message in system for item in message["content"]):
+        raise bad("the system message of a vlm_app.chapters request is text only", "messages")
+    kinds = [item["type"] for item in turns[0]["content"]]
     if kinds.count("video") != 1 or "image" in kinds:
         raise bad(f"vlm_app.chapters describes one video; this message has {kinds.count('video')} video(s) and "
                   f"{kinds.count('image')} image(s)", "messages")
-    if next(item["video"] for item in messages[0]["content"] if item["type"] == "video").startswith("data:"):
+    if next(item["video"] for item in turns[0]["content"] if item["type"] == "video").startswith("data:"):
         # every segment's resume key names the source: a data: URI would be copied once per segment
         raise bad("vlm_app.chapters needs the video by URL (http(s):// or file://), not a data: URI", "messages",
                   "invalid_url")

@@ -84,7 +84,8 @@ def chapter_stream(backend, video: str | None, model: str, prompt: str, settings
             record = describe_chapters(backend.adapter(model), video, prompt, settings.media_options("video"),
                                        settings.generate_options(), seconds, overlap, limits=backend.policy.limits,
                                        on_segment=lambda segment: updates.put(("segment", segment)),
-                                       memory=backend.memory, cancel=cancel)
+                                       memory=backend.memory, cancel=cancel,
+                                       system=settings.system_prompt.strip() or None)
             updates.put(("record", record))
         except VlmAppError as error:
             updates.put(("error", str(error)))
@@ -131,9 +132,8 @@ def final_text(name: str, lines: list[str], record: dict) -> str:
 
 
 def chapter_stats(record: dict, model: str) -> dict:
-    """`service.stats` of a chapters record, under the name the model was picked by; its frames are those of
-    every segment (the record has no single request's media)."""
-    return {**service_stats(record), "model": model, "frames": len(record["frames_indices"])}
+    """`service.stats` of a chapters record, under the name the model was picked by."""
+    return {**service_stats(record), "model": model}
 
 
 def chapter_files(record: dict, folder: Path) -> list[str]:
