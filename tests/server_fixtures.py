@@ -16,6 +16,7 @@ from ui_fixtures import _free_port, running_server
 
 API_KEY = "test-key-0123456789"
 BODY_TIMEOUT_S = 3
+KEEPALIVE_S = 0.05  # a stream quiet for this long gets a comment line (every streaming test reads them)
 LONG_FRAMES, LONG_FRAME_SECONDS = 26, 600.0  # long.mp4: 4 h 20 min, a frame every 10 minutes
 
 
@@ -50,7 +51,8 @@ def api_server(tmp_path_factory, tiny_checkpoints, make_clip) -> ApiServer:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "vlm_app", "serve", "--models", *models, "--host", "127.0.0.1",
                "--port", str(port), "--api-key", API_KEY, "--allow-dir", str(allowed), "--allow-host", "localhost",
-               "--max-queue", "1", "--body-timeout", str(BODY_TIMEOUT_S), "--device", "cpu"]
+               "--max-queue", "1", "--body-timeout", str(BODY_TIMEOUT_S), "--keepalive", str(KEEPALIVE_S),
+               "--device", "cpu"]
     with running_server(command, env, log, f"http://127.0.0.1:{port}/health") as process:
         yield ApiServer(url=f"http://127.0.0.1:{port}/v1", pid=process.pid, models=models, allowed=allowed, log=log)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vlm_app.cli import EXIT_USER_ERROR, main
 
 
@@ -13,3 +15,13 @@ def test_a_non_loopback_bind_without_a_key_is_refused(tiny_checkpoints, capsys):
 def test_a_model_that_does_not_resolve_fails_fast(tmp_path, capsys):
     assert main(["serve", "--models", str(tmp_path / "missing-checkpoint")]) == EXIT_USER_ERROR
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, flag, value", [("serve", "--keepalive", "-1"), ("serve", "--body-timeout", "0"),
+                                                  ("serve", "--max-media-mb", "nan"), ("ui", "--max-duration", "inf"),
+                                                  ("ui", "--max-upload-mb", "ten")])
+def test_operator_limits_must_be_positive_numbers(tiny_checkpoints, capsys, command, flag, value):
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--models", str(tiny_checkpoints["smolvlm2"]), flag, value])
+    assert exited.value.code == 2
+    assert f"argument {flag}: must be a number above 0, got '{value}'" in capsys.readouterr().err

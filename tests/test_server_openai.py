@@ -4,6 +4,7 @@ checkpoints (loopback only)."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 import time
@@ -141,6 +142,37 @@ def test_a_client_that_gives_up_on_a_whole_answer_stops_generation(api_server):
         time.sleep(0.05)
     reason, tokens = _finished_jobs(api_server)[-1]
     assert reason == "cancelled" and tokens < 4000, (reason, tokens)
+
+
+def test_a_streamed_chapters_job_keeps_the_connection_alive_while_the_model_works(api_server):
+    """Between chapter lines (a whole segment described each) the stream sends SSE comments, which clients skip."""
+    body = {**_stream_request(api_server, 200), **HOUR_CHAPTERS, "messages": video_message(api_server, name="long.mp4")}
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", api_server.url + "/chat/completions", json=body,
+                         headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+            lines = [line for line in response.iter_lines() if line]
+    data = [line for line in lines if line.startswith("data: ")]
+    assert set(lines) - set(data) == {": keep-alive"}
+    assert data[-1] == "data: [DONE]" and all(json.loads(line[6:])["choices"] for line in data[:-1])
+    first_chapter = next(index for index, line in enumerate(lines) if "[00:00:00 - 01:00:00]" in line)
+    assert ": keep-alive" in lines[:first_chapter]  # the first segment was being described
+
+
+def test_a_stream_whose_client_leaves_while_queued_is_not_run(api_server):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(timeout=120) as http:
+        with http.stream("POST", api_server.url + "/chat/completions", json=_stream_request(api_server, 4000),
+                         headers=headers) as running:
+            lines = running.iter_lines()
+            next(lines)  # the first job holds the model
+            with pytest.raises(httpx.ReadTimeout):  # the second waits in the queue; its client gives up after 1 s
+                with httpx.stream("POST", api_server.url + "/chat/completions", headers=headers,
+                                  json=_stream_request(api_server, 4000), timeout=httpx.Timeout(10, read=1.0)):
+                    pass
+    deadline = time.monotonic() + 30
+    while "the client left while it waited; not run" not in api_server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "the client left while it waited; not run" in api_server.log_text()
 
 
 def test_a_full_queue_answers_429(client, api_server):

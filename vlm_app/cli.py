@@ -27,6 +27,17 @@ class ListFlag(argparse.Action):
         setattr(namespace, self.dest, items)
 
 
+def positive(text: str) -> float:
+    """An operator's size, time or count flag: a finite number above 0."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    return number
+
+
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """Video sampling overrides, named after qwen-vl-utils' options. Unset means the model's policy decides."""
     group = parser.add_argument_group("video sampling (defaults come from the model's policy)")
@@ -125,10 +136,10 @@ def _add_ui(sub) -> None:
                         help="require one of these logins: a file of USER:PASSWORD lines (keeps them out of `ps`)")
     parser.add_argument("--insecure-no-auth", action="store_true",
                         help="allow a non-loopback --host or --share without a login (trusted networks only)")
-    parser.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload")
-    parser.add_argument("--max-duration", type=float, default=600.0,
+    parser.add_argument("--max-upload-mb", type=positive, default=200.0, help="largest accepted upload")
+    parser.add_argument("--max-duration", type=positive, default=600.0,
                         help="longest video one answer takes, seconds (longer ones go in Chapters)")
-    parser.add_argument("--max-chapters-duration", type=float, default=4 * 3600.0, metavar="SECONDS",
+    parser.add_argument("--max-chapters-duration", type=positive, default=4 * 3600.0, metavar="SECONDS",
                         help="longest video a Chapters run takes (default 4 h)")
     parser.add_argument("--allow-dir", action=ListFlag, default=[], metavar="DIR",
                         help="folders whose files may be named by path or file:// URL (a,b or a b; repeatable)")
@@ -138,7 +149,7 @@ def _add_ui(sub) -> None:
     parser.add_argument("--votes", default="vlm_app_votes.jsonl", help="JSONL log of blind-comparison votes")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--memory-budget-gb", type=float, default=None,
+    parser.add_argument("--memory-budget-gb", type=positive, default=None,
                         help="unload least recently used models beyond this (default: 90%% of GPU / half of RAM)")
     _add_memory_options(parser)
     parser.set_defaults(handler=_run_ui)
@@ -165,13 +176,16 @@ def _add_serve(sub) -> None:
     parser.add_argument("--allow-host", action=ListFlag, default=[], metavar="HOST",
                         help="hosts clients may name in media URLs even if loopback or private (a,b or a b; "
                              "repeatable)")
-    parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest accepted request body")
-    parser.add_argument("--max-media-mb", type=float, default=512.0, help="largest video or image a client may name")
-    parser.add_argument("--body-timeout", type=float, default=10.0, help="seconds a request body may take to arrive")
+    parser.add_argument("--max-body-mb", type=positive, default=16.0, help="largest accepted request body")
+    parser.add_argument("--max-media-mb", type=positive, default=512.0, help="largest video or image a client may name")
+    parser.add_argument("--body-timeout", type=positive, default=10.0, help="seconds a request body may take to arrive")
     parser.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the model (then 429)")
+    parser.add_argument("--keepalive", type=positive, default=15.0, metavar="SECONDS",
+                        help="a stream with nothing new for this long gets an SSE comment line, so proxies keep it "
+                             "open and a client that left is noticed (default 15)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--memory-budget-gb", type=float, default=None,
+    parser.add_argument("--memory-budget-gb", type=positive, default=None,
                         help="unload least recently used models beyond this (default: 90%% of GPU / half of RAM)")
     _add_memory_options(parser)
     parser.set_defaults(handler=_run_serve)

@@ -27,7 +27,8 @@ def run_serve_command(args) -> int:
                                        max_file_bytes=int(args.max_media_mb * MIB))
     config = ServerConfig(models=list(dict.fromkeys(args.models)), api_key=args.api_key, limits=limits,
                           max_body_bytes=int(args.max_body_mb * MIB), body_seconds=args.body_timeout,
-                          max_queue=args.max_queue, load_options={"device": args.device, "dtype": args.dtype},
+                          max_queue=args.max_queue, keepalive_seconds=args.keepalive,
+                          load_options={"device": args.device, "dtype": args.dtype},
                           memory_budget_bytes=None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30),
                           **memory_options(args))
     # hand the GIL from the generating thread to the event loop within 1 ms (default 5 ms), so each streamed

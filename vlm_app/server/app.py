@@ -51,6 +51,7 @@ class ServerConfig:
     memory_budget_bytes: int | None = None
     max_memory: int | str | None = None  # every request's memory limit (`service.Request`); clients cannot change it
     fit: bool = True
+    keepalive_seconds: float = 15.0    # a quiet stream sends an SSE comment this often
 
 
 class Jobs:
@@ -162,6 +163,7 @@ class Server:
 
         try:
             if cancel.is_set():
+                log.info("request on %s: the client left while it waited; not run", call.model)
                 raise ApiError(400, "the client disconnected while waiting for the model", None, "client_disconnected")
             adapter = self.cache.get(call.model, **self.config.load_options)
             put("done", (_chapters if call.chapters is not None else _answer)(adapter, call, cancel, put))
@@ -181,8 +183,9 @@ class Server:
                           {"max_memory": self.config.max_memory, "fit": self.config.fit})
         self.check_model(call.model)
         cancel, events = threading.Event(), asyncio.Queue()
-        # a streamed answer notices a disconnect when it writes; a whole answer needs a watcher, from the queue on
-        watcher = None if call.stream else asyncio.create_task(_cancel_on_disconnect(request, cancel))
+        # a client that leaves while its request waits, loads or reads its media cancels it; once a stream has
+        # started, its writes notice (the stream's keep-alives, while the model is quiet)
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
         try:
             await self.jobs.enter()
             threading.Thread(target=self._work, args=(call, cancel, asyncio.get_running_loop(), events),
@@ -197,8 +200,7 @@ class Server:
             while (event := await events.get())[0] == "text":
                 pass
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            watcher.cancel()
         kind, value = event
         if kind == "error":
             raise value
@@ -208,7 +210,11 @@ class Server:
         try:
             yield _sse(chunk(call_id, call.model, {"role": "assistant", "content": ""}))
             while True:
-                kind, value = await events.get()
+                try:
+                    kind, value = await asyncio.wait_for(events.get(), self.config.keepalive_seconds)
+                except asyncio.TimeoutError:  # an SSE comment, which clients skip: proxies keep the connection open
+                    yield ": keep-alive\n\n"
+                    continue
                 if kind == "text":
                     yield _sse(chunk(call_id, call.model, {"content": value}))
                     continue
