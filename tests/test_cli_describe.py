@@ -144,3 +144,31 @@ def test_api_describe_checks_the_source_before_loading(no_model_loading, tmp_pat
 
     with pytest.raises(SourceError, match="no such file"):
         describe(str(tmp_path / "missing.mp4"), model="smolvlm2-256m")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-new-tokens", "0"], "max_new_tokens must be a whole number of at least 1, got 0"),
+    (["--temperature", "-1"], "temperature must be a number of at least 0 (0: greedy), got -1.0"),
+    (["--temperature", "nan"], "temperature must be a number of at least 0 (0: greedy), got nan"),
+    (["--top-p", "0"], "top_p must be a number above 0 and at most 1, got 0.0"),
+    (["--top-p", "1.5"], "top_p must be a number above 0 and at most 1, got 1.5")])
+def test_bad_generation_options_are_refused_before_any_model_loads(no_model_loading, example_clip, flags, message,
+                                                                   capsys):
+    assert main(["describe", str(example_clip), "--model", "smolvlm2-256m", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_answer_budget_over_the_context_is_refused(tiny_checkpoints, example_clip, capsys):
+    assert main(["describe", str(example_clip), "--model", str(tiny_checkpoints["smolvlm2"]), "--device", "cpu",
+                 "--max-new-tokens", "100000000"]) == 2
+    assert "an answer of 100000000 tokens leaves no room in the model's 8192-token context" in capsys.readouterr().err
+
+
+def test_api_checks_generation_options_before_loading(no_model_loading, example_clip):
+    from vlm_app import describe, describe_chapters
+    from vlm_app.errors import OptionsError
+
+    with pytest.raises(OptionsError, match="top_p must be"):
+        describe(str(example_clip), model="smolvlm2-256m", generation={"top_p": True})
+    with pytest.raises(OptionsError, match="stop must be a string or a list of strings"):
+        describe_chapters(str(example_clip), model="smolvlm2-256m", generation={"stop": [3]})

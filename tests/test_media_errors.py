@@ -41,6 +41,17 @@ def test_missing_file(tmp_path, capsys):
     assert_cli_error(capsys, [str(tmp_path / "nope.mp4")], "no such file")
 
 
+def test_a_pipe_or_a_device_is_refused_before_it_is_opened(tmp_path, capsys):
+    import os
+
+    pipe = tmp_path / "clip.mp4"
+    os.mkfifo(pipe)  # opening it to read would wait for a writer forever
+    for path in (pipe, "/dev/zero"):
+        with pytest.raises(SourceError, match="is not a regular file"):
+            load_video(path)
+        assert_cli_error(capsys, [str(path)], "is not a regular file (a pipe, socket or device)")
+
+
 def test_unsupported_url_scheme(capsys):
     with pytest.raises(SourceError, match="unsupported URL scheme 'ftp'"):
         load_video("ftp://example.com/clip.mp4")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from vlm_app.adapters.registry import DEFAULT_MODEL
 from vlm_app.describer import DEFAULT_PROMPT, check_source, collection_sources, describe_folder
-from vlm_app.service import execute, one_turn
+from vlm_app.service import check_generation, execute, one_turn
 
 
 def load(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", attn: str = "auto",
@@ -40,6 +40,7 @@ def describe(source, model=DEFAULT_MODEL, prompt: str = DEFAULT_PROMPT, out: str
     is_folder = collection_sources(source) is not None
     if not is_folder:
         check_source(source)  # before a model is loaded for nothing
+    check_generation(generation or {})
     adapter = CACHE.get(model) if isinstance(model, str) else model
     memory = {"max_memory": max_memory, "fit": fit}
     if is_folder:
@@ -59,6 +60,7 @@ def describe_chapters(source, model=DEFAULT_MODEL, prompt: str | None = None, se
     from vlm_app.runtime import CACHE
 
     check_source(source)
+    check_generation(generation or {})
     adapter = CACHE.get(model) if isinstance(model, str) else model
     return describe_in_chapters(adapter, source, prompt or CHAPTER_PROMPT, sampling, generation,
                                 seconds=segment_seconds, overlap=overlap, limits=limits, progress=progress,

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.grounding import draw_boxes, parse_grounding
 from vlm_app.results import JsonlResults, segments_path
-from vlm_app.service import IMAGE_SUFFIXES, MemoryGuard, compare, execute, is_image, one_turn
+from vlm_app.service import IMAGE_SUFFIXES, MemoryGuard, check_generation, compare, execute, is_image, one_turn
 
 DEFAULT_PROMPT = "Describe this video."
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
@@ -215,6 +215,7 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
     from vlm_app.runtime import load_adapter
 
     source = args.source
+    check_generation(generation)  # before a model is loaded for nothing
     is_folder = collection_sources(source) is not None
     chapters = _chapter_options(args, is_folder)
     prompt = _chapters_prompt(args) if chapters is not None else resolve_prompt(args.prompt, args.template)

@@ -15,6 +15,7 @@ the failed step held, so the record gets the error and the next request runs nor
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
-from vlm_app.errors import OptionsError, OutOfMemory, VlmAppError
+from vlm_app.errors import LimitError, OptionsError, OutOfMemory, VlmAppError
 from vlm_app.grounding import parse_grounding
 from vlm_app.memory import Fit, MemoryEstimate, RequestShape, format_bytes, parse_max_memory, resolve_limit
 from vlm_app.messages import conversation, media_items, normalize
@@ -67,9 +68,7 @@ class Request:
 
     def __post_init__(self):
         self.messages = normalize(self.messages)
-        unknown = sorted(set(self.generation) - set(GENERATION_KEYS))
-        if unknown:
-            raise OptionsError(f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(GENERATION_KEYS)}")
+        check_generation(self.generation)
         self.max_memory = parse_max_memory(self.max_memory)
 
     @property
@@ -103,6 +102,36 @@ class Request:
         if first is None or first["role"] != "system":
             return None
         return "\n".join(item["text"] for item in first["content"] if item["type"] == "text")
+
+
+def check_generation(generation: dict) -> None:
+    """Refuse generation options a model would misread or silently ignore (every front door passes here)."""
+    unknown = sorted(set(generation) - set(GENERATION_KEYS))
+    if unknown:
+        raise OptionsError(f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(GENERATION_KEYS)}")
+    for key, value in generation.items():
+        valid, wanted = GENERATION_CHECKS[key]
+        if value is not None and not valid(value):
+            raise OptionsError(f"{key} must be {wanted}, got {value!r}")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+GENERATION_CHECKS = {  # (valid, what a valid value is)
+    "max_new_tokens": (lambda value: _whole(value) and value >= 1, "a whole number of at least 1"),
+    "temperature": (lambda value: _real(value) and 0 <= value < math.inf, "a number of at least 0 (0: greedy)"),
+    "top_p": (lambda value: _real(value) and 0 < value <= 1, "a number above 0 and at most 1"),
+    "seed": (_whole, "a whole number"),
+    "do_sample": (lambda value: isinstance(value, bool), "true or false"),
+    "stop": (lambda value: isinstance(value, str) or isinstance(value, (list, tuple))
+             and all(isinstance(text, str) for text in value), "a string or a list of strings"),
+}
 
 
 def is_image(source: Any) -> bool:
@@ -231,6 +260,7 @@ class Run:
         if callable(self.adapter):
             self.adapter = self.adapter()
         if self.prepared is None:
+            _check_answer_budget(self.adapter, self.request.max_new_tokens)
             fit = self._memory_fit()
             with MemoryGuard("preparing the inputs (decoding the media, the processor)", self.adapter.device):
                 self.prepared = self.adapter.prepare(self.request.messages,
@@ -401,6 +431,12 @@ def build_record(adapter, request: Request, run: Run | None = None, error: str |
         "max_memory_bytes": run.limit if run is not None else None,
         "notes": (run.notes if run is not None else []) + [note for item in media for note in item.get("notes", [])],
     }
+
+
+def _check_answer_budget(adapter, max_new_tokens: int) -> None:
+    if max_new_tokens >= adapter.context_tokens:
+        raise LimitError(f"an answer of {max_new_tokens} tokens leaves no room in the model's {adapter.context_tokens}-"
+                         "token context for the prompt; lower max_new_tokens (--max-new-tokens)")
 
 
 def stats(record: dict) -> dict:

@@ -91,6 +91,8 @@ def _checked_local(path: str, limits: Limits) -> str:
         raise SourceError(f"no such file: {path}; check the path")
     if file.is_dir():
         raise SourceError(f"{path} is a directory; give a video or image file")
+    if not file.is_file():  # a pipe or a device would block a reader, or never end
+        raise SourceError(f"{path} is not a regular file (a pipe, socket or device); save the video to a file first")
     size = file.stat().st_size
     if size == 0:
         raise DecodeError(f"{path} is empty (0 bytes); re-export or re-download it")
