@@ -84,6 +84,13 @@ def tiny_deepseek_dirs(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def deepseek_adapter(tiny_deepseek_dirs):
+    from vlm_app import load
+
+    return load(str(tiny_deepseek_dirs["tiny"]), device="cpu")
+
+
+@pytest.fixture(scope="session")
 def deepseek_long_video(tmp_path_factory) -> Path:
     """60 s at 4 fps, 64x48: long enough that the context budget, not the 1 fps policy, decides the frames."""
     spec = VideoSpec("deepseek_60s", fps=Fraction(4), num_frames=240, width=64, height=48)

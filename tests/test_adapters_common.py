@@ -114,7 +114,9 @@ def test_multi_turn_with_system_prompt(adapter, example_clip):
     ([{"role": "robot", "content": "hi"}], "unknown role"),
     ([{"role": "user", "content": "hi"}, {"role": "system", "content": "late"}], "system prompt must be the first"),
     ([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}], "unknown content type"),
-    ([{"role": "user", "content": [{"type": "video", "video": "x.mp4", "fps": "fast"}]}], "must be a number"),
+    ([{"role": "user", "content": [{"type": "video", "video": "x.mp4", "fps": "fast"}]}], "must be a finite number"),
+    ([{"role": "user", "content": [{"type": "video", "video": "x.mp4", "fps": float("inf")}]}],
+     "must be a finite number"),
 ])
 def test_bad_messages_are_options_errors(qwen_adapter, messages, message):
     with pytest.raises(OptionsError, match=message):
@@ -128,3 +130,19 @@ def test_every_load_video_option_is_accepted_per_item(qwen_adapter, example_clip
     assert prepared.media[0].frames_indices == load_video(str(example_clip), nframes=4).frames_indices
     with pytest.raises(OptionsError, match="resize must be one of"):
         qwen_adapter.prepare(video_messages(str(example_clip), resize="lanczos"))
+
+
+def test_a_list_of_frames_is_a_video_for_every_family(adapter, deepseek_adapter, tmp_path):
+    """The checkpoint's own frame caps (SmolVLM2's max_frames, DeepSeek-VL2's context budget) are for sampling a
+    file; a list is already sampled, so only a frame option the caller gives is refused."""
+    from PIL import Image
+
+    frames = []
+    for number in range(3):
+        frames.append(tmp_path / f"frame{number}.png")
+        Image.new("RGB", (64, 48), (80 * number, 30, 30)).save(frames[-1])
+    for model in (adapter, deepseek_adapter):
+        prepared = model.prepare(video_messages([str(frame) for frame in frames]))
+        assert prepared.media[0].frames_indices[:3] == [0, 1, 2] and prepared.num_tokens.visual > 0
+        with pytest.raises(OptionsError, match="max_frames do not apply to a list of frames"):
+            model.prepare(video_messages([str(frame) for frame in frames], max_frames=2))

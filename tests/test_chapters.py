@@ -431,3 +431,15 @@ def test_a_system_prompt_goes_to_every_segment_and_the_summary(clip, smol, monke
              for told_segment, plain_segment in zip(told["segments"], plain["segments"])}
     assert len(grown) == 1 and grown.pop() > 0  # each segment's prompt carries it, the same tokens each
     assert told["segments"][0]["key"] != plain["segments"][0]["key"]  # a resumed run does not mix the two
+
+
+@pytest.mark.parametrize("seconds, overlap, message", [(float("nan"), 0.0, "segment length must be at least 1"),
+                                                       ("60", 0.0, "segment length must be at least 1"),
+                                                       (None, float("nan"), "overlap must be a number of seconds"),
+                                                       (None, -1.0, "overlap must be a number of seconds")])
+def test_segment_options_that_are_not_numbers_are_refused(clip, smol, seconds, overlap, message):
+    from vlm_app import describe_chapters, load
+    from vlm_app.errors import OptionsError
+
+    with pytest.raises(OptionsError, match=message):
+        describe_chapters(clip, model=load(smol, device="cpu"), segment_seconds=seconds, overlap=overlap)

@@ -172,3 +172,15 @@ def test_api_checks_generation_options_before_loading(no_model_loading, example_
         describe(str(example_clip), model="smolvlm2-256m", generation={"top_p": True})
     with pytest.raises(OptionsError, match="stop must be a string or a list of strings"):
         describe_chapters(str(example_clip), model="smolvlm2-256m", generation={"stop": [3]})
+
+
+@pytest.mark.parametrize("source, message", [
+    (None, "cannot read a video from a value of type NoneType"), (123, "cannot read a video from a value of type int"),
+    (b"clip.mp4", "cannot read a video from a value of type bytes"), ("", "the video source is empty"),
+    ("  ", "the video source is empty")])
+def test_api_refuses_what_is_no_source_before_loading(no_model_loading, source, message):
+    from vlm_app import describe
+    from vlm_app.errors import SourceError
+
+    with pytest.raises(SourceError, match=message):
+        describe(source, model="smolvlm2-256m")

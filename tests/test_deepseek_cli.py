@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from vlm_app import describe, load
+from vlm_app import describe
 from vlm_app.cli import main
 from vlm_app.messages import conversation
 
@@ -18,11 +18,6 @@ PROMPT = "Describe this video."
 @pytest.fixture(scope="module")
 def deepseek_dir(tiny_deepseek_dirs) -> str:
     return str(tiny_deepseek_dirs["tiny"])
-
-
-@pytest.fixture(scope="module")
-def deepseek_adapter(deepseek_dir):
-    return load(deepseek_dir, device="cpu")
 
 
 def _frames_for(adapter, video, max_new_tokens: int) -> int:

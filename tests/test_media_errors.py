@@ -69,6 +69,8 @@ def test_unsupported_url_scheme(capsys):
     (["--start", "1.0", "--end", "1.01"], {"video_start": 1.0, "video_end": 1.01}, "at least two frames"),
     (["--nframes", "100"], {"nframes": 100}, "the clip has 48 frames"),
     (["--fps", "-2"], {"fps": -2}, "fps must be positive"),
+    (["--fps", "inf"], {"fps": float("inf")}, "fps must be a finite number, got inf"),
+    (["--end", "nan"], {"video_end": float("nan")}, "video_end must be a finite number, got nan"),
 ])
 def test_contradictory_or_out_of_range_options(media_videos, capsys, argv, options, message):
     path = media_videos["h264_24fps_2s"]
@@ -76,6 +78,12 @@ def test_contradictory_or_out_of_range_options(media_videos, capsys, argv, optio
         load_video(path, **options)
     assert message in str(caught.value)
     assert_cli_error(capsys, [str(path), *argv], message)
+
+
+@pytest.mark.parametrize("options", [{"fps": "2"}, {"nframes": True}, {"max_pixels": [50000]}])
+def test_options_that_are_not_numbers(media_videos, options):
+    with pytest.raises(OptionsError, match="must be a finite number"):
+        load_video(media_videos["h264_24fps_2s"], **options)
 
 
 def test_unknown_option_and_backend(media_videos):

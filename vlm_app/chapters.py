@@ -39,6 +39,7 @@ from typing import Callable
 
 from vlm_app.errors import LimitError, OptionsError, VlmAppError
 from vlm_app.media.limits import DEFAULT_LIMITS
+from vlm_app.media.options import is_number
 from vlm_app.messages import conversation
 from vlm_app.service import (DEFAULT_MAX_NEW_TOKENS, Request, build_record, execute, is_image, memory_fit,
                              model_memory)
@@ -255,7 +256,7 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
 
     sampling, generation, done = dict(sampling or {}), dict(generation or {}), done or {}
     cancel = cancel or threading.Event()
-    _check_request(source, sampling, seconds)
+    _check_request(source, sampling, seconds, overlap)
     if seconds is None:
         sizing = segment_messages(prompt, Segment(0, 0, 0, 0), 0, str(source), system)
         seconds = segment_seconds(adapter, adapter.video_options(sizing, sampling,
@@ -304,15 +305,17 @@ def _describe_segment(adapter, plan: _Plan, segment: Segment, video, cancel: thr
     return {**_segment_record(record, segment, plan.key(segment)), "notes": notes, "media_s": video.decode_seconds}
 
 
-def _check_request(source, sampling: dict, seconds: float | None) -> None:
+def _check_request(source, sampling: dict, seconds: float | None, overlap: float) -> None:
     if is_image(source) or isinstance(source, (list, tuple)):
         raise OptionsError("chapters split a video in time; give a video file or URL, not an image or frame list")
     given = [name for name in ("video_start", "video_end") if sampling.get(name) is not None]
     if given:
         raise OptionsError(f"chapters cover the whole video, segment by segment; drop {', '.join(given)} "
                            "(--start/--end), or cut the video first")
-    if seconds is not None and not seconds >= 1:
-        raise OptionsError(f"the segment length must be at least 1 second, got {seconds}")
+    if seconds is not None and not (is_number(seconds) and seconds >= 1):
+        raise OptionsError(f"the segment length must be at least 1 second, got {seconds!r}")
+    if not (is_number(overlap) and overlap >= 0):
+        raise OptionsError(f"the overlap must be a number of seconds >= 0, got {overlap!r}")
 
 
 def _segment_record(record: dict, segment: Segment, key: str) -> dict:

@@ -52,14 +52,19 @@ def resolve_prompt(prompt: str | None = None, template: str | None = None) -> st
 
 def check_source(source: Any) -> None:
     """Fail in milliseconds, before any model loads, on a source that cannot work: a missing, empty or
-    oversized local file, an unsupported URL scheme. http(s) and data: sources are left to the media pipeline
-    (checking them here would mean fetching them twice)."""
-    from vlm_app.media import DEFAULT_LIMITS
+    oversized local file, an unsupported URL scheme, something that is no source at all. http(s) and data: sources
+    are left to the media pipeline (checking them here would mean fetching them twice), and so are media already in
+    memory (frames, an image, a sampled video)."""
+    from PIL import Image
+
+    from vlm_app.media import DEFAULT_LIMITS, SampledVideo
     from vlm_app.media.sources import local_file
 
-    if not isinstance(source, (str, os.PathLike)) or urlparse(os.fspath(source)).scheme in ("http", "https", "data"):
+    if isinstance(source, (list, tuple, Image.Image, SampledVideo)):
         return
-    with local_file(source, DEFAULT_LIMITS):
+    if isinstance(source, (str, os.PathLike)) and urlparse(os.fspath(source)).scheme in ("http", "https", "data"):
+        return
+    with local_file(source, DEFAULT_LIMITS):  # which names what is wrong with any other source
         pass
 
 
@@ -71,7 +76,7 @@ def find_videos(folder: str | Path) -> list[Path]:
 def collection_sources(source: Any) -> list[str] | None:
     """The videos a folder (recursive) or a list file (one path or URL per line; blank lines and # comments
     skipped) names, for every engine; None when `source` is a single video or image."""
-    if not isinstance(source, (str, Path)):
+    if not isinstance(source, (str, Path)) or not str(source).strip():  # "" is no folder (Path("") is ".")
         return None
     path = Path(source)
     if path.is_dir():

@@ -367,6 +367,7 @@ class Adapter:
         """Sample every image/video item with this family's policy (`video_options`); already sampled items pass
         through unchanged."""
         from vlm_app.media import SampledImage, SampledVideo, load_image, load_video
+        from vlm_app.media.video import FRAME_LIST_IGNORED
 
         shown = []
         for item in media_items(messages):
@@ -375,6 +376,10 @@ class Adapter:
                 shown.append(source)
             elif item["type"] == "video":
                 options = self.video_options(messages, sampling_overrides, media_options(item), max_new_tokens)
+                if isinstance(source, (list, tuple)):  # already sampled: the model's own frame caps do not apply
+                    asked = {**sampling_overrides, **media_options(item)}
+                    options = {key: value for key, value in options.items()
+                               if key in asked or key not in FRAME_LIST_IGNORED}
                 shown.append(load_video(source, policy=self.policy, limits=limits, fit=fit, **options))
             else:
                 shown.append(load_image(source, policy=self.policy, limits=limits,

@@ -31,7 +31,7 @@ from vlm_app.media.decode import (Deadline, TimestampsUnfit, VideoMetadata, deco
                                   probe, resolve_backend)
 from vlm_app.media.image import open_rgb_image
 from vlm_app.media.limits import DEFAULT_LIMITS, Limits
-from vlm_app.media.options import RESIZE_KERNELS, RESIZE_OPTIONS, VIDEO_OPTIONS
+from vlm_app.media.options import RESIZE_KERNELS, RESIZE_OPTIONS, TEXT_OPTIONS, VIDEO_OPTIONS, is_number
 from vlm_app.media.policies import SamplingPolicy, get_policy, policy_notes
 from vlm_app.media.sources import is_local, local_file
 
@@ -186,6 +186,10 @@ def check_options(options: dict, policy: SamplingPolicy) -> None:
         raise OptionsError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(VIDEO_OPTIONS)}")
     if options.get("fps") is not None and options.get("nframes") is not None:
         raise OptionsError("give either fps or nframes, not both")
+    for name in set(VIDEO_OPTIONS) - set(TEXT_OPTIONS):
+        value = options.get(name)
+        if value is not None and not is_number(value):
+            raise OptionsError(f"{name} must be a finite number, got {value!r}")
     for name in ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
                  "resized_height", "resized_width"):
         if options.get(name) is not None and not options[name] > 0:
