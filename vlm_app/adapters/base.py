@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Iterator
 import torch
 
 from vlm_app import memory
+from vlm_app.errors import LimitError
 from vlm_app.memory import FitRules, MemoryEstimate, ModelDims, RequestShape
 from vlm_app.messages import media_items, media_options, normalize
 from vlm_app.runtime import ModelInfo, load_adapter, model_bytes, reading_checkpoint
@@ -331,11 +332,20 @@ class Adapter:
         inputs, visual_map, prompt = self.build_inputs(messages, media, max_new_tokens)
         done = time.perf_counter()
         length = inputs["input_ids"].shape[1]
+        self.check_context(length, max_new_tokens or 0)
         return Prepared(inputs=self._to_device(inputs), visual_map=visual_map,
                         num_tokens=TokenCounts(text=length - len(visual_map), visual=len(visual_map)),
                         media=media, prompt=prompt,
                         timings={"media_s": media_done - started, "processor_s": done - media_done,
                                  "preprocess_s": done - started})
+
+    def check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """LimitError when the prompt and the answer budget overflow the context: the model would run past the
+        positions it knows, and a prompt that long (a client's megabytes of text) takes the CPU for minutes."""
+        if prompt_tokens + max_new_tokens > self.context_tokens:
+            raise LimitError(f"the prompt takes {prompt_tokens} tokens and the answer {max_new_tokens}, over the "
+                             f"{self.context_tokens}-token context; use a shorter text, fewer frames (nframes/fps), "
+                             "fewer or smaller images, or a smaller max_new_tokens")
 
     def build_inputs(self, messages: list[dict], media: list,
                      max_new_tokens: int | None) -> tuple[dict, VisualMap, str]:

@@ -83,10 +83,7 @@ class DeepseekVL2Adapter(Adapter):
         conversation, images, owners = self._conversation(messages, media)
         batch = self.processor(conversations=conversation, images=images, force_batchify=True)
         length = batch.input_ids.shape[1]
-        if length + max_new_tokens > self.context_tokens:
-            raise LimitError(f"the prompt takes {length} tokens and the answer {max_new_tokens}, over the "
-                             f"{self.context_tokens}-token context; use fewer frames (nframes/fps), fewer images, "
-                             "or a smaller max_new_tokens")
+        self.check_context(length, max_new_tokens)
         inputs = {name: batch[name] for name in
                   ("input_ids", "attention_mask", "images", "images_seq_mask", "images_spatial_crop")}
         return inputs, self._visual_map(batch, media, owners), batch.sft_format[0]
