@@ -64,5 +64,9 @@ def load_image(source, policy: str | SamplingPolicy = "qwen2_5_vl", *, limits: L
         else:
             height, width = sampling.smart_resize(image.height, image.width, policy.factor,
                                                   options.get("min_pixels"), options.get("max_pixels"))
+        bound = sampling.IMAGE_MAX_TOKENS * policy.factor**2
+        if height * width > bound:  # refused before the resize allocates it (a client's min_pixels of 1e9)
+            raise LimitError(f"{label} would be resized to {width}x{height}, over the {bound}-pixel bound of one "
+                             f"image ({sampling.IMAGE_MAX_TOKENS} visual tokens); lower min_pixels or max_pixels")
         image = image.resize((width, height), Image.Resampling.BICUBIC)
     return SampledImage(image=image, source=label, original_size=original_size)
