@@ -34,16 +34,27 @@ def _item_type(item: dict) -> str:
     raise OptionsError(f"content item {item!r} has no type; use {{'type': 'text'|'image'|'video', ...}}")
 
 
+def _unicode(text: str, where: str, errors: str = "strict") -> str:
+    """`text` if it is valid Unicode: JSON's "\\ud800" (a lone surrogate) decodes to a str that no tokenizer or
+    file system takes. Sources pass errors="surrogateescape": a local file name's undecodable bytes are fine."""
+    try:
+        text.encode("utf-8", errors)
+    except UnicodeEncodeError as error:
+        raise OptionsError(f"{where}: {text[error.start]!r} is half of a surrogate pair, not a character; send "
+                           "valid UTF-8") from None
+    return text
+
+
 def _normalize_item(item: Any, where: str) -> dict:
     if isinstance(item, str):
-        return {"type": "text", "text": item}
+        return {"type": "text", "text": _unicode(item, where)}
     if not isinstance(item, dict):
         raise OptionsError(f"{where}: a content item must be a dict or a string, got {type(item).__name__}")
     kind = _item_type(item)
     if kind == "text":
         if not isinstance(item.get("text"), str):
             raise OptionsError(f"{where}: a text item needs a string under 'text'")
-        return {"type": "text", "text": item["text"]}
+        return {"type": "text", "text": _unicode(item["text"], where)}
     if kind not in ("image", "video"):
         raise OptionsError(f"{where}: unknown content type {kind!r}; use text, image or video")
     source = item.get(kind, item.get("image_url") if kind == "image" else None)
@@ -51,6 +62,8 @@ def _normalize_item(item: Any, where: str) -> dict:
         source = source["url"]
     if source is None:
         raise OptionsError(f"{where}: a {kind} item needs its source under {kind!r}")
+    if isinstance(source, str):
+        _unicode(source, where, "surrogateescape")
     allowed = VIDEO_OPTIONS if kind == "video" else IMAGE_OPTIONS
     options = {key: value for key, value in item.items() if key not in ("type", kind, "image_url")}
     unknown = sorted(set(options) - set(allowed))

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import unquote, urljoin, urlparse, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlparse, urlsplit
 
 import httpcore
 
@@ -33,6 +33,7 @@ from vlm_app.media.limits import Limits
 
 URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 REDIRECTS = (301, 302, 303, 307, 308)
+URL_SAFE = "!#$%&'()*+,/:;=?@[]~"  # RFC 3986's reserved and sub-delimiter characters, and "%" of an escape
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # legacy IPv4 spellings (2130706433, 0x7f.1, 0177.0.0.1, 127.1) that the C resolver accepts
@@ -91,6 +92,8 @@ def allowed_path(path: str, limits: Limits) -> Path:
 
 
 def _checked_local(path: str, limits: Limits) -> str:
+    if "\0" in path:  # file://clip.mp4%00.txt: no file name holds one, and the OS calls raise on it
+        raise SourceError(f"{path!r} holds a NUL byte, which no file name has; check the path")
     file = allowed_path(path, limits)
     if not file.exists():
         raise SourceError(f"no such file: {path}; check the path")
@@ -182,7 +185,9 @@ def _vet(url: str, limits: Limits) -> _Target:
                                   f"of this app may not reach; if {host} is meant to be reachable, start the app "
                                   f"with --allow-host {host}")
     netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # non-ASCII in the path or query goes percent-encoded (as browsers send it); what is already encoded stays
+    target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=URL_SAFE,
+                   errors="surrogateescape")
     return _Target(url, scheme, host, port, netloc, target, addresses)
 
 

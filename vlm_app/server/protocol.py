@@ -49,7 +49,9 @@ class ApiError(VlmAppError):
         self.headers = headers
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        # a message may quote a client's source with a lone surrogate ("\\udcff"), which UTF-8 cannot encode
+        message = self.message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return {"error": {"message": message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 def bad(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
