@@ -130,6 +130,33 @@ def chapter_cases(api_server, redirector: int) -> list[tuple[str, dict, int, str
     ]
 
 
+def decoding_cases(api_server, redirector: int) -> list[tuple[str, dict, int, str]]:
+    """Requests past what the model or the media pipeline takes, and strings Python decodes but no tokenizer, file
+    system or URL does: (name, httpx.request keywords, expected status, what the error message says)."""
+    allowed = api_server.allowed
+    post = {"method": "POST", "url": "/chat/completions", "headers": AUTH}
+
+    def raw(text: str) -> dict:  # json.dumps writes a lone surrogate as an escape (\\ud800): valid JSON
+        return {**post, "content": text.encode(), "headers": {**AUTH, "Content-Type": "application/json"}}
+
+    image = [{"type": "image_url", "image_url": {"url": f"file://{allowed / 'image.png'}"}}]
+    long_text = [{"type": "text", "text": "hello world " * 2000}]  # about 16,000 tokens; SmolVLM2's context is 8192
+    return [
+        ("text over the model's context", {**post, "json": chat(api_server, long_text)}, 400, "-token context"),
+        ("image upscaled past one image's bound", {**post, "json": {
+            **chat(api_server, image), "model": api_server.models[1],
+            "media_io_kwargs": {"image": {"min_pixels": 2e7, "max_pixels": 2e7}}}}, 400, "bound of one image"),
+        ("lone surrogate in the text", raw(json.dumps(chat(api_server, [{"type": "text", "text": "hi \ud800"}]))), 400,
+         "half of a surrogate pair"),
+        ("lone surrogate in a file:// url", raw(json.dumps(chat(api_server, video(f"file://{allowed}/\udcff.mp4")))),
+         400, "no such file"),
+        ("NUL byte in a file:// url", {**post, "json": chat(api_server, video(f"file://{allowed}/clip.mp4%00.txt"))},
+         400, "NUL byte"),
+        ("non-ASCII path in an http url", {**post, "json": chat(api_server, video(
+            f"http://localhost:{redirector}/cl\u00efp.mp4"))}, 400, "answered HTTP 404"),
+    ]
+
+
 LOOPBACK_SPELLINGS = ["127.0.0.1", "127.0.0.2", "127.1", "2130706433", "0x7f000001", "0177.0.0.1", "[::1]",
                       "[::ffff:127.0.0.1]", "0.0.0.0", "[::]", "127.000.000.001"]
 PRIVATE_ADDRESSES = ["10.0.0.1", "192.168.1.1", "172.16.0.1", "169.254.169.254", "100.64.0.1", "[fd00::1]",
@@ -220,7 +247,8 @@ def corpus(api_server, redirector: int) -> list[tuple[str, dict, int]]:
                400) for host in LOOPBACK_SPELLINGS]
     cases += [(f"video_url at private {host}", body(chat(api_server, video(f"http://{host}/clip.mp4"))), 400)
               for host in PRIVATE_ADDRESSES]
-    cases += [(name, request, status) for name, request, status, _ in chapter_cases(api_server, redirector)]
+    cases += [(name, request, status) for name, request, status, _ in chapter_cases(api_server, redirector)
+              + decoding_cases(api_server, redirector)]
     return cases
 
 
@@ -261,6 +289,14 @@ def test_hostile_chapter_options_get_their_own_errors(api_server, redirector):
             assert says in error["message"], (name, error)
         response = http.post("/chat/completions", headers=AUTH, json=chapters(api_server))
     assert response.status_code == 200 and len(response.json()["vlm_app"]["chapters"]) == 4
+
+
+def test_requests_no_model_or_file_system_takes_get_their_own_errors(api_server, redirector):
+    with httpx.Client(base_url=api_server.url, timeout=CASE_DEADLINE_S) as http:
+        for name, request, status, says in decoding_cases(api_server, redirector):
+            error = assert_refused(http, name, request, status)
+            assert says in error["message"], (name, error)
+        still_serving(http, api_server)
 
 
 def test_a_slowly_sent_body_is_cut_off(api_server):
