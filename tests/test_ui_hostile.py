@@ -27,10 +27,12 @@ def chat_cases(models: list[str]) -> list[tuple[str, tuple, str]]:
         ("history with a system turn", ([{"role": "system", "content": "x"}], models[0], {}), "history must be a list"),
         ("contradicting video options", ([], models[0], {"video_start": 5, "video_end": 1}), "video_start"),
         ("options not an object", ([], models[0], ["max_new_tokens", 4]), "options must be an object"),
+        ("answer budget negative", ([], models[0], {"max_new_tokens": -5}), "max_new_tokens must be between 1"),
+        ("seed over 64 bits", ([], models[0], {"seed": 2**80}), "seed must be between"),
     ]
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(10))
 def test_hostile_chat_calls_get_a_specific_refusal(ui_client, ui_server, ui_clip, case):
     name, arguments, words = chat_cases(ui_server.models)[case]
     started = time.monotonic()
