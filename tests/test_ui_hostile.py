@@ -27,8 +27,8 @@ def chat_cases(models: list[str]) -> list[tuple[str, tuple, str]]:
         ("history with a system turn", ([{"role": "system", "content": "x"}], models[0], {}), "history must be a list"),
         ("contradicting video options", ([], models[0], {"video_start": 5, "video_end": 1}), "video_start"),
         ("options not an object", ([], models[0], ["max_new_tokens", 4]), "options must be an object"),
-        ("answer budget negative", ([], models[0], {"max_new_tokens": -5}), "max_new_tokens must be between 1"),
-        ("seed over 64 bits", ([], models[0], {"seed": 2**80}), "seed must be between"),
+        ("answer budget negative", ([], models[0], {"max_new_tokens": -5}), "max_new_tokens must be a whole number of at least 1"),
+        ("seed over 64 bits", ([], models[0], {"seed": 2**80}), "seed must be a whole number within 64 bits"),
     ]
 
 

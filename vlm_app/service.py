@@ -127,7 +127,7 @@ GENERATION_CHECKS = {  # (valid, what a valid value is)
     "max_new_tokens": (lambda value: _whole(value) and value >= 1, "a whole number of at least 1"),
     "temperature": (lambda value: _real(value) and 0 <= value < math.inf, "a number of at least 0 (0: greedy)"),
     "top_p": (lambda value: _real(value) and 0 < value <= 1, "a number above 0 and at most 1"),
-    "seed": (_whole, "a whole number"),
+    "seed": (lambda value: _whole(value) and -2**63 <= value < 2**63, "a whole number within 64 bits"),
     "do_sample": (lambda value: isinstance(value, bool), "true or false"),
     "stop": (lambda value: isinstance(value, str) or isinstance(value, (list, tuple))
              and all(isinstance(text, str) for text in value), "a string or a list of strings"),
