@@ -52,6 +52,13 @@ def test_a_pipe_or_a_device_is_refused_before_it_is_opened(tmp_path, capsys):
         assert_cli_error(capsys, [str(path)], "is not a regular file (a pipe, socket or device)")
 
 
+def test_a_file_url_without_its_path_says_how_to_write_one(capsys):
+    for url in ("file://clip.mp4", "file://"):
+        with pytest.raises(SourceError, match="write it with three slashes"):
+            load_video(url)
+    assert_cli_error(capsys, ["file://clip.mp4"], "is not a file:// URL of a path")
+
+
 def test_unsupported_url_scheme(capsys):
     with pytest.raises(SourceError, match="unsupported URL scheme 'ftp'"):
         load_video("ftp://example.com/clip.mp4")

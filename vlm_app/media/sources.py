@@ -59,12 +59,20 @@ def local_file(source: str | os.PathLike, limits: Limits) -> Iterator[tuple[str,
             path.write_bytes(_data_uri_bytes(text, limits))
             yield str(path), "data: URI"
     elif scheme == "file":
-        yield _checked_local(unquote(urlparse(text).path), limits), text
+        yield _checked_local(_file_url_path(text), limits), text
     elif scheme is None:
         yield _checked_local(text, limits), text
     else:
         raise SourceError(f"unsupported URL scheme {scheme!r} in {text!r}; use a local path, file://, http(s):// "
                           "or a data: URI")
+
+
+def _file_url_path(url: str) -> str:
+    parts = urlparse(url)
+    if parts.netloc not in ("", "localhost") or not parts.path:  # file://clip.mp4 names a host "clip.mp4"
+        raise SourceError(f"{url!r} is not a file:// URL of a path; write it with three slashes and the absolute "
+                          "path, file:///home/me/clip.mp4")
+    return unquote(parts.path)
 
 
 def is_local(source: str | os.PathLike) -> bool:
