@@ -9,7 +9,8 @@ needed, by the same decode plan (`decode_frames` over the union of the segments'
 where the file's timestamps are proven, a sequential decode counting frames where they are not), with no colour
 conversion, no resize and no model. Beside it: the run's own decode time (the segments' `media_s`: probe, decode,
 RGB conversion, resize), the model's time (its requests' preprocess + prefill + decode), and the start-up any
-describe pays (a plain describe of a 2 s clip in a fresh process: imports, model load, one request).
+describe pays (a plain describe of a 2 s clip in a fresh process: imports, model load, one request of as many new
+tokens).
 
 And two lower bounds on the wall time, over the floor. The CPU bound: the run's CPU time (user + system, from
 wait4) over the machine's cores, the least wall time that much work takes here however it is scheduled. The chain
@@ -49,7 +50,7 @@ def run_chapters_benchmark(model: str | None = None, max_new_tokens: int = 16) -
         scratch = Path(scratch)
         model = model or str(build_tiny("smolvlm2", scratch / "tiny_smolvlm2"))
         print(f"bench chapters: model {model}, {max_new_tokens} new tokens, {CORES} CPUs\n{TARGETS}")
-        startup = _startup(model, scratch / "startup.mp4")
+        startup = _startup(model, scratch / "startup.mp4", max_new_tokens)
         print(f"start-up (a plain describe of a 2 s clip in a fresh process): {startup['wall']:.1f} s, "
               f"{startup['cpu']:.1f} CPU-s, peak RSS {startup['rss_mb']:.0f} MB")
         print(f"  {'clip':<6}{'segments':>9}{'frames':>8}{'wall s':>9}{'floor s':>9}{'wall/floor':>12}"
@@ -115,10 +116,11 @@ def concatenate(parts: list[Path], out: Path) -> Path:
     return out
 
 
-def _startup(model: str, clip: Path) -> dict:
+def _startup(model: str, clip: Path, max_new_tokens: int) -> dict:
     """What any describe costs before and after its video: imports, model load, one short request."""
     make_textured_clip(clip, 2, FPS, WIDTH, HEIGHT, preset="ultrafast")
-    return _child([sys.executable, "-m", "vlm_app", "describe", str(clip), "--model", model, "--device", "cpu"])
+    return _child([sys.executable, "-m", "vlm_app", "describe", str(clip), "--model", model, "--device", "cpu",
+                   "--max-new-tokens", str(max_new_tokens)])
 
 
 def _describe(clip: Path, model: str, max_new_tokens: int, out: Path) -> dict:
