@@ -52,3 +52,15 @@ def test_unknown_family_is_a_user_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["tiny", "--family", "llava", "--out", str(tmp_path)])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_the_out_folder_must_be_new_empty_or_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()
+    assert main(["tiny", "--family", "smolvlm2", "--out", str(tmp_path / "notes.txt")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert main(["tiny", "--family", "smolvlm2", "--out", str(tmp_path)]) == 2
+    assert "holds other files" in capsys.readouterr().err and (tmp_path / "notes.txt").read_text() == "mine"
+    assert main(["tiny", "--family", "smolvlm2", "--out", str(tmp_path / "empty")]) == 0
+    assert main(["tiny", "--family", "smolvlm2", "--out", str(tmp_path / "empty")]) == 0  # rewrites its own
+    assert (tmp_path / "empty" / "config.json").is_file()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlm_app.errors import VlmAppError
+from vlm_app.errors import OptionsError, VlmAppError
 
 EXIT_USER_ERROR = 2
 
@@ -331,6 +331,7 @@ def _add_tiny(sub) -> None:
 
 
 def _run_tiny(args: argparse.Namespace) -> int:
+    _check_checkpoint_folder(args.out)
     if args.from_files:
         from vlm_app.testing.real_files import build_from_files
 
@@ -340,6 +341,18 @@ def _run_tiny(args: argparse.Namespace) -> int:
 
     print(build_tiny(args.family, args.out, seed=args.seed))
     return 0
+
+
+def _check_checkpoint_folder(out: str) -> None:
+    """Where a checkpoint may be written: a new or empty folder, or an earlier checkpoint's (it is rewritten)."""
+    from pathlib import Path
+
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise OptionsError(f"--out {out} is a file; give a folder to write the checkpoint in")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "config.json").is_file():
+        raise OptionsError(f"--out {out} holds other files; give a new or empty folder (or an earlier checkpoint's, "
+                           "to rewrite it)")
 
 
 def _add_bench_adapter(benches) -> None:
