@@ -100,6 +100,22 @@ def write_truncated(path: Path, source: Path, keep_fraction: float = 0.4) -> Pat
     return path
 
 
+def write_cut_by_edit_list(path: Path, source: Path, seconds: float) -> Path:
+    """`source`'s packets shifted `seconds` earlier into an mp4, as `ffmpeg -ss S -i in.mp4 -c copy` leaves a cut: the
+    muxer writes an edit list starting at the new zero, and the packets before it stay (a decoder needs them from
+    the keyframe on) flagged to be decoded but never shown."""
+    with av.open(str(source)) as original, av.open(str(path), "w") as cut:
+        stream = original.streams.video[0]
+        shifted = cut.add_stream_from_template(stream)
+        offset = round(seconds / stream.time_base)
+        for packet in original.demux(stream):
+            if packet.dts is None:
+                continue  # the demuxer's end-of-stream marker
+            packet.pts, packet.dts, packet.stream = packet.pts - offset, packet.dts - offset, shifted
+            cut.mux(packet)
+    return path
+
+
 # decord 0.6 returns 4-channel garbage for 48-pixel-wide frames, so no clip here is 48 wide (after rotation).
 # The parity set: codecs, frame rates, odd sizes, durations from 1 s to minutes, rotation, B-frames.
 PARITY_SPECS = [

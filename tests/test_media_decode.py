@@ -3,7 +3,8 @@ wanted ones exact, times that turn out wrong, and damaged files re-planned over 
 
 import av
 import pytest
-from media_fixtures import FASTSTART_SPEC, VideoSpec, read_frame_id, write_truncated, write_video
+from media_fixtures import (FASTSTART_SPEC, VideoSpec, read_frame_id, write_cut_by_edit_list, write_truncated,
+                            write_video)
 from test_media_real_clips import real_clip
 
 from vlm_app.media import decode, get_policy, load_video
@@ -129,3 +130,17 @@ def test_a_cut_file_is_sampled_over_the_frames_that_decode(tmp_path, frame_cache
     assert all(f"{decodable} of {video.metadata.num_frames} frames decodable" in note for note in damage)
     if policy == "qwen2_5_vl":  # its sample spans the whole clip, so it had to be planned again
         assert damage and max(video.frames_indices) == decodable - 1
+
+
+@pytest.mark.parametrize("backend", ["pyav", "torchcodec"])
+@pytest.mark.parametrize("options", [{"nframes": 8}, {"video_start": 1.0, "video_end": 2.5}])
+def test_an_edit_list_cut_starts_at_its_first_shown_frame(tmp_path, frame_cache, backend, options):
+    """A clip cut without re-encoding keeps the packets before the cut (flagged discard): they are no frames of the
+    video, so its frames, duration and times start at the first frame shown, and nothing says it is damaged."""
+    whole = write_video(tmp_path / "whole.mp4", VideoSpec("whole", num_frames=96, bframes=2))
+    path = write_cut_by_edit_list(tmp_path / "cut.mp4", whole, 1.0)
+    video = load_video(path, NATIVE, backend=backend, **options)
+    assert (video.metadata.num_frames, video.metadata.duration) == (72, pytest.approx(3.0))
+    assert video.metadata.timestamps_proven and not video.notes
+    assert frame_ids(video) == [index + 24 for index in video.frames_indices]  # frame 0 is the source's frame 24
+    assert video.timestamps == pytest.approx([index / 24 for index in video.frames_indices])

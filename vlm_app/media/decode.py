@@ -169,8 +169,10 @@ def probe(path: str, label: str, limits: Limits, deadline: float | Deadline,
                 check_deadline(deadline, limits)
                 every_packet_timed = every_packet_timed and (packet.pts is not None or packet.size == 0)
                 pts = packet.pts if packet.pts is not None else packet.dts
-                if packet.size == 0 or pts is None:
-                    continue
+                if first_frame is None and packet.size:
+                    first_frame = next(iter(_decode_packet(stream, packet)), None)
+                if packet.size == 0 or pts is None or packet.is_discard:
+                    continue  # a discarded packet (before an edit list's start) is decoded, never displayed
                 frame_pts.append(pts)
                 if packet.is_keyframe:
                     keyframe_pts.add(pts)
@@ -178,8 +180,6 @@ def probe(path: str, label: str, limits: Limits, deadline: float | Deadline,
                 if len(frame_pts) > limits.max_source_frames:
                     raise LimitError(f"{label} has more than {limits.max_source_frames} frames; cut it or raise "
                                      "Limits.max_source_frames")
-                if first_frame is None:
-                    first_frame = next(iter(_decode_packet(stream, packet)), None)
         except av.FFmpegError:
             pass  # a truncated tail: keep the frames demuxed so far
         if first_frame is None:
