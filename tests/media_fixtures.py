@@ -13,6 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from vlm_app.testing import videos
 
@@ -164,6 +165,20 @@ def seek_videos(tmp_path_factory) -> dict[str, Path]:
     return {spec.name: write_video(directory / spec.filename, spec) for spec in SEEK_SPECS}
 
 
+def write_index_cut(path: Path, source: Path, keep: int = 100) -> Path:
+    """`source` (an mp4 with its index, the moov box, at the end) cut `keep` bytes into that index: an interrupted
+    download that FFmpeg opens but finds no track in."""
+    data = source.read_bytes()
+    path.write_bytes(data[: data.rindex(b"moov") - 4 + keep])
+    return path
+
+
+def write_animated_webp(path: Path, count: int = 4) -> Path:
+    images = [Image.fromarray(frame_image(index, 64, 48)) for index in range(count)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0)
+    return path
+
+
 @pytest.fixture(scope="session")
 def broken_media(tmp_path_factory, media_videos) -> dict[str, Path]:
     """Files that are not usable videos: {kind: path}."""
@@ -176,6 +191,8 @@ def broken_media(tmp_path_factory, media_videos) -> dict[str, Path]:
     return {
         "audio_only": write_audio_only(directory / "audio_only.m4a"),
         "truncated": write_truncated(directory / "truncated.mp4", media_videos["h264_24fps_2s"]),
+        "index_cut": write_index_cut(directory / "index_cut.mp4", media_videos["h264_24fps_2s"]),
+        "animated_webp": write_animated_webp(directory / "animated.webp"),
         "truncated_faststart": write_truncated(directory / "truncated_faststart.mp4",
                                                write_video(directory / FASTSTART_SPEC.filename, FASTSTART_SPEC), 0.6),
         "corrupt": directory / "corrupt.mp4",

@@ -24,6 +24,8 @@ def assert_cli_error(capsys, argv, message):
 @pytest.mark.parametrize("kind, error, message", [
     ("audio_only", DecodeError, "has no video stream"),
     ("truncated", DecodeError, "is not a readable video"),
+    ("index_cut", DecodeError, "holds no video or audio stream (its index is missing or cut off"),
+    ("animated_webp", DecodeError, "is an animated WebP, which FFmpeg cannot decode; convert it"),
     ("corrupt", DecodeError, "is not a readable video"),
     ("text", DecodeError, "is not a readable video"),
     ("empty", DecodeError, "is empty (0 bytes)"),

@@ -158,6 +158,9 @@ def probe(path: str, label: str, limits: Limits, deadline: float | Deadline,
     with _open(path, label) as container:
         if container.format.name in TEXT_FORMATS:
             raise DecodeError(f"{label} is not a readable video (it is a text file); give a video file")
+        if not (container.streams.video or container.streams.audio):
+            raise DecodeError(f"{label} holds no video or audio stream (its index is missing or cut off, as an "
+                              "interrupted download leaves an mp4, or it is not a video); re-download or re-export it")
         if not container.streams.video:
             raise DecodeError(f"{label} has no video stream (audio-only or not a video); give a video file")
         stream = container.streams.video[0]
@@ -184,6 +187,9 @@ def probe(path: str, label: str, limits: Limits, deadline: float | Deadline,
             pass  # a truncated tail: keep the frames demuxed so far
         if first_frame is None:
             first_frame = next(iter(_decode_packet(stream, None)), None)
+        if first_frame is None and getattr(stream.codec_context, "name", None) == "webp":
+            raise DecodeError(f"{label} is an animated WebP, which FFmpeg cannot decode; convert it to a GIF or a "
+                              "video (e.g. `convert in.webp out.gif`), or give it as an image (its first frame)")
         if not frame_pts or first_frame is None:
             raise DecodeError(f"{label} contains no decodable video frames (empty, truncated or corrupt); "
                               "re-export or re-download it")
