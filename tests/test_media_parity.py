@@ -197,3 +197,19 @@ def test_vfr_samples_are_evenly_spaced_in_time(media_videos):
 def test_vfr_time_range_uses_presentation_time(media_videos):
     video = load_video(media_videos[VFR_SPEC.name], video_start=2.5, video_end=4.5)
     assert min(video.timestamps) >= 2.5 - 1e-6 and max(video.timestamps) <= 4.5 + 1e-6
+
+
+@pytest.mark.parametrize("policy, options", [("qwen2_5_vl", {}), ("qwen2_5_vl", {"video_start": 2.0, "video_end": 5.0}),
+                                             ("smolvlm2", {}), ("deepseek_vl2", {})])
+def test_a_vfr_clip_samples_its_seconds_whatever_rate_its_container_names(media_videos, tmp_path, policy, options):
+    """Matroska names a nominal rate (30 fps here, from the first frames' duration) that is not the average of a VFR
+    clip (18 fps): frame counts and the sample fps (Qwen's mRoPE seconds) come from the frames' own times, so the
+    same clip samples alike as mp4 and mkv, at the asked rate."""
+    spec = VideoSpec("vfr_mkv", container="mkv", fps=VFR_SPEC.fps, num_frames=VFR_SPEC.num_frames,
+                     frame_durations=VFR_SPEC.frame_durations)
+    mkv = load_video(write_video(tmp_path / spec.filename, spec), policy, **options)
+    mp4 = load_video(media_videos[VFR_SPEC.name], policy, **options)
+    assert mkv.metadata.fps == 30 and mp4.metadata.fps == pytest.approx(18, rel=0.02) and mkv.metadata.is_vfr
+    assert mkv.frames_indices == mp4.frames_indices and mkv.sample_fps == pytest.approx(mp4.sample_fps, rel=0.01)
+    seconds = options.get("video_end", mkv.metadata.duration) - options.get("video_start", 0.0)
+    assert mkv.sample_fps == pytest.approx(len(mkv.frames_indices) / seconds, rel=0.05)

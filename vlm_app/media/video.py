@@ -437,9 +437,9 @@ def _placed(index: int, seconds: float, job) -> tuple[int, float]:
 
 def choose_frames(metadata: VideoMetadata, policy: SamplingPolicy, options: dict) -> tuple[list[int], float, list[str]]:
     """(frame indices, sample fps, notes on deliberate differences) for a probed video."""
-    notes = []
+    notes, rate = [], metadata.fps
     if metadata.is_vfr:
-        first, last, count = _time_range(metadata, options.get("video_start"), options.get("video_end"))
+        first, last, count, rate = _time_range(metadata, options.get("video_start"), options.get("video_end"))
         notes.append("variable frame rate: frames sampled evenly in presentation time (qwen-vl-utils samples by "
                      "index)")
     else:
@@ -447,17 +447,17 @@ def choose_frames(metadata: VideoMetadata, policy: SamplingPolicy, options: dict
                                                   options.get("video_end"))
     fps = options.get("fps", policy.fps)
     if policy.index_rule == "smolvlm":
-        duration = metadata.duration if count == metadata.num_frames else count / metadata.fps
-        picked = sampling.smolvlm_indices(count, metadata.fps, duration, fps=fps,
+        duration = metadata.duration if count == metadata.num_frames else count / rate
+        picked = sampling.smolvlm_indices(count, rate, duration, fps=fps,
                                           max_frames=options.get("max_frames", policy.max_frames),
                                           skip_secs=policy.skip_secs)
         indices = [first + index for index in picked]
-        return indices, sampling.sample_fps(len(indices), count, metadata.fps), notes
+        return indices, sampling.sample_fps(len(indices), count, rate), notes
     if count < policy.frame_factor and options.get("nframes") is None:
         notes.append(f"the clip has {count} frame(s); repeated to {policy.frame_factor} because {policy.name} "
                      "needs frame pairs (qwen-vl-utils raises an error here)")
-        return [first] * policy.frame_factor, metadata.fps, notes
-    nframes = sampling.smart_nframes(count, metadata.fps, fps=options.get("fps") if options.get("nframes") is None
+        return [first] * policy.frame_factor, rate, notes
+    nframes = sampling.smart_nframes(count, rate, fps=options.get("fps") if options.get("nframes") is None
                                      else None, nframes=options.get("nframes"),
                                      min_frames=options.get("min_frames", policy.min_frames),
                                      max_frames=options.get("max_frames"), frame_factor=policy.frame_factor,
@@ -466,11 +466,13 @@ def choose_frames(metadata: VideoMetadata, policy: SamplingPolicy, options: dict
         indices = sampling.time_uniform_indices(metadata.frame_times(), first, last, nframes)
     else:
         indices = sampling.linspace_indices(first, last, nframes)
-    return indices, sampling.sample_fps(nframes, count, metadata.fps), notes
+    return indices, sampling.sample_fps(nframes, count, rate), notes
 
 
-def _time_range(metadata: VideoMetadata, video_start, video_end) -> tuple[int, int, int]:
-    """Frame range by presentation time, for VFR clips where index/fps is not a time."""
+def _time_range(metadata: VideoMetadata, video_start, video_end) -> tuple[int, int, int, float]:
+    """(first, last, count, frames per second of the range) by presentation time, for VFR clips where index/fps is
+    not a time: the stream's nominal rate (Matroska's default frame duration, say) need not be their average, and
+    the range's own rate is what turns its frame count into seconds."""
     times = metadata.frame_times()
     first = next((i for i, t in enumerate(times) if video_start is None or t >= video_start - 1e-6), len(times))
     last = max((i for i, t in enumerate(times) if video_end is None or t <= video_end + 1e-6), default=-1)
@@ -478,7 +480,8 @@ def _time_range(metadata: VideoMetadata, video_start, video_end) -> tuple[int, i
         if first >= last:
             raise OptionsError(f"the time range start={video_start} end={video_end} s holds fewer than two frames "
                                f"of a {metadata.duration:.2f} s clip; widen the range")
-    return first, last, last - first + 1
+    end = times[last + 1] if last + 1 < len(times) else metadata.duration
+    return first, last, last - first + 1, (last - first + 1) / (end - times[first])
 
 
 def output_size(height: int, width: int, nframes: int, policy: SamplingPolicy, options: dict) -> tuple[int, int]:
