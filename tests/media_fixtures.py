@@ -101,19 +101,21 @@ def write_truncated(path: Path, source: Path, keep_fraction: float = 0.4) -> Pat
     return path
 
 
-def write_cut_by_edit_list(path: Path, source: Path, seconds: float) -> Path:
-    """`source`'s packets shifted `seconds` earlier into an mp4, as `ffmpeg -ss S -i in.mp4 -c copy` leaves a cut: the
-    muxer writes an edit list starting at the new zero, and the packets before it stay (a decoder needs them from
-    the keyframe on) flagged to be decoded but never shown."""
-    with av.open(str(source)) as original, av.open(str(path), "w") as cut:
+def write_shifted(path: Path, source: Path, seconds: float) -> Path:
+    """`source`'s packets, unchanged but `seconds` later (earlier if negative), remuxed into `path`'s container.
+    Into an mp4, a shift earlier is a cut as `ffmpeg -ss S -i in.mp4 -c copy` leaves it: the muxer writes an edit list
+    starting at the new zero, and the packets before it stay (a decoder needs them from the keyframe on) flagged to
+    be decoded but never shown. Into MPEG-TS, a shifted copy appended to a file (`cat a.ts b.ts`) is a jump in its
+    timestamps, as joined recordings have."""
+    with av.open(str(source)) as original, av.open(str(path), "w") as shifted:
         stream = original.streams.video[0]
-        shifted = cut.add_stream_from_template(stream)
+        output = shifted.add_stream_from_template(stream)
         offset = round(seconds / stream.time_base)
         for packet in original.demux(stream):
             if packet.dts is None:
                 continue  # the demuxer's end-of-stream marker
-            packet.pts, packet.dts, packet.stream = packet.pts - offset, packet.dts - offset, shifted
-            cut.mux(packet)
+            packet.pts, packet.dts, packet.stream = packet.pts + offset, packet.dts + offset, output
+            shifted.mux(packet)
     return path
 
 

@@ -3,8 +3,7 @@ wanted ones exact, times that turn out wrong, and damaged files re-planned over 
 
 import av
 import pytest
-from media_fixtures import (FASTSTART_SPEC, VideoSpec, read_frame_id, write_cut_by_edit_list, write_truncated,
-                            write_video)
+from media_fixtures import FASTSTART_SPEC, VideoSpec, read_frame_id, write_shifted, write_truncated, write_video
 from test_media_real_clips import real_clip
 
 from vlm_app.media import decode, get_policy, load_video
@@ -138,9 +137,27 @@ def test_an_edit_list_cut_starts_at_its_first_shown_frame(tmp_path, frame_cache,
     """A clip cut without re-encoding keeps the packets before the cut (flagged discard): they are no frames of the
     video, so its frames, duration and times start at the first frame shown, and nothing says it is damaged."""
     whole = write_video(tmp_path / "whole.mp4", VideoSpec("whole", num_frames=96, bframes=2))
-    path = write_cut_by_edit_list(tmp_path / "cut.mp4", whole, 1.0)
+    path = write_shifted(tmp_path / "cut.mp4", whole, -1.0)
     video = load_video(path, NATIVE, backend=backend, **options)
     assert (video.metadata.num_frames, video.metadata.duration) == (72, pytest.approx(3.0))
     assert video.metadata.timestamps_proven and not video.notes
     assert frame_ids(video) == [index + 24 for index in video.frames_indices]  # frame 0 is the source's frame 24
+    assert video.timestamps == pytest.approx([index / 24 for index in video.frames_indices])
+
+
+@pytest.mark.parametrize("shift, second_first", [(20000.0, False), (20000.0, True), (0.0, False)],
+                         ids=["hours-later", "hours-earlier", "same-times-again"])
+def test_joined_transport_streams_run_on_through_the_jump_in_their_timestamps(tmp_path, frame_cache, shift,
+                                                                             second_first):
+    """Two recordings joined with `cat`: the timestamps jump between them (5.6 h ahead, as far back, or back to the
+    same times), and the clip is the 6 s of frames it holds, timed on from the first part as ffmpeg does (not a
+    5.6 h clip over the duration limit, a 3 s one, or frames far apart in time)."""
+    part = write_video(tmp_path / "part.ts", VideoSpec("part", container="ts", num_frames=72, width=64, height=48))
+    parts = [part.read_bytes(), write_shifted(tmp_path / "shifted.ts", part, shift).read_bytes()]
+    path = tmp_path / "joined.ts"
+    path.write_bytes(b"".join(parts[::-1] if second_first else parts))
+    video = load_video(path, NATIVE, nframes=12)
+    assert (video.metadata.num_frames, video.metadata.duration) == (144, pytest.approx(6.0))
+    assert not video.metadata.is_vfr and not video.notes
+    assert frame_ids(video) == [index % 72 for index in video.frames_indices]
     assert video.timestamps == pytest.approx([index / 24 for index in video.frames_indices])

@@ -2,11 +2,14 @@
 
 import base64
 import http.server
+import struct
 import sys
 import threading
 import time
 
+import av
 import pytest
+from media_fixtures import VideoSpec, write_video
 from PIL import Image
 
 from vlm_app import cli
@@ -132,6 +135,20 @@ def test_limits(media_videos, monkeypatch, capsys, limit, value, message):
         load_video(media_videos["h264_24fps_2s"], limits=limits)
     monkeypatch.setattr("vlm_app.media.video.DEFAULT_LIMITS", limits)
     assert_cli_error(capsys, [str(media_videos["h264_24fps_2s"])], message)
+
+
+def test_a_header_that_overstates_the_duration_is_not_over_the_limit(tmp_path, capsys):
+    """The frames decide how long a video lasts: a 2 s Matroska file whose header says 10 h is 2 s."""
+    path = write_video(tmp_path / "clip.mkv", VideoSpec("clip", container="mkv"))
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x44\x89\x88") + 3  # the Segment's Duration: an 8-byte float, in milliseconds
+    data[at : at + 8] = struct.pack(">d", 10 * 3600 * 1000.0)
+    path.write_bytes(data)
+    with av.open(str(path)) as container:
+        assert container.duration / av.time_base == 10 * 3600  # FFmpeg takes the header's word
+    assert load_video(path).metadata.duration == pytest.approx(2.0, abs=1e-3)
+    assert cli.main(["inspect", str(path), "--model", "qwen2_5_vl"]) == 0
+    assert "2.00 s" in capsys.readouterr().out
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

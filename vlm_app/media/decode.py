@@ -50,6 +50,8 @@ ONE_FRAME_PER_PACKET = {"h264", "hevc", "vp8", "vp9", "av1", "mjpeg", "prores", 
 SEEK_MIN_FRAMES = 12  # a keyframe fewer frames ahead than this is decoded through rather than sought to
 VERIFY_FRAMES = 24  # frames decoded in full at the start of a timed decode to check the times against the probe
 DECODE_THREADS = 0  # FFmpeg's choice: a thread per core
+DTS_DELTA_THRESHOLD = 10.0  # seconds: a longer jump between packets of MPEG-TS/PS or Ogg is a discontinuity (ffmpeg's)
+DTS_BACKWARD_THRESHOLD = 0.1  # seconds: so is a step back of more than this (decode times never go back)
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,12 @@ def probe(path: str, label: str, limits: Limits, deadline: float | Deadline,
         if not container.streams.video:
             raise DecodeError(f"{label} has no video stream (audio-only or not a video); give a video file")
         stream = container.streams.video[0]
-        if container.duration:
-            check_duration(label, container.duration / av.time_base, limits, chapters)
+        # A header's duration can lie (a Matroska Duration, FFmpeg's guess for a transport stream), so the frames
+        # decide; going over the cap, the message names the larger of the two.
+        declared = container.duration / av.time_base if container.duration else 0.0
+        cap = float((limits.max_chapters_duration_seconds if chapters else limits.max_duration_seconds) /
+                    stream.time_base)
+        joined = _Joined(stream) if container.format.flags & av.format.Flags.ts_discont.value else None
         frame_pts, keyframe_pts, end_pts, first_frame, every_packet_timed = [], set(), None, None, True
         try:
             for packet in container.demux(stream):
@@ -176,6 +182,11 @@ def probe(path: str, label: str, limits: Limits, deadline: float | Deadline,
                     first_frame = next(iter(_decode_packet(stream, packet)), None)
                 if packet.size == 0 or pts is None or packet.is_discard:
                     continue  # a discarded packet (before an edit list's start) is decoded, never displayed
+                if joined is not None:
+                    pts = joined(packet, pts)
+                if frame_pts and pts - frame_pts[0] > cap:
+                    check_duration(label, max(float((pts - frame_pts[0]) * stream.time_base), declared), limits,
+                                   chapters)
                 frame_pts.append(pts)
                 if packet.is_keyframe:
                     keyframe_pts.add(pts)
@@ -200,6 +211,28 @@ def probe(path: str, label: str, limits: Limits, deadline: float | Deadline,
                   len(set(frame_pts)) == len(frame_pts))
         keyframes = tuple(index for index, pts in enumerate(ordered) if pts in keyframe_pts)
         return replace(metadata, timestamps_proven=proven, keyframes=keyframes)
+
+
+class _Joined:
+    """Presentation times of a format whose timestamps may jump (MPEG-TS/PS, Ogg: recordings joined with `cat`, a
+    33-bit wrap) made continuous, as ffmpeg does (-dts_delta_threshold): where the decode time jumps ahead by more than
+    DTS_DELTA_THRESHOLD seconds from one packet to the next, or back by more than DTS_BACKWARD_THRESHOLD, the
+    timeline goes on one frame after the last packet.
+    Such files are decoded by counting frames, so their times only place the frames in time."""
+
+    def __init__(self, stream):
+        rate = stream.average_rate or stream.guessed_rate
+        self.ahead, self.back = DTS_DELTA_THRESHOLD / stream.time_base, DTS_BACKWARD_THRESHOLD / stream.time_base
+        self.step = max(round(1 / (rate * stream.time_base)), 1) if rate else 1
+        self.shift, self.last = 0, None
+
+    def __call__(self, packet, pts: int) -> int:
+        stamp = (packet.dts if packet.dts is not None else pts) + self.shift
+        if self.last is not None and not -self.back <= stamp - self.last <= self.ahead:
+            continued = self.last + (packet.duration or self.step)
+            self.shift, stamp = self.shift + continued - stamp, continued
+        self.last = stamp
+        return pts + self.shift
 
 
 def _decode_packet(stream, packet) -> list:
