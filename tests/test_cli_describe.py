@@ -54,6 +54,20 @@ def test_describe_folder_jsonl_resume_and_failures(tiny_checkpoints, example_cli
     assert len(out.read_text().splitlines()) == 3  # its old record replaced, not duplicated
 
 
+def test_describe_folder_finds_ogg_and_camcorder_videos(tiny_checkpoints, tmp_path, capsys):
+    """Ogg video (.ogv) and AVCHD camcorder files (.mts, .m2ts: MPEG-TS) are videos of a folder too."""
+    from vlm_app.testing.videos import moving_square, write_video
+
+    folder = tmp_path / "videos"
+    for name, codec in (("a.ogv", "libvpx"), ("b.mts", "libx264"), ("c.m2ts", "libx264")):
+        write_video(folder / name, (moving_square(index, 24, 96, 64) for index in range(24)), 12, codec=codec)
+    out = tmp_path / "results.jsonl"
+    assert main(["describe", str(folder), "--model", str(tiny_checkpoints["smolvlm2"]), "--out", str(out), *FAST]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(record["source"].rsplit("/", 1)[-1] for record in records) == ["a.ogv", "b.mts", "c.m2ts"]
+    assert all(record["error"] is None and record["frames_indices"] for record in records)
+
+
 def test_describe_list_file_same_records_as_one_by_one(tiny_checkpoints, make_clip, tmp_path, capsys):
     """A .txt list (one video per line, # comments) works on the single-machine engine as on Ray."""
     clips = [make_clip(tmp_path / f"clip{number}.mp4", 2.0, 12, 96, 64) for number in range(2)]

@@ -23,7 +23,8 @@ from vlm_app.service import IMAGE_SUFFIXES, MemoryGuard, check_generation, compa
 
 DEFAULT_PROMPT = "Describe this video."
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp",
+                  ".ogv", ".m2ts", ".mts"}
 LIST_SUFFIXES = (".txt", ".lst", ".list")  # one video path or URL per line
 
 
