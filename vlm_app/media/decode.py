@@ -215,10 +215,10 @@ def probe(path: str, label: str, limits: Limits, deadline: float | Deadline,
 
 class _Joined:
     """Presentation times of a format whose timestamps may jump (MPEG-TS/PS, Ogg: recordings joined with `cat`, a
-    33-bit wrap) made continuous, as ffmpeg does (-dts_delta_threshold): where the decode time jumps ahead by more than
-    DTS_DELTA_THRESHOLD seconds from one packet to the next, or back by more than DTS_BACKWARD_THRESHOLD, the
-    timeline goes on one frame after the last packet.
-    Such files are decoded by counting frames, so their times only place the frames in time."""
+    33-bit wrap) made continuous, as ffmpeg does (-dts_delta_threshold): where the decode time jumps ahead by more
+    than DTS_DELTA_THRESHOLD seconds from one packet to the next, or back by more than DTS_BACKWARD_THRESHOLD, the
+    timeline goes on one frame after the last packet. Such files are decoded by counting frames, so their times
+    only place the frames in time."""
 
     def __init__(self, stream):
         rate = stream.average_rate or stream.guessed_rate
