@@ -480,8 +480,8 @@ def _time_range(metadata: VideoMetadata, video_start, video_end) -> tuple[int, i
         if first >= last:
             raise OptionsError(f"the time range start={video_start} end={video_end} s holds fewer than two frames "
                                f"of a {metadata.duration:.2f} s clip; widen the range")
-    end = times[last + 1] if last + 1 < len(times) else metadata.duration
-    return first, last, last - first + 1, (last - first + 1) / (end - times[first])
+    span = (times[last + 1] if last + 1 < len(times) else metadata.duration) - times[first]
+    return first, last, last - first + 1, (last - first + 1) / span if span > 0 else metadata.fps
 
 
 def output_size(height: int, width: int, nframes: int, policy: SamplingPolicy, options: dict) -> tuple[int, int]:
