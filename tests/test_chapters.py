@@ -443,3 +443,26 @@ def test_segment_options_that_are_not_numbers_are_refused(clip, smol, seconds, o
 
     with pytest.raises(OptionsError, match=message):
         describe_chapters(clip, model=load(smol, device="cpu"), segment_seconds=seconds, overlap=overlap)
+
+
+def test_a_video_whose_frames_are_minutes_apart_gets_every_chapter(tmp_path, smol, capsys):
+    """A timelapse or a screencast that writes a frame at each change: a segment holding fewer than two frames
+    samples from the frame on screen at its start to the next one (and says so), instead of failing the run."""
+    import numpy as np
+
+    from vlm_app.testing.videos import write_video as write_frames
+
+    durations = [0.5] * 4 + [150.0] + [0.5] * 4 + [200.0] + [0.5] * 2  # two long stills between bursts
+    frames = (np.full((48, 64, 3), 20 * index, np.uint8) for index in range(len(durations)))
+    video = write_frames(tmp_path / "screencast.mp4", frames, 2, durations=durations)
+    record = _chapters_record(capsys, video, "--model", smol, "--segment-seconds", "60")
+    assert record["error"] is None and record["chapters"][-1]["end"] == record["duration"] > 300
+    widened = [segment for segment in record["segments"] if any("frame on screen" in note
+                                                                for note in segment["notes"])]
+    assert widened and len(widened) < len(record["segments"])  # the bursts' segments hold frames of their own
+    for segment in record["segments"]:
+        assert len(segment["timestamps"]) >= 2
+        assert all(segment["video_start"] <= seconds <= segment["video_end"] for seconds in segment["timestamps"])
+    for segment in widened:  # the prompt names the window the model is shown
+        assert segment["video_start"] <= segment["start"] or segment["video_end"] > segment["end"]
+        assert f"runs from {_clock(segment['video_start'])} to {_clock(segment['video_end'])}" in segment["prompt"]

@@ -28,12 +28,13 @@ groups of chapters are summarised first and the summary is made from those.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import queue
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -57,6 +58,7 @@ SEGMENT_FIELDS = ("answer", "error", "prompt", "frames_indices", "timestamps", "
                   "max_memory_bytes", "notes")
 EXPORTS = (".json", ".srt", ".vtt")
 CANCELLED = "cancelled before this segment was described"
+EPSILON = 1e-6  # seconds: a frame at a window's bound is in it (as load_video counts it)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,24 @@ def split_video(duration: float, seconds: float, overlap: float = 0.0) -> list[S
     count = max(1, math.floor(duration / seconds + 0.5))  # a last piece under half a segment joins the one before
     bounds = [index * seconds for index in range(count)] + [duration]
     return [Segment(start, end, start, min(end + overlap, duration)) for start, end in zip(bounds, bounds[1:])]
+
+
+def on_screen(segment: Segment, times: list[float], notes: dict) -> Segment:
+    """`segment`, its window widened when fewer than two frames fall in it (a timelapse, a screencast that writes a
+    frame at each change): from the frame on screen at its start to the next frame, what a viewer sees meanwhile.
+    `times`: every frame's time as a range counts it (`VideoMetadata.range_times`); `notes` gets the segment's note."""
+    inside = bisect.bisect_right(times, segment.video_end + EPSILON) - bisect.bisect_left(times,
+                                                                                          segment.video_start - EPSILON)
+    showing = max(bisect.bisect_right(times, segment.video_start + EPSILON) - 1, 0)
+    if inside >= 2 or len(times) < 2:
+        return segment
+    showing = min(showing, len(times) - 2)
+    widened = replace(segment, video_start=min(segment.video_start, times[showing]),
+                      video_end=max(segment.video_end, times[showing + 1]))
+    notes[widened] = [f"fewer than two frames fall in {clock(segment.video_start)}-{clock(segment.video_end)} (the "
+                      f"video's frames are further apart): sampled from {clock(widened.video_start)} to "
+                      f"{clock(widened.video_end)}, the frame on screen at its start and the next"]
+    return widened
 
 
 def segment_messages(prompt: str, segment: Segment, duration: float, video, system: str | None = None) -> list[dict]:
@@ -174,14 +194,14 @@ class _DecodedAhead:
 class _Plan:
     """The segments of one run, made once the probe knows the duration: the load_video options of those still to
     describe (`done` holds the finished ones of an earlier run, by `segment_key`), each fitted to the memory limit
-    as its request would be (`fit_notes` say what was lowered)."""
+    as its request would be (`notes` say what was widened or lowered)."""
 
     def __init__(self, adapter, source, prompt, system, sampling, generation, seconds, overlap, limits, memory, done,
                  on_plan):
         self.adapter, self.source, self.prompt, self.system = adapter, source, prompt, system
         self.sampling, self.generation, self.seconds, self.overlap = sampling, generation, seconds, overlap
         self.limits, self.memory, self.done, self.on_plan = limits, memory or {}, done, on_plan
-        self.duration, self.segments, self.todo, self.fit_notes = None, [], [], {}
+        self.duration, self.segments, self.todo, self.notes = None, [], [], {}
         self.model_memory = None  # the model's figures and the run's limit, once the video is probed
         self.ready = False  # every segment planned: the video was read and its segments fit the memory limit
 
@@ -200,7 +220,9 @@ class _Plan:
 
     def __call__(self, metadata) -> list[dict]:
         self.duration = metadata.duration
-        self.segments = split_video(metadata.duration, self.seconds, self.overlap)
+        times = metadata.range_times()
+        self.segments = [on_screen(segment, times, self.notes)
+                         for segment in split_video(metadata.duration, self.seconds, self.overlap)]
         cap = (self.limits or DEFAULT_LIMITS).max_chapters_segments
         if len(self.segments) > cap:
             raise LimitError(f"{metadata.source} in {self.seconds:g} s segments makes {len(self.segments)} requests, "
@@ -221,7 +243,7 @@ class _Plan:
         if fit is None:
             return options
         fitted = fit.fit_video(metadata, options)
-        self.fit_notes[segment] = fit.notes
+        self.notes[segment] = self.notes.get(segment, []) + fit.notes
         return fitted
 
 
@@ -301,7 +323,7 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
 
 def _describe_segment(adapter, plan: _Plan, segment: Segment, video, cancel: threading.Event) -> dict:
     record = execute(adapter, plan.request(segment, video), cancel=_Cancel(cancel))
-    notes = plan.fit_notes.get(segment, []) + (record["notes"] or [])
+    notes = plan.notes.get(segment, []) + (record["notes"] or [])
     return {**_segment_record(record, segment, plan.key(segment)), "notes": notes, "media_s": video.decode_seconds}
 
 

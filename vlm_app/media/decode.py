@@ -79,6 +79,11 @@ class VideoMetadata:
     def frame_times(self) -> list[float]:
         return [self.frame_time(index) for index in range(self.num_frames)]
 
+    def range_times(self) -> list[float]:
+        """The second each frame counts as when a time range (video_start/video_end) picks frames: its presentation
+        time in a VFR clip, index / fps otherwise (qwen-vl-utils' rule, kept for parity)."""
+        return self.frame_times() if self.is_vfr else [index / self.fps for index in range(self.num_frames)]
+
     def index_of_pts(self, pts) -> int | None:
         index = bisect.bisect_left(self.frame_pts, pts) if pts is not None else self.num_frames
         return index if index < self.num_frames and self.frame_pts[index] == pts else None
