@@ -198,3 +198,18 @@ def test_api_refuses_what_is_no_source_before_loading(no_model_loading, source, 
 
     with pytest.raises(SourceError, match=message):
         describe(source, model="smolvlm2-256m")
+
+
+def test_a_gif_is_a_video_at_every_front_door(tiny_checkpoints, tmp_path, capsys):
+    from PIL import Image
+
+    from vlm_app.ui.answer import media_kind
+
+    frames = [Image.new("RGB", (64, 48), (30 * number, 20, 20)) for number in range(8)]  # 4 s
+    frames[0].save(tmp_path / "wave.gif", save_all=True, append_images=frames[1:], duration=500, loop=0)
+    assert main(["describe", str(tmp_path / "wave.gif"), "--model", str(tiny_checkpoints["smolvlm2"]), "--json",
+                 *FAST]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["error"] is None and record["media"][0]["type"] == "video"
+    assert len(set(record["media"][0]["frames_indices"])) >= 2
+    assert media_kind(str(tmp_path / "wave.gif")) == "video" and media_kind(str(tmp_path / "still.png")) == "image"

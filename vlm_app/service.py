@@ -33,7 +33,7 @@ from vlm_app.memory import Fit, MemoryEstimate, RequestShape, format_bytes, pars
 from vlm_app.messages import conversation, media_items, normalize
 
 GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "stop")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # a GIF goes as a video: most move
 DEFAULT_MAX_NEW_TOKENS = 256
 TEMPLATE_TOKENS = 64  # at least the chat template's own tokens around the prompt (the pre-flight errs high)
 # what allocation failures say, lower-cased: torch's CUDA/MPS allocators, cuBLAS, cuDNN, the CPU allocator
