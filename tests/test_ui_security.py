@@ -12,6 +12,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
 
 import gradio as gr
+import httpx
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
@@ -286,4 +288,51 @@ def test_auth_file_login_through_the_cli(tiny_checkpoints, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+
+def file_route(url: str, path) -> tuple[int, dict, bytes]:
+    """GET `/gradio_api/file=<path>` sent as is: status, headers, body."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.putrequest("GET", f"/gradio_api/file={quote(str(path), safe='/%')}", skip_accept_encoding=True)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, {key.lower(): value for key, value in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def test_fetched_pages_are_never_served_inline(ui_server):
+    """A pasted data: URL of an SVG holding a script lands in the session's scratch folder. On ab460d4 that
+    folder was one of Gradio's allowed_paths, so `/gradio_api/file=` served the copy inline as image/svg+xml:
+    the script ran as a page of the app for whoever opened its link. Now only the chat's copy in Gradio's cache
+    is served, as an attachment."""
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.cookie)</script></svg>'
+    uri = "data:image/svg+xml;base64," + base64.b64encode(svg).decode()
+    message = call_event(ui_server.url, "add_turn", [{"text": "hi", "files": []}, uri, []], "svg-page")
+    [shown] = history_paths(message)
+    [fetched] = scratch_folder(ui_server).rglob("*_download.svg")
+    status, _, body = file_route(ui_server.url, fetched)
+    assert status == 403 and b"<script>" not in body, (status, body)
+    status, headers, body = file_route(ui_server.url, shown)
+    assert status == 200 and body == svg
+    assert headers["content-disposition"].startswith("attachment") and "svg" not in headers["content-type"]
+
+
+def test_reads_outside_the_upload_folder_are_refused(ui_server):
+    """`/gradio_api/file=` serves Gradio's uploads and cache, nothing else: not the scratch folder, the server's
+    own files, the models, or what a symlink or `..` inside the upload folder points at."""
+    uploads = ui_server.scratch_parent.parent / "gradio"
+    canary = ui_server.scratch_parent / "canary.txt"
+    link = uploads / "link_to_canary.mp4"
+    link.unlink(missing_ok=True)
+    link.symlink_to(canary)
+    scratch_file = scratch_folder(ui_server) / "scratch.mp4"
+    scratch_file.write_text("scratch")
+    for path in ["/etc/passwd", canary, ui_server.log, Path(ui_server.models[0]) / "config.json", link,
+                 f"{uploads}/../tmp/canary.txt", f"{uploads}/..%2Ftmp%2Fcanary.txt", scratch_file, "canary.txt"]:
+        status, _, body = file_route(ui_server.url, path)
+        assert status == 403 and body.startswith(b'{"detail":"File not allowed'), (path, status, body[:200])
 

@@ -256,10 +256,13 @@ def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: fl
 
 def launch_options(backend: Backend, host: str, port: int | None, share: bool,
                    auth: list[tuple[str, str]] | None = None) -> dict:
-    """`demo.launch` keyword arguments: uploads capped at the policy's size, scratch files servable, Gradio's
-    login when `auth` holds (user, password) pairs."""
+    """`demo.launch` keyword arguments: uploads capped at the policy's size, Gradio's login when `auth` holds
+    (user, password) pairs. The scratch folder is not among Gradio's `allowed_paths`: those are served inline
+    under their own type, so a fetched .html or .svg would run as a page of this app; what a handler returns
+    from there is copied into Gradio's cache (it lies in the temp folder), which serves script-capable types as
+    attachments."""
     return {"server_name": host, "server_port": port, "share": share, "auth": auth or None,
-            "max_file_size": int(backend.policy.max_file_mb * 2**20), "allowed_paths": [str(backend.workdir)],
+            "max_file_size": int(backend.policy.max_file_mb * 2**20),
             "theme": gr.themes.Soft(), "footer_links": ["api", "settings"], "show_error": True}
 
 
