@@ -336,3 +336,50 @@ def test_reads_outside_the_upload_folder_are_refused(ui_server):
         status, _, body = file_route(ui_server.url, path)
         assert status == 403 and body.startswith(b'{"detail":"File not allowed'), (path, status, body[:200])
 
+
+def gradio_get_routes(models: list[str]) -> list[str]:
+    """Every GET route of the app, from its OpenAPI schema (the same Gradio, the same app, not served)."""
+    from gradio.routes import App
+
+    from vlm_app.ui.app import create_app
+
+    demo, backend = create_app(models, device="cpu")
+    try:
+        paths = App.create_app(demo).openapi()["paths"]
+    finally:
+        backend.close()
+    return sorted(path for path, operations in paths.items() if "get" in operations)
+
+
+def file_tree(*roots: Path) -> dict[str, tuple[int, int]]:
+    return {str(path): (path.lstat().st_size, path.lstat().st_mtime_ns) for root in roots
+            for path in [root, *root.rglob("*")] if path.exists() or path.is_symlink()}
+
+
+def test_get_requests_change_nothing(ui_server):
+    """GET every route with hostile path values (`..`, encoded slashes, server paths, 3000-character names) and a
+    live session's id in the query: nothing under the upload folder, the scratch folder or the votes log is
+    written or deleted, and no response carries a traceback. On 50890a8 one GET (a heartbeat as `..`) deleted
+    the temp folder; on ab460d4 `/gradio_api/deep_link?session_hash=<any live session>` wrote that session's
+    state into the upload folder, under a link that loads it for anyone."""
+    roots = [ui_server.scratch_parent.parent / "gradio", ui_server.scratch_parent]
+    live = "get-sweep"
+    assert call_event(ui_server.url, "add_turn", [{"text": "a conversation", "files": []}, "", []], live)["success"]
+    ui_server.votes.touch()
+    before = file_tree(*roots, ui_server.votes)
+    values = ["..", "%2e%2e", "..%2F..%2Fetc%2Fpasswd", str(ui_server.scratch_parent), "x" * 3000]
+    routes = gradio_get_routes(ui_server.models)
+    assert {"/gradio_api/file={path_or_url}", "/gradio_api/heartbeat/{session_hash}", "/config"} <= set(routes)
+    for route in routes:
+        for value in values:
+            url = ui_server.url.rstrip("/") + re.sub(r"\{[^}]+\}", value, route)
+            query = {"session_hash": live, "upload_id": value}
+            try:
+                with httpx.stream("GET", url, params=query, timeout=3) as response:
+                    body = next(response.iter_bytes(4096), b"")
+            except (httpx.ReadTimeout, httpx.RemoteProtocolError):
+                continue  # an event stream that stays open, or that Gradio ends without a last chunk
+            assert b"Traceback" not in body, (url[:200], body[:300])
+    time.sleep(1)  # the unload handler of a closed heartbeat runs in the background
+    assert file_tree(*roots, ui_server.votes) == before
+

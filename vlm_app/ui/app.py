@@ -14,6 +14,8 @@ from pathlib import Path
 import gradio as gr
 
 from gradio.utils import get_upload_folder
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 
 from vlm_app.describer import memory_options, prompt_templates
 from vlm_app.errors import OptionsError, VlmAppError
@@ -254,6 +256,23 @@ def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: fl
     return demo, backend
 
 
+class NoDeepLinks:
+    """ASGI middleware answering 404 on Gradio's `/gradio_api/deep_link`, which this app does not use: that GET
+    writes the state of the session it names (any session whose id the client knows) into the upload folder and
+    returns a link that loads it, so it is a write on GET and a way into another session's conversation."""
+
+    PATH = "/gradio_api/deep_link"
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].rstrip("/") == self.PATH:
+            await PlainTextResponse("deep links are turned off in this app", status_code=404)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def launch_options(backend: Backend, host: str, port: int | None, share: bool,
                    auth: list[tuple[str, str]] | None = None) -> dict:
     """`demo.launch` keyword arguments: uploads capped at the policy's size, Gradio's login when `auth` holds
@@ -263,6 +282,7 @@ def launch_options(backend: Backend, host: str, port: int | None, share: bool,
     attachments."""
     return {"server_name": host, "server_port": port, "share": share, "auth": auth or None,
             "max_file_size": int(backend.policy.max_file_mb * 2**20),
+            "app_kwargs": {"middleware": [Middleware(NoDeepLinks)]},
             "theme": gr.themes.Soft(), "footer_links": ["api", "settings"], "show_error": True}
 
 
