@@ -158,10 +158,10 @@ def test_blind_compare_hides_names_until_the_vote_is_logged(backend, ui_clip):
     first = outputs[0]
     headers = [first[3 + 4 * position] for position in range(2)]
     assert headers == ["### Model A", "### Model B"]
-    state = outputs[0][-2]
+    assert outputs[0][-2] == {}  # nothing to vote on before every answer is in
+    assert all(outputs[-2][4 + 4 * position] for position in range(2))  # both answers arrived
+    state = outputs[-1][-2]
     assert sorted(state["models"]) == sorted(backend.models)
-    final = outputs[-1]
-    assert all(final[4 + 4 * position] for position in range(2))  # both answers arrived
     *headers, _, state, status = compare.vote("B", state)
     assert headers[1] == f"### B: {backend.label(state['models'][1])} ✓" and "Vote recorded" in status
     record = json.loads(backend.votes_path.read_text().splitlines()[-1])

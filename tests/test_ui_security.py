@@ -383,3 +383,41 @@ def test_get_requests_change_nothing(ui_server):
     time.sleep(1)  # the unload handler of a closed heartbeat runs in the background
     assert file_tree(*roots, ui_server.votes) == before
 
+
+def upload(url: str, path: Path) -> dict:
+    """`path` through Gradio's upload route, as the file value a browser then sends."""
+    response = httpx.post(url + "gradio_api/upload", files={"files": (path.name, path.read_bytes(), "video/mp4")},
+                          timeout=30)
+    response.raise_for_status()
+    [stored] = response.json()
+    return {"path": stored, "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+COMPARE_SETTINGS = [None, None, None, None, None, 2, 0.0, 1.0, 0, ""]  # SETTING_NAMES order; 2 new tokens
+
+
+def test_only_finished_blind_comparisons_take_a_vote(ui_server, ui_clip, ui_long_clip):
+    """On ab460d4 a comparison could be voted on as soon as it started: with the names shown (not blind),
+    before any answer arrived, or after every model had failed, each logged as a blind vote."""
+    def compare(session, clip, blind):
+        message = {"text": "What happens?", "files": [upload(ui_server.url, clip)]}
+        # "run_1": compare.run (chapters.run, registered first, is "run"); a video over the limit fails it
+        call_event(ui_server.url, "run_1", [message, ui_server.models, blind, *COMPARE_SETTINGS], session)
+        return call_event(ui_server.url, "vote", ["A", None], session)
+
+    ui_server.votes.touch()
+    logged = ui_server.votes.read_text()
+    for session, clip, blind in [("named", ui_clip, False), ("failed", ui_long_clip, True)]:
+        vote = compare(session, clip, blind)
+        assert not vote["success"] and "blind comparison in which every model answered" in vote["output"]["error"]
+    assert ui_server.votes.read_text() == logged
+
+    vote = compare("blind", ui_clip, True)
+    assert vote["success"] and "Vote recorded" in vote["output"]["data"][-1]
+    [record] = [json.loads(line) for line in ui_server.votes.read_text()[len(logged):].splitlines()]
+    assert record["choice"] == "A" and record["winner"] == record["models"][0]
+    assert sorted(record["models"]) == sorted(ui_server.models)
+    for choice in ("A", "C", "Model A"):  # a second vote, a letter not on offer, a name
+        assert not call_event(ui_server.url, "vote", [choice, None], "blind")["success"]
+    assert len(ui_server.votes.read_text().splitlines()) == len(logged.splitlines()) + 1
+    assert file_route(ui_server.url, ui_server.votes)[0] == 403

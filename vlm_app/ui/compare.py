@@ -76,19 +76,26 @@ class CompareHandlers:
         order = random.sample(models, len(models)) if blind else models
         names = [f"Model {LETTERS[i]}" if blind else self.backend.label(model) for i, model in enumerate(order)]
         columns = [gr.Column(visible=position < len(order)) for position in range(MAX_MODELS)]
-        state = {"models": order, "prompt": (message or {}).get("text", ""), "voted": False}
         cleared = []
         for position in range(MAX_MODELS):
             cleared += [f"### {names[position]}" if position < len(order) else "", "", "", []]
+        # nothing to vote on until every model has answered: a vote on names it showed, or on answers that failed,
+        # were stopped or had not arrived yet, is not a blind judgment of the answers
         yield (*columns, *cleared, gr.Row(visible=blind), gr.Radio(choices=[*LETTERS[:len(order)], TIE], value=None),
-               state, "")
+               {}, "")
+        answered = set()
         for position, record, run in self.results(message, order, settings_from(settings_values), request.session_hash):
             cells = [gr.skip()] * (4 * MAX_MODELS)
             cells[4 * position + 1] = record["answer"]
             if run is not None:
                 cells[4 * position + 2] = stats_markdown(record["stats"])
                 cells[4 * position + 3] = run.seen()
+                if "error" not in record and not record["stats"].get("cancelled"):
+                    answered.add(position)
             yield (*[gr.skip()] * MAX_MODELS, *cells, gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        if blind and len(answered) == len(order):
+            state = {"models": order, "prompt": (message or {}).get("text", ""), "voted": False}
+            yield (*[gr.skip()] * MAX_MODELS, *[gr.skip()] * (4 * MAX_MODELS), gr.skip(), gr.skip(), state, gr.skip())
 
     def stop(self, request: gr.Request) -> None:
         self.backend.stop(request.session_hash)
@@ -96,7 +103,8 @@ class CompareHandlers:
     def vote(self, choice: str | None, state: dict):
         """Log the vote with the real names, then reveal them in the column headers."""
         if not state or not state.get("models"):
-            raise gr.Error("Run a blind comparison first.")
+            raise gr.Error("Votes are for a blind comparison in which every model answered: run one in blind mode "
+                           "and vote once all the answers are in.")
         if not choice:
             raise gr.Error("Pick the best answer (or Tie) before voting.")
         if state.get("voted"):
