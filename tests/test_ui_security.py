@@ -421,3 +421,36 @@ def test_only_finished_blind_comparisons_take_a_vote(ui_server, ui_clip, ui_long
         assert not call_event(ui_server.url, "vote", [choice, None], "blind")["success"]
     assert len(ui_server.votes.read_text().splitlines()) == len(logged.splitlines()) + 1
     assert file_route(ui_server.url, ui_server.votes)[0] == 403
+
+
+def upload_headers(url: str, headers: dict[str, str]) -> int:
+    """POST /gradio_api/upload with these headers and no body: the status the app answers with."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/gradio_api/upload")
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_one_upload_request_carries_a_bounded_number_of_bytes(ui_server, ui_client, ui_clip):
+    """Gradio caps each file, not how many one request holds: a request over 8 files' worth is refused from its
+    Content-Length, before its body is read (nothing lands in the upload folder), and one must state it."""
+    from ui_fixtures import UI_MAX_UPLOAD_MB
+
+    uploads = ui_server.scratch_parent.parent / "gradio"
+    before = sorted(uploads.rglob("*"))
+    form = {"Content-Type": "multipart/form-data; boundary=x"}
+    over = str(int((UI_MAX_UPLOAD_MB * 8 + 2) * 2**20))
+    assert upload_headers(ui_server.url, {**form, "Content-Length": over}) == 413
+    assert upload_headers(ui_server.url, {**form, "Transfer-Encoding": "chunked"}) == 411
+    assert sorted(uploads.rglob("*")) == before
+    message = {"text": "Describe.", "files": [handle_file(str(ui_clip))]}  # an ordinary upload still goes through
+    answer, details = ui_client.predict(message, [], ui_server.models[0], {"max_new_tokens": 2}, api_name="/chat")
+    assert "error" not in details and details["stats"]["frames"] > 0

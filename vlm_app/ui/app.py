@@ -32,6 +32,7 @@ PRIVATE = {"api_visibility": "private"}
 MEDIA_TYPES = ["video", "image"]
 MODEL_COLUMNS = ["model", "state", "family", "device", "MiB"]
 QUEUE_SIZE = 64
+UPLOAD_FILES = 8  # files one upload request may carry, each up to --max-upload-mb
 
 
 def load_templates() -> dict[str, str]:
@@ -256,21 +257,36 @@ def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: fl
     return demo, backend
 
 
-class NoDeepLinks:
-    """ASGI middleware answering 404 on Gradio's `/gradio_api/deep_link`, which this app does not use: that GET
-    writes the state of the session it names (any session whose id the client knows) into the upload folder and
-    returns a link that loads it, so it is a write on GET and a way into another session's conversation."""
+class GuardedRoutes:
+    """ASGI middleware in front of two of Gradio's routes. `/gradio_api/deep_link` answers 404: this app does not
+    use it, and that GET writes the state of the session it names (any session whose id the client knows) into the
+    upload folder, with a link that loads it. `/gradio_api/upload` takes at most `max_request_bytes` a request,
+    refused from its Content-Length before a byte is read (one is required): Gradio caps each file's size, not how
+    many files a request carries."""
 
-    PATH = "/gradio_api/deep_link"
+    DEEP_LINK, UPLOAD = "/gradio_api/deep_link", "/gradio_api/upload"
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, max_request_bytes: int):
+        self.app, self.max_request_bytes = app, max_request_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].rstrip("/") == self.PATH:
-            await PlainTextResponse("deep links are turned off in this app", status_code=404)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        refusal = self._refusal(scope) if scope["type"] == "http" else None
+        await (refusal or self.app)(scope, receive, send)
+
+    def _refusal(self, scope) -> PlainTextResponse | None:
+        path = scope["path"].rstrip("/")
+        if path == self.DEEP_LINK:
+            return PlainTextResponse("deep links are turned off in this app", status_code=404)
+        if path != self.UPLOAD or scope["method"] != "POST":
+            return None
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if not length.isdigit():
+            return PlainTextResponse("an upload must state its Content-Length", status_code=411)
+        if int(length) > self.max_request_bytes:
+            return PlainTextResponse(f"one upload may carry at most {self.max_request_bytes / 2**20:.0f} MB "
+                                     f"({UPLOAD_FILES} files of this app's upload limit); upload fewer files at a time",
+                                     status_code=413)
+        return None
 
 
 def launch_options(backend: Backend, host: str, port: int | None, share: bool,
@@ -282,7 +298,8 @@ def launch_options(backend: Backend, host: str, port: int | None, share: bool,
     attachments."""
     return {"server_name": host, "server_port": port, "share": share, "auth": auth or None,
             "max_file_size": int(backend.policy.max_file_mb * 2**20),
-            "app_kwargs": {"middleware": [Middleware(NoDeepLinks)]},
+            "app_kwargs": {"middleware": [Middleware(GuardedRoutes, max_request_bytes=int(
+                (backend.policy.max_file_mb * UPLOAD_FILES + 1) * 2**20))]},  # 1 MB for the multipart framing
             "theme": gr.themes.Soft(), "footer_links": ["api", "settings"], "show_error": True}
 
 
