@@ -380,6 +380,7 @@ def test_get_requests_change_nothing(ui_server):
             except (httpx.ReadTimeout, httpx.RemoteProtocolError):
                 continue  # an event stream that stays open, or that Gradio ends without a last chunk
             assert b"Traceback" not in body, (url[:200], body[:300])
+            assert response.status_code < 500, (url[:200], response.status_code)  # a 500: a name too long, say
     time.sleep(1)  # the unload handler of a closed heartbeat runs in the background
     assert file_tree(*roots, ui_server.votes) == before
 

@@ -33,6 +33,7 @@ MEDIA_TYPES = ["video", "image"]
 MODEL_COLUMNS = ["model", "state", "family", "device", "MiB"]
 QUEUE_SIZE = 64
 UPLOAD_FILES = 8  # files one upload request may carry, each up to --max-upload-mb
+MAX_PATH = 1024  # characters of a request's path
 
 
 def load_templates() -> dict[str, str]:
@@ -258,11 +259,11 @@ def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: fl
 
 
 class GuardedRoutes:
-    """ASGI middleware in front of two of Gradio's routes. `/gradio_api/deep_link` answers 404: this app does not
-    use it, and that GET writes the state of the session it names (any session whose id the client knows) into the
-    upload folder, with a link that loads it. `/gradio_api/upload` takes at most `max_request_bytes` a request,
-    refused from its Content-Length before a byte is read (one is required): Gradio caps each file's size, not how
-    many files a request carries."""
+    """ASGI middleware in front of Gradio's routes: a path over MAX_PATH characters gets 414, and two routes are
+    guarded. `/gradio_api/deep_link` answers 404: this app does not use it, and that GET writes the state of the
+    session it names (any session whose id the client knows) into the upload folder, with a link that loads it.
+    `/gradio_api/upload` takes at most `max_request_bytes` a request, refused from its Content-Length before a
+    byte is read (one is required): Gradio caps each file's size, not how many files a request carries."""
 
     DEEP_LINK, UPLOAD = "/gradio_api/deep_link", "/gradio_api/upload"
 
@@ -275,6 +276,8 @@ class GuardedRoutes:
 
     def _refusal(self, scope) -> PlainTextResponse | None:
         path = scope["path"].rstrip("/")
+        if len(path) > MAX_PATH:  # Gradio's static routes fail on a name the file system refuses (a 500)
+            return PlainTextResponse(f"paths are at most {MAX_PATH} characters", status_code=414)
         if path == self.DEEP_LINK:
             return PlainTextResponse("deep links are turned off in this app", status_code=404)
         if path != self.UPLOAD or scope["method"] != "POST":
