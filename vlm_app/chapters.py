@@ -97,12 +97,10 @@ def on_screen(segment: Segment, times: list[float], notes: dict) -> Segment:
     """`segment`, its window widened when fewer than two frames fall in it (a timelapse, a screencast that writes a
     frame at each change): from the frame on screen at its start to the next frame, what a viewer sees meanwhile.
     `times`: every frame's time as a range counts it (`VideoMetadata.range_times`); `notes` gets the segment's note."""
-    inside = bisect.bisect_right(times, segment.video_end + EPSILON) - bisect.bisect_left(times,
-                                                                                          segment.video_start - EPSILON)
-    showing = max(bisect.bisect_right(times, segment.video_start + EPSILON) - 1, 0)
-    if inside >= 2 or len(times) < 2:
+    first = bisect.bisect_left(times, segment.video_start - EPSILON)
+    if bisect.bisect_right(times, segment.video_end + EPSILON) - first >= 2 or len(times) < 2:
         return segment
-    showing = min(showing, len(times) - 2)
+    showing = min(max(bisect.bisect_right(times, segment.video_start + EPSILON) - 1, 0), len(times) - 2)
     widened = replace(segment, video_start=min(segment.video_start, times[showing]),
                       video_end=max(segment.video_end, times[showing + 1]))
     notes[widened] = [f"fewer than two frames fall in {clock(segment.video_start)}-{clock(segment.video_end)} (the "
