@@ -434,6 +434,8 @@ def build_record(adapter, request: Request, run: Run | None = None, error: str |
 
 
 def _check_answer_budget(adapter, max_new_tokens: int) -> None:
+    """Before the memory pre-flight, which would otherwise report a budget past the context as memory it needs
+    (the prompt and the answer together are checked once the prompt is built, `Adapter.check_context`)."""
     if max_new_tokens >= adapter.context_tokens:
         raise LimitError(f"an answer of {max_new_tokens} tokens leaves no room in the model's {adapter.context_tokens}-"
                          "token context for the prompt; lower max_new_tokens (--max-new-tokens)")

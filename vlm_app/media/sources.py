@@ -44,8 +44,8 @@ IPV4_LEGACY = re.compile(r"^[0-9a-fx.]+$", re.IGNORECASE)
 def local_file(source: str | os.PathLike, limits: Limits) -> Iterator[tuple[str, str]]:
     """Yield (local path, label for messages) for `source`; temporary copies are removed afterwards."""
     if not isinstance(source, (str, os.PathLike)) or isinstance(os.fspath(source), bytes):
-        raise SourceError(f"cannot read a video from a value of type {type(source).__name__}; give a path or URL as a string "
-                          "(or a list of frames)")
+        raise SourceError(f"cannot read a video from a value of type {type(source).__name__}; give a path or URL "
+                          "as a string (or a list of frames)")
     text = os.fspath(source)
     if not text.strip():
         raise SourceError("the video source is empty; give a file path or URL")
