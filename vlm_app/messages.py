@@ -112,6 +112,16 @@ def media_options(item: dict) -> dict:
     return {key: value for key, value in item.items() if key not in ("type", item["type"])}
 
 
+def refuse_placeholders(messages: list[dict], placeholders: tuple[str, ...], model: str) -> None:
+    """OptionsError when the text of normalised messages holds one of a model's media placeholders: the processor
+    would expand it with the visual tokens of another item (or find too few items), so the map would be wrong."""
+    texts = [item["text"] for message in messages for item in message["content"] if item["type"] == "text"]
+    for tag in placeholders:
+        if any(tag in text for text in texts):
+            raise OptionsError(f"the prompt text holds a literal {tag}: {model} shows each image or video where its "
+                               "item is in the message; remove the placeholder from the text")
+
+
 def for_template(messages: list[dict]) -> list[dict]:
     """Messages with media sources removed, as chat templates take them ({"type": "video"} placeholders)."""
     return [{"role": message["role"],

@@ -16,7 +16,7 @@ import math
 
 from vlm_app.adapters.base import Adapter, VisualMap
 from vlm_app.memory import FitRules, ModelDims, RequestShape, VisionDims, text_dims
-from vlm_app.messages import for_template
+from vlm_app.messages import for_template, refuse_placeholders
 
 
 def hf_video_metadata(video):
@@ -54,6 +54,7 @@ class Qwen2_5_VLAdapter(Adapter):
 
         videos = [item for item in media if isinstance(item, SampledVideo)]
         images = [item.image for item in media if not isinstance(item, SampledVideo)]
+        refuse_placeholders(messages, (self.processor.image_token, self.processor.video_token), "Qwen2.5-VL")
         prompt = self.processor.apply_chat_template(for_template(messages), tokenize=False,
                                                     add_generation_prompt=True)
         inputs = self.processor(

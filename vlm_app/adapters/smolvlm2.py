@@ -21,7 +21,7 @@ import torch
 from vlm_app.adapters.base import Adapter, VisualMap
 from vlm_app.errors import OptionsError
 from vlm_app.memory import ModelDims, RequestShape, VisionDims, text_dims
-from vlm_app.messages import for_template
+from vlm_app.messages import for_template, refuse_placeholders
 
 PLACEHOLDER = re.compile(r"(<image>|<video>)")
 FRAME_TEXT_TOKENS = 12  # "Frame from MM:SS:" and the tokens around each frame's image
@@ -64,11 +64,7 @@ class SmolVLM2Adapter(Adapter):
     def _prompt(self, messages: list[dict], num_media: int) -> str:
         from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
 
-        literal = [tag for m in messages for item in m["content"] if item["type"] == "text"
-                   for tag in PLACEHOLDER.findall(item["text"])]
-        if literal:
-            raise OptionsError(f"the prompt text holds a literal {literal[0]}: SmolVLM2 shows each image or video "
-                               "where its item is in the message; remove the placeholder from the text")
+        refuse_placeholders(messages, ("<image>", "<video>"), "SmolVLM2")
         conversation = for_template(messages)
         prompt = self.processor.apply_chat_template(conversation, chat_template=self.processor.chat_template,
                                                     tokenize=False, add_generation_prompt=True)
