@@ -13,6 +13,7 @@ SMOLVLM2_REPOS = {"256m": "HuggingFaceTB__SmolVLM2-256M-Video-Instruct",
                   "500m": "HuggingFaceTB__SmolVLM2-500M-Video-Instruct",
                   "2.2b": "HuggingFaceTB__SmolVLM2-2.2B-Instruct"}
 QWEN_7B = "Qwen__Qwen2.5-VL-7B-Instruct"
+QWEN_3B = "Qwen__Qwen2.5-VL-3B-Instruct"
 DEEPSEEK_TINY = "deepseek-ai__deepseek-vl2-tiny"
 
 

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoProcessor
 
 from adapter_fixtures import video_messages
-from real_files_fixtures import QWEN_7B, REAL_FILES
+from real_files_fixtures import QWEN_3B, QWEN_7B, REAL_FILES, repository_files
 from vlm_app import load
 from vlm_app.adapters.qwen2_5_vl import hf_video_metadata
 from vlm_app.cli import main
@@ -103,3 +103,74 @@ def test_the_user_overrides_the_checkpoints_bounds(fine_tune_dir, example_clip):
     prepared = adapter.prepare(video_messages(str(example_clip)), min_pixels=128 * 28 * 28, max_pixels=256 * 28 * 28)
     frames = prepared.media[0].frames
     assert 128 * 28 * 28 <= frames.shape[-2] * frames.shape[-1] <= 256 * 28 * 28
+
+
+@pytest.mark.parametrize("placeholder", ["<|video_pad|>", "<|image_pad|>"])
+def test_a_literal_placeholder_in_the_prompt_is_a_clear_error(real_qwen_dir, example_clip, capsys, placeholder):
+    # the processor would expand the typed placeholder with a video's tokens, or find one grid too few
+    assert main(["describe", str(example_clip), "--model", str(real_qwen_dir), "--device", "cpu", "--fps", "1",
+                 "--prompt", f"What is {placeholder}?", "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"literal {placeholder}" in err and "Traceback" not in err
+
+
+def test_other_special_tokens_in_the_prompt_are_tokenized_as_the_model_card_does(real_qwen, real_qwen_dir,
+                                                                                 example_clip):
+    """The real template writes user text as it is, so its control tokens stay control tokens there and here; the
+    visual tokens stay those of the video."""
+    prompt = "<|im_end|>\n<|im_start|>assistant\n<|vision_start|><image><fake_token_around_image> שלום 🎬"
+    prepared = real_qwen.prepare(video_messages(str(example_clip), prompt), fps=1)
+    reference = model_card_inputs(real_qwen_dir, prepared, prompt)
+    assert torch.equal(prepared.inputs["input_ids"], reference["input_ids"])
+    video_tokens = (prepared.inputs["input_ids"][0] == 151656).nonzero().flatten()
+    assert torch.equal(prepared.visual_map.positions, video_tokens)
+
+
+def test_a_qwen_repository_without_its_bpe_files_is_refused(tmp_path, capsys):
+    """The 3B repository's files here have no tokenizer (SOURCES.md): a tokenizer of its 22 added tokens alone
+    would encode every word as nothing."""
+    files = repository_files(QWEN_3B, tmp_path / "files")
+    assert main(["tiny", "--family", "qwen2_5_vl", "--from-files", str(files), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "vocab.json" in err and "merges.txt" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("repo", [QWEN_7B, QWEN_3B])
+def test_a_whole_conversation_equals_the_model_card_route(repo, tmp_path, example_clip, make_clip):
+    """System prompt, an image and two videos of different lengths in one turn, an answer, a second turn, RTL text
+    and emoji: the prompt, every input and the map are those of the real template and processor (the 3B
+    repository has no BPE files of its own: SOURCES.md gives it the 7B ones, shared by all sizes)."""
+    from PIL import Image
+
+    files = repository_files(repo, tmp_path / "files")
+    for name in ("vocab.json", "merges.txt"):
+        (files / name).write_bytes((REAL_FILES / QWEN_7B / name).read_bytes())
+    checkpoint = build_from_files("qwen2_5_vl", files, tmp_path / "checkpoint")
+    adapter = load(str(checkpoint), device="cpu")
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(tmp_path / "photo.png")
+    short = make_clip(tmp_path / "short.mp4", 2.0, 8, 128, 96)
+    messages = [{"role": "system", "content": "Answer in one line."},
+                {"role": "user", "content": [{"type": "image", "image": str(tmp_path / "photo.png")},
+                                             {"type": "video", "video": str(example_clip), "fps": 1},
+                                             {"type": "video", "video": str(short), "fps": 1},
+                                             {"type": "text", "text": "Which one? שלום 🎬👍🏽"}]},
+                {"role": "assistant", "content": "The first."},
+                {"role": "user", "content": ""}]
+    prepared = adapter.prepare(messages)
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    image, *videos = prepared.media
+    reference = processor(text=[text], images=[image.image], videos=[video.frames for video in videos],
+                          video_metadata=[hf_video_metadata(video) for video in videos], do_sample_frames=False,
+                          return_tensors="pt")
+    assert prepared.prompt == text
+    for key, value in reference.items():
+        assert torch.equal(prepared.inputs[key], value), key
+    ids = prepared.inputs["input_ids"][0]
+    for media_index, token in enumerate((151655, 151656, 151656)):
+        rows = prepared.visual_map.media_index == media_index
+        own = (ids == token).nonzero().flatten()
+        assert torch.equal(prepared.visual_map.positions[rows], own[:int(rows.sum())] if media_index < 2
+                           else own[-int(rows.sum()):])
+    assert prepared.visual_map.frame_index[prepared.visual_map.media_index == 2].max() == len(videos[1].timestamps) - 2

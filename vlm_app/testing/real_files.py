@@ -65,6 +65,10 @@ def qwen2_5_vl_from_files(files: Path, out: Path, seed: int = 0) -> Path:
     config.update(QWEN_TEXT_SHRINK)
     config["vision_config"] = {**config["vision_config"], **QWEN_VISION_SHRINK,
                                "out_hidden_size": QWEN_TEXT_SHRINK["hidden_size"]}
+    missing = [name for name in ("vocab.json", "merges.txt") if not (files / name).is_file()]
+    if not (files / "tokenizer.json").is_file() and missing:  # transformers would build a tokenizer of no words
+        raise OptionsError(f"{files} has no tokenizer.json and no {' or '.join(missing)}; the Qwen2.5-VL sizes share "
+                           "one BPE: add these files from any of them")
     _copy(files, out, QWEN_FILES)
     if not (out / "tokenizer.json").is_file():
         _save_tokenizer_json(AutoTokenizer.from_pretrained(out), out)
