@@ -83,6 +83,13 @@ def segment_seconds(adapter, options: dict) -> float:
     return min(max(frames / fps, MIN_SEGMENT_SECONDS), MAX_SEGMENT_SECONDS)
 
 
+def default_segment_seconds(adapter, prompt: str, sampling: dict, generation: dict, system: str | None = None) -> float:
+    """`segment_seconds` for the options a segment's request would have (those of a zero segment)."""
+    sizing = segment_messages(prompt, Segment(0, 0, 0, 0), 0, "", system)
+    return segment_seconds(adapter, adapter.video_options(sizing, sampling,
+                                                          max_new_tokens=generation.get("max_new_tokens")))
+
+
 def split_video(duration: float, seconds: float, overlap: float = 0.0) -> list[Segment]:
     """Consecutive segments of `seconds` covering [0, duration) (a short last piece joins the one before), each
     sampled `overlap` seconds past its end."""
@@ -278,9 +285,7 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
     cancel = cancel or threading.Event()
     _check_request(source, sampling, seconds, overlap)
     if seconds is None:
-        sizing = segment_messages(prompt, Segment(0, 0, 0, 0), 0, str(source), system)
-        seconds = segment_seconds(adapter, adapter.video_options(sizing, sampling,
-                                                                 max_new_tokens=generation.get("max_new_tokens")))
+        seconds = default_segment_seconds(adapter, prompt, sampling, generation, system)
     bar = None
 
     def planned(total: int, reused: int) -> None:  # the bar starts once the probe has told how many segments

@@ -18,8 +18,9 @@ from urllib.parse import urlparse
 
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.grounding import draw_boxes, parse_grounding
-from vlm_app.results import JsonlResults, segments_path
-from vlm_app.service import IMAGE_SUFFIXES, MemoryGuard, check_generation, compare, execute, is_image, one_turn
+from vlm_app.results import JsonlResults, same_source, segments_path
+from vlm_app.service import (IMAGE_SUFFIXES, MemoryGuard, build_record, check_generation, compare, execute, is_image,
+                             one_turn)
 
 DEFAULT_PROMPT = "Describe this video."
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
@@ -70,13 +71,25 @@ def check_source(source: Any) -> None:
 
 
 def find_videos(folder: str | Path) -> list[Path]:
-    """Video files under `folder` (recursive), by extension, in a stable order."""
-    return sorted(path for path in Path(folder).rglob("*") if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES)
+    """Video files under `folder` (recursive, into linked folders too, each folder once, so a link loop ends), by
+    extension, in a stable order. Hidden names are skipped: `.DS_Store`, macOS's `._clip.mp4` (AppleDouble
+    metadata, not video) and dot folders such as `.Trashes`."""
+    videos, seen = [], set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        folders[:] = [] if real in seen else [name for name in folders if not name.startswith(".")]
+        if real in seen:
+            continue
+        seen.add(real)
+        videos += [Path(root, name) for name in files if not name.startswith(".")
+                   and Path(name).suffix.lower() in VIDEO_SUFFIXES and os.path.isfile(os.path.join(root, name))]
+    return sorted(videos)
 
 
 def collection_sources(source: Any) -> list[str] | None:
     """The videos a folder (recursive) or a list file (one path or URL per line; blank lines and # comments
-    skipped) names, for every engine; None when `source` is a single video or image."""
+    skipped; relative paths from the current folder) names, each once, for every engine; None when `source` is a
+    single video or image."""
     if not isinstance(source, (str, Path)) or not str(source).strip():  # "" is no folder (Path("") is ".")
         return None
     path = Path(source)
@@ -86,11 +99,16 @@ def collection_sources(source: Any) -> list[str] | None:
             raise OptionsError(f"no video files in {path} (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
         return videos
     if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-        lines = [line.strip() for line in path.read_text().splitlines()]
-        sources = [line for line in lines if line and not line.startswith("#")]
+        # utf-8-sig: Windows editors start the file with a byte order mark; surrogateescape: a file name that is
+        # not UTF-8 is still the name on disk
+        lines = [line.strip() for line in path.read_bytes().decode("utf-8-sig", "surrogateescape").splitlines()]
+        sources: dict[str, str] = {}
+        for line in lines:
+            if line and not line.startswith("#"):
+                sources.setdefault(same_source(line), line)  # a video listed twice is described once
         if not sources:
             raise OptionsError(f"{path} lists no videos (one path or URL per line)")
-        return sources
+        return list(sources.values())
     return None
 
 
@@ -100,18 +118,23 @@ def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, pr
                     progress: bool = True, memory: dict | None = None, chapters: dict | None = None,
                     limits=None) -> list[dict]:
     """Describe every video of a folder or list file, appending one JSON line per video to `out_path` as it
-    finishes. `resume` and `retry_failed` follow the one resume rule of `vlm_app.results`. `memory`: the
-    request's max_memory and fit (`service.Request`)."""
+    finishes. `adapter`: the model, or a function that loads it (called once the outputs are open, so that a bad
+    `out_path` fails before a model loads for nothing). `resume` and `retry_failed` follow the one resume rule of
+    `vlm_app.results`; the records a resumed run keeps must have been made with its model and options. `memory`:
+    the request's max_memory and fit (`service.Request`)."""
     from tqdm import tqdm
 
     videos = collection_sources(folder)
     if videos is None:
         raise OptionsError(f"{folder} is neither a folder nor a list file ({', '.join(LIST_SUFFIXES)})")
-    results = JsonlResults(out_path) if out_path else None
+    results = JsonlResults(out_path, inputs=[folder, *videos]) if out_path else None
     skip = results.start(resume, retry_failed) if results is not None else set()
-    segments = _segment_results(out_path, chapters, resume, retry_failed)
+    segments = _segment_results(out_path, chapters, resume, retry_failed, [folder, *videos])
+    adapter = adapter() if callable(adapter) else adapter
+    if results is not None:
+        check_resumed(results, videos, adapter, prompt, sampling, generation, chapters)
     records = []
-    todo = [video for video in videos if str(video) not in skip]
+    todo = [video for video in videos if same_source(video) not in skip]
     try:
         for video in tqdm(todo, desc="describe", unit="video", disable=not progress, file=sys.stderr):
             record = describe_video(adapter, video, prompt, sampling, generation, chapters, segments, limits,
@@ -128,11 +151,49 @@ def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, pr
     return records
 
 
-def _segment_results(out_path, chapters: dict | None, resume: bool, retry_failed: bool) -> JsonlResults | None:
+RESUMED_SETTINGS = ("model", "prompt", "sampling", "generation", "chapter_options")
+RESUMED_MODEL_INFO = ("revision", "lora_adapter", "quantization")
+
+
+def check_resumed(results: JsonlResults, sources: list, adapter, prompt: str, sampling: dict | None,
+                  generation: dict | None, chapters: dict | None) -> None:
+    """Refuse to resume an output whose records of `sources` were made with another model or other options:
+    skipping those videos would pass the records off as this run's."""
+    sources = {same_source(source) for source in sources}
+    kept = [record for record in results.kept.values() if same_source(record["source"]) in sources]
+    if not kept:
+        return
+    wanted = _settings(json.loads(json.dumps(build_record(adapter, one_turn(prompt, "", sampling, generation)))))
+    if chapters is not None:
+        from vlm_app.chapters import default_segment_seconds
+
+        seconds = chapters["seconds"] or default_segment_seconds(adapter, prompt, dict(sampling or {}),
+                                                                 dict(generation or {}))
+        wanted["chapter_options"] = {"segment_seconds": seconds, "overlap": chapters["overlap"]}
+    for record in kept:
+        found = _settings(record)
+        name = next((name for name in wanted if found.get(name) != wanted[name]), None)
+        if name is not None:
+            raise OptionsError(
+                f"{results.path} holds records made with other settings than this run's ({record['source']}: "
+                f"{name} {found.get(name)!r}, now {wanted[name]!r}); resuming would keep them as this run's. Resume "
+                "with the same --model and options, give another --out, or drop --resume to start it afresh")
+
+
+def _settings(record: dict) -> dict:
+    """What of a record says how it was made (not where: device, dtype and timings may differ)."""
+    info = record.get("model_info") or {}
+    return {**{name: record.get(name) for name in RESUMED_SETTINGS},
+            "model": same_source(record.get("model")),  # a checkpoint folder however it is spelled
+            **{f"model_info.{name}": info.get(name) for name in RESUMED_MODEL_INFO}}
+
+
+def _segment_results(out_path, chapters: dict | None, resume: bool, retry_failed: bool,
+                     inputs: list) -> JsonlResults | None:
     """The sidecar of finished segments of a chapters run with an output (started as the output is)."""
     if chapters is None or not out_path:
         return None
-    segments = JsonlResults(segments_path(out_path), key="key")
+    segments = JsonlResults(segments_path(out_path), key="key", inputs=inputs)
     segments.start(resume, retry_failed)
     return segments
 
@@ -234,22 +295,23 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
     if args.boxes_out and (is_folder or not is_image(source)):
         raise OptionsError(f"--boxes-out draws on an image; give an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if is_folder:
-        adapter = load_adapter(args.model, **model_options)
         emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
-        records = describe_folder(adapter, source, args.out, prompt, sampling, generation, resume=resume,
-                                  retry_failed=args.retry_failed, emit=emit, memory=memory_options(args),
-                                  chapters=chapters, limits=limits)
+        records = describe_folder(lambda: load_adapter(args.model, **model_options), source, args.out, prompt,
+                                  sampling, generation, resume=resume, retry_failed=args.retry_failed, emit=emit,
+                                  memory=memory_options(args), chapters=chapters, limits=limits)
         failed = [record for record in records if record["error"]]
         print(f"described {len(records) - len(failed)} video(s), {len(failed)} failed"
               + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
         return 0
     check_source(source)
-    results = JsonlResults(args.out) if args.out else None
-    if results is not None and str(source) in results.start(resume, args.retry_failed):
+    results = JsonlResults(args.out, inputs=[source]) if args.out else None
+    recorded = results is not None and same_source(source) in results.start(resume, args.retry_failed)
+    adapter = load_adapter(args.model, **model_options)
+    if recorded:
+        check_resumed(results, [source], adapter, prompt, sampling, generation, chapters)
         print(f"{source} is already in {args.out}; skipped (to describe it again delete its line there, or pass "
               "--retry-failed if it failed)", file=sys.stderr)
         return 0
-    adapter = load_adapter(args.model, **model_options)
     if chapters is not None:
         return _describe_chapters_one(args, adapter, prompt, sampling, generation, chapters, limits, results, resume)
     return _describe_one(args, adapter, prompt, sampling, generation, results, limits)
@@ -294,7 +356,7 @@ def _describe_chapters_one(args, adapter, prompt: str, sampling: dict, generatio
     """One video in chapters: each chapter printed as it finishes (or the record with --json), then the exports."""
     from vlm_app.chapters import segment_line, write_chapters
 
-    segments = _segment_results(args.out, chapters, resume, args.retry_failed)
+    segments = _segment_results(args.out, chapters, resume, args.retry_failed, [args.source])
     show = None if args.json else (lambda segment: print(segment_line(segment), flush=True))
     try:
         record = describe_video(adapter, args.source, prompt, sampling, generation, chapters, segments, limits,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from vlm_app.describer import collection_sources
 from vlm_app.errors import OptionsError, SourceError, VlmAppError
-from vlm_app.results import JsonlResults, sources_to_skip
+from vlm_app.results import JsonlResults, same_source, sources_to_skip
 from vlm_app.service import MemoryGuard, Run, build_record, memory_fit, model_memory, one_turn
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install -e ".[ray]"  (or: pip install "ray[data]>=2.40" pyarrow)'
@@ -282,9 +282,9 @@ def describe_on_ray(source: str | Path, out: str | Path, job: Job, cluster: Clus
     ray = import_ray()
     cluster = cluster or Cluster()
     sources = list_sources(source)
-    writer = ParquetParts(Path(out)) if str(out).endswith(".parquet") else JsonlResults(out)
+    writer = ParquetParts(Path(out)) if str(out).endswith(".parquet") else JsonlResults(out, inputs=[source, *sources])
     skip = writer.start(resume, retry_failed)
-    todo = [s for s in sources if s not in skip]
+    todo = [s for s in sources if same_source(s) not in skip]
     if not todo:
         return 0, 0
     _check_model(job)

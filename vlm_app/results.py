@@ -3,7 +3,8 @@
 The resume rule, the same for every engine and format: a resumed run skips every source already recorded in the
 output, failed ones included, so no video is ever recorded twice. To describe a failed video again, delete its
 line (or pass `--retry-failed`, which drops the failed records from the output before the run and retries them).
-Without resume the output starts empty.
+Without resume the output starts empty. Sources are compared by `same_source` (`a.mp4` and `./a.mp4` are one
+video). An output is locked while a run writes it, so a second run on it is refused.
 
 A chapters run (`describe --chapters`) follows the same rule one level down: each finished segment of a video is
 written at once to a sidecar next to the output (`segments_path`: `r.jsonl` -> `r.segments.jsonl`), keyed by the
@@ -18,11 +19,26 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from vlm_app.errors import OptionsError
+
+try:
+    import fcntl
+except ImportError:  # Windows: outputs are not locked
+    fcntl = None
+
 
 def sources_to_skip(records: Iterable[dict], retry_failed: bool = False, key: str = "source") -> set[str]:
-    """The sources (or other `key`s) a resumed run skips: every recorded one, less the failed ones with
-    `retry_failed`."""
-    return {record[key] for record in records if not (retry_failed and record.get("error") is not None)}
+    """The sources (by `same_source`; or other `key`s) a resumed run skips: every recorded one, less the failed ones
+    with `retry_failed`."""
+    name = same_source if key == "source" else str
+    return {name(record[key]) for record in records if not (retry_failed and record.get("error") is not None)}
+
+
+def same_source(source) -> str:
+    """A source as a resumed run compares it: a local path made absolute (`a.mp4`, `./a.mp4` and `/videos/a.mp4`
+    run from /videos are one video), a URL as it is."""
+    text = str(source)
+    return text if "://" in text or text.startswith("data:") else os.path.abspath(text)
 
 
 def segments_path(out: str | Path) -> Path:
@@ -37,7 +53,7 @@ def read_jsonl_records(path: Path, key: str = "source") -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in _read_lines(path):
         try:
             record = json.loads(line)
         except ValueError:
@@ -48,31 +64,44 @@ def read_jsonl_records(path: Path, key: str = "source") -> list[dict]:
 
 
 class JsonlResults:
-    """A JSONL output: `start` prepares the file and says which sources (records' `key`) to skip, keeping those
-    records in `kept`; `add` appends one record per line (flushed, so a crash loses at most the line being
-    written); `close` ends the run."""
+    """A JSONL output: `start` opens the file, locked for this run, and says which sources (records' `key`) to skip,
+    keeping those records in `kept`; `add` appends one record per line (flushed, so a crash loses at most the line
+    being written); `close` ends the run. `inputs`: the run's sources (and list file), never to be overwritten."""
 
-    def __init__(self, path: str | Path, key: str = "source"):
+    def __init__(self, path: str | Path, key: str = "source", inputs: Iterable[str | Path] = ()):
         self.path = Path(path)
         self.key = key
+        self.inputs = list(inputs)
         self.handle = None
         self.kept: dict[str, dict] = {}
 
     def start(self, resume: bool, retry_failed: bool = False) -> set[str]:
+        self._check_inputs()
+        self.handle = _open_locked(self.path, "a")
         if not resume:
-            self.path.unlink(missing_ok=True)
+            self.handle.truncate(0)
             return set()
         records = read_jsonl_records(self.path, self.key)
         if retry_failed and any(record.get("error") is not None for record in records):
             self._drop_failed()
-        skip = sources_to_skip(records, retry_failed, self.key)
-        self.kept = {record[self.key]: record for record in records if record[self.key] in skip}
-        return skip
+        if _last_byte(self.path) not in (b"", b"\n"):  # an interrupted run's last line: new records get their own
+            self.handle.write("\n")
+        kept = [record for record in records if not (retry_failed and record.get("error") is not None)]
+        self.kept = {record[self.key]: record for record in kept}
+        return sources_to_skip(kept, key=self.key)
+
+    def _check_inputs(self) -> None:
+        """Starting afresh empties the output, so it must not be (a link to) one of the videos or the list file."""
+        target = os.path.realpath(self.path)
+        clash = next((str(item) for item in self.inputs if os.path.realpath(item) == target), None)
+        if clash is not None:
+            raise OptionsError(f"the output {self.path} is an input of this run ({clash}); writing it would destroy "
+                               "that file: give another --out")
 
     def _drop_failed(self) -> None:
         """Rewrite the file without its failed records (other lines, a torn one included, are kept as they are)."""
         kept = []
-        for line in self.path.read_text().splitlines():
+        for line in _read_lines(self.path):
             try:
                 failed = json.loads(line).get("error") is not None
             except (ValueError, AttributeError):
@@ -80,16 +109,14 @@ class JsonlResults:
             if not failed:
                 kept.append(line + "\n")
         partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text("".join(kept))
+        handle = _open_locked(partial, "w")  # locked before it takes the output's place
+        handle.write("".join(kept))
+        handle.flush()
         os.replace(partial, self.path)  # never a half-written results file
+        self.handle.close()
+        self.handle = handle
 
     def add(self, record: dict) -> None:
-        if self.handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            torn = _last_byte(self.path) not in (b"", b"\n")
-            self.handle = self.path.open("a")
-            if torn:  # an interrupted run's last line: keep the new records on lines of their own
-                self.handle.write("\n")
         self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
 
@@ -103,6 +130,32 @@ class JsonlResults:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _read_lines(path: Path) -> list[str]:
+    # surrogateescape: a stray byte that is not UTF-8 is kept as it is by a rewrite, never a crash
+    return path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+
+
+def _open_locked(path: Path, mode: str):
+    """`path` opened for writing and locked, so that a second run on the same output is refused, not interleaved
+    (or emptied under the first)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open(mode, encoding="utf-8", errors="surrogateescape")
+    except IsADirectoryError:
+        raise OptionsError(f"the output {path} is a folder; give a file name such as {path / 'results.jsonl'}") \
+            from None
+    except OSError as error:
+        raise OptionsError(f"cannot write the output {path}: {error.strerror}; give a path you can write") from None
+    if fcntl is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise OptionsError(f"another describe run is writing {path}; wait for it to finish or give another "
+                               "--out") from None
+    return handle
 
 
 def _last_byte(path: Path) -> bytes:
