@@ -466,3 +466,15 @@ def test_a_video_whose_frames_are_minutes_apart_gets_every_chapter(tmp_path, smo
     for segment in widened:  # the prompt names the window the model is shown
         assert segment["video_start"] <= segment["start"] or segment["video_end"] > segment["end"]
         assert f"runs from {_clock(segment['video_start'])} to {_clock(segment['video_end'])}" in segment["prompt"]
+
+
+def test_a_chapters_export_that_cannot_be_written_is_a_clear_error(clip, smol, tmp_path, capsys):
+    (tmp_path / "chapters.json").mkdir()
+    assert main(["describe", str(clip), "--model", smol, "--chapters", "--chapters-out",
+                 str(tmp_path / "chapters.json"), *FAST]) == 2
+    error = capsys.readouterr().err
+    assert "is a folder; give a file name" in error and "Traceback" not in error
+    assert main(["describe", str(clip), "--model", smol, "--chapters", "--segment-seconds", "15", "--chapters-out",
+                 "/proc/chapters.srt", *FAST]) == 2
+    error = capsys.readouterr().err
+    assert "cannot write the chapters to /proc/chapters.srt" in error and "Traceback" not in error

@@ -464,6 +464,10 @@ def check_exports(paths: list[str]) -> None:
     unknown = [path for path in paths if not str(path).lower().endswith(EXPORTS)]
     if unknown:
         raise OptionsError(f"cannot tell the format of {unknown[0]}; chapter exports end in {', '.join(EXPORTS)}")
+    folder = next((path for path in paths if Path(path).is_dir()), None)
+    if folder is not None:
+        raise OptionsError(f"the chapters export {folder} is a folder; give a file name such as "
+                           f"{Path(folder, 'chapters.srt')}")
 
 
 def write_chapters(record: dict, path) -> None:
@@ -476,5 +480,8 @@ def write_chapters(record: dict, path) -> None:
                           indent=2, ensure_ascii=False)
     else:
         text = (to_srt if suffix == ".srt" else to_vtt)(chapter_cues(record))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:  # after the run: its record is already in --out, when there is one
+        raise OptionsError(f"cannot write the chapters to {path}: {error.strerror}") from None
