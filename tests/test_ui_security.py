@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -54,20 +55,29 @@ def call_event(url: str, api_name: str, data: list, session: str) -> dict:
     raise AssertionError("the event never completed")
 
 
-def heartbeat(url: str, raw_session: str) -> int:
-    """Open and close `/gradio_api/heartbeat/<raw_session>` with the path sent exactly as given (what
-    `curl --path-as-is` does); closing it is what makes Gradio run the unload handler."""
+@contextmanager
+def sent_as_is(url: str, method: str, path: str, headers: dict[str, str] | None = None):
+    """One request whose path goes exactly as given (what `curl --path-as-is` sends), with no body: its response,
+    until the connection closes."""
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     try:
-        connection.putrequest("GET", f"/gradio_api/heartbeat/{raw_session}", skip_accept_encoding=True)
+        connection.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            connection.putheader(name, value)
         connection.endheaders()
-        response = connection.getresponse()
+        yield connection.getresponse()
+    finally:
+        connection.close()
+
+
+def heartbeat(url: str, raw_session: str) -> int:
+    """Open and close `/gradio_api/heartbeat/<raw_session>`; closing it is what makes Gradio run the unload
+    handler."""
+    with sent_as_is(url, "GET", f"/gradio_api/heartbeat/{raw_session}") as response:
         if response.status == 200:
             response.fp.readline()  # "data: ALIVE": the session is open
         return response.status
-    finally:
-        connection.close()
 
 
 def answers(url: str) -> int | None:
@@ -293,15 +303,8 @@ def test_auth_file_login_through_the_cli(tiny_checkpoints, tmp_path):
 
 def file_route(url: str, path) -> tuple[int, dict, bytes]:
     """GET `/gradio_api/file=<path>` sent as is: status, headers, body."""
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    try:
-        connection.putrequest("GET", f"/gradio_api/file={quote(str(path), safe='/%')}", skip_accept_encoding=True)
-        connection.endheaders()
-        response = connection.getresponse()
+    with sent_as_is(url, "GET", f"/gradio_api/file={quote(str(path), safe='/%')}") as response:
         return response.status, {key.lower(): value for key, value in response.getheaders()}, response.read()
-    finally:
-        connection.close()
 
 
 def test_fetched_pages_are_never_served_inline(ui_server):
@@ -426,18 +429,9 @@ def test_only_finished_blind_comparisons_take_a_vote(ui_server, ui_clip, ui_long
 
 def upload_headers(url: str, headers: dict[str, str]) -> int:
     """POST /gradio_api/upload with these headers and no body: the status the app answers with."""
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    try:
-        connection.putrequest("POST", "/gradio_api/upload")
-        for name, value in headers.items():
-            connection.putheader(name, value)
-        connection.endheaders()
-        response = connection.getresponse()
+    with sent_as_is(url, "POST", "/gradio_api/upload", headers) as response:
         response.read()
         return response.status
-    finally:
-        connection.close()
 
 
 def test_one_upload_request_carries_a_bounded_number_of_bytes(ui_server, ui_client, ui_clip):
