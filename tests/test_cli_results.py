@@ -169,3 +169,16 @@ def test_resume_refuses_records_made_with_other_settings(tiny_checkpoints, make_
                  *FAST]) == 2
     assert "holds records made with other settings" in capsys.readouterr().err
     assert out.read_text() == first
+
+
+def test_a_hub_model_name_on_resume_does_not_depend_on_the_current_folder(tmp_path, monkeypatch):
+    """A record names a hub model by its id: resuming from another folder is the same model (an id is no path)."""
+    from vlm_app.describer import _settings
+
+    record = {"model": "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "model_info": {}}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    here = _settings(record)
+    monkeypatch.chdir(tmp_path / "two")
+    assert _settings(record) == here and here["model"] == record["model"]

@@ -184,8 +184,13 @@ def _settings(record: dict) -> dict:
     """What of a record says how it was made (not where: device, dtype and timings may differ)."""
     info = record.get("model_info") or {}
     return {**{name: record.get(name) for name in RESUMED_SETTINGS},
-            "model": same_source(record.get("model")),  # a checkpoint folder however it is spelled
+            "model": _model_name(record.get("model")),
             **{f"model_info.{name}": info.get(name) for name in RESUMED_MODEL_INFO}}
+
+
+def _model_name(model: str | None) -> str | None:
+    """A checkpoint folder however it is spelled; a hub id (`owner/name`) or a short name as it is, from any folder."""
+    return os.path.abspath(model) if model and os.path.isdir(model) else model
 
 
 def _segment_results(out_path, chapters: dict | None, resume: bool, retry_failed: bool,
