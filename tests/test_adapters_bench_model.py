@@ -8,25 +8,25 @@ import json
 import pytest
 from transformers import DeepseekOcr2TextConfig, DeepseekV2Config, DeepseekV3Config
 
-from vlm_app.bench.model import FAMILIES, _count_parameters
+from vlm_app.bench.model import _count_parameters, published_sizes, real_model
 from vlm_app.cli import main
 
 PUBLISHED = {  # model-card totals
     ("qwen2_5_vl", "3b"): 3.75e9, ("qwen2_5_vl", "7b"): 8.29e9, ("qwen2_5_vl", "32b"): 33.5e9,
     ("qwen2_5_vl", "72b"): 73.4e9,
     ("smolvlm2", "256m"): 0.256e9, ("smolvlm2", "500m"): 0.507e9, ("smolvlm2", "2.2b"): 2.25e9,
+    ("qwen3_vl", "2b"): 2.13e9,
     ("deepseek_vl2", "tiny"): 3.37e9, ("deepseek_vl2", "small"): 16.1e9, ("deepseek_vl2", "base"): 27.5e9,
 }
 
 
 def test_every_size_has_a_published_total():
-    assert {(family, size) for family, (_, sizes) in FAMILIES.items() for size in sizes} == set(PUBLISHED)
+    assert {(family, size) for family, sizes in published_sizes().items() for size in sizes} == set(PUBLISHED)
 
 
 @pytest.mark.parametrize("family, size", sorted(PUBLISHED))
 def test_parameter_count_matches_the_model_card(family, size):
-    build, _ = FAMILIES[family]
-    model_class, config, _, _ = build(size)
+    model_class, config, _, _ = real_model(family, size)
     assert _count_parameters(model_class, config) == pytest.approx(PUBLISHED[family, size], rel=0.01)
 
 
@@ -34,7 +34,7 @@ def test_parameter_count_matches_the_model_card(family, size):
                                                            ("small", DeepseekV2Config, 64),
                                                            ("base", DeepseekV3Config, 72)])
 def test_deepseek_sizes_take_their_language_model_code_path(size, language_class, experts):
-    _, config, processor, _ = FAMILIES["deepseek_vl2"][0](size)
+    _, config, processor, _ = real_model("deepseek_vl2", size)
     assert type(config.text_config) is language_class and config.text_config.n_routed_experts == experts
     assert config.language_config["max_position_embeddings"] == 4096
     assert config.projector_config["n_embed"] == config.language_config["hidden_size"]
@@ -62,7 +62,7 @@ def test_qwen_sizes_equal_the_real_config_files(size, repo):
     from real_files_fixtures import REAL_FILES
 
     real = AutoConfig.from_pretrained(REAL_FILES / repo)
-    _, ours, _, _ = FAMILIES["qwen2_5_vl"][0](size)
+    _, ours, _, _ = real_model("qwen2_5_vl", size)
     for field in QWEN_TEXT_FIELDS:
         assert getattr(ours.text_config, field) == getattr(real.text_config, field), field
     for field in QWEN_VISION_FIELDS:
@@ -78,7 +78,7 @@ def test_smolvlm2_sizes_equal_the_real_processor_files(size, tmp_path):
 
     files = repository_files(SMOLVLM2_REPOS[size], tmp_path)
     preprocessor = json.loads((files / "preprocessor_config.json").read_text())
-    _, ours, processor, _ = FAMILIES["smolvlm2"][0](size)
+    _, ours, processor, _ = real_model("smolvlm2", size)
     assert ours.vision_config.image_size == preprocessor["max_image_size"]["longest_edge"] == \
         preprocessor["video_sampling"]["video_size"]["longest_edge"]
     assert processor.image_seq_len == json.loads((files / "processor_config.json").read_text())["image_seq_len"]

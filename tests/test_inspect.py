@@ -8,6 +8,7 @@ from PIL import Image
 from qwen_vl_utils import fetch_video
 
 from vlm_app import cli
+from vlm_app.adapters.registry import FAMILIES
 from vlm_app.media import get_policy, load_video
 
 
@@ -23,7 +24,7 @@ def test_inspect_json_all_families(media_videos, capsys, tmp_path):
     assert report["frames_indices"] == metadata["frames_indices"]
     assert (report["resized_height"], report["resized_width"]) == tuple(frames.shape[2:])
     assert report["num_visual_tokens"] == math.ceil(len(frames) / 2) * frames.shape[2] // 28 * frames.shape[3] // 28
-    assert set(report["families"]) == {"qwen2_5_vl", "smolvlm2", "deepseek_vl2"}
+    assert set(report["families"]) == set(FAMILIES)
     for key in ("timestamps", "sample_fps", "backend", "decode_seconds"):
         assert key in report
     smol = report["families"]["smolvlm2"]
@@ -47,7 +48,7 @@ def test_inspect_model_names(media_videos, capsys):
 def test_inspect_text_output(media_videos, capsys):
     assert cli.main(["inspect", str(media_videos["h264_rotated90"]), "--fps", "4"]) == 0
     out = capsys.readouterr().out
-    assert "qwen2_5_vl (qwen2_5_vl): 4 frames" in out and "rotation 90" in out and "deepseek_vl2" in out
+    assert "qwen2_5_vl (qwen2_5_vl, policy qwen2_5_vl): 4 frames" in out and "rotation 90" in out and "deepseek_vl2" in out
 
 
 def test_inspect_unknown_model(media_videos, capsys):

@@ -1,6 +1,7 @@
 """The pure sampling functions against qwen-vl-utils 0.0.14 and transformers' SmolVLM processor, exhaustively."""
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ from qwen_vl_utils import vision_process as qwen
 
 from vlm_app.errors import LimitError, OptionsError
 from vlm_app.media import sampling
-from vlm_app.media.policies import deepseek_max_frames, get_policy, smolvlm2_tokens_per_frame
+from vlm_app.adapters.deepseek_vl2 import deepseek_max_frames
+from vlm_app.adapters.smolvlm2 import SmolVLM2Adapter
+from vlm_app.media.policies import get_policy
 
 FRAME_COUNTS = [1, 2, 3, 5, 8, 24, 37, 60, 61, 120, 299, 601, 1500, 4999, 18000, 50894]
 SOURCE_FPS = [10, 23.976, 24, 25, 29.97, 30, 50, 60]
@@ -140,8 +143,9 @@ def test_deepseek_max_frames():
 
 
 def test_smolvlm2_tokens_per_frame():
-    assert smolvlm2_tokens_per_frame("HuggingFaceTB/SmolVLM2-2.2B-Instruct") == 81
-    assert smolvlm2_tokens_per_frame("smolvlm2-256m") == 64
+    three_frames = SimpleNamespace(frames_indices=[0, 5, 9])
+    assert SmolVLM2Adapter.visual_tokens(three_frames, "HuggingFaceTB/SmolVLM2-2.2B-Instruct") == 3 * 81
+    assert SmolVLM2Adapter.visual_tokens(three_frames, "smolvlm2-256m") == 3 * 64
     assert get_policy("smolvlm2").tokens_per_frame == 64
 
 

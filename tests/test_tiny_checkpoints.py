@@ -49,9 +49,9 @@ def test_reload_offline_with_real_classes(tiny_checkpoints, monkeypatch):
 
 
 def test_unknown_family_is_a_user_error(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["tiny", "--family", "llava", "--out", str(tmp_path)])
-    assert "invalid choice" in capsys.readouterr().err
+    assert main(["tiny", "--family", "llava", "--out", str(tmp_path / "llava")]) == 2
+    assert "unknown family 'llava'; choose one of qwen2_5_vl, qwen3_vl, qwen3_vl_thinking, qwen3_5" in \
+        capsys.readouterr().err
 
 
 def test_the_out_folder_must_be_new_empty_or_a_checkpoint(tmp_path, capsys):

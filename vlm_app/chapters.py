@@ -40,7 +40,7 @@ from typing import Callable
 
 from vlm_app.errors import LimitError, OptionsError, VlmAppError
 from vlm_app.media.limits import DEFAULT_LIMITS
-from vlm_app.media.options import is_number
+from vlm_app.media.options import is_number, without_policy
 from vlm_app.messages import conversation
 from vlm_app.service import (DEFAULT_MAX_NEW_TOKENS, Request, build_record, execute, is_image, memory_fit,
                              model_memory)
@@ -75,9 +75,7 @@ def segment_seconds(adapter, options: dict) -> float:
     """The default segment length for `adapter` when its videos get the load_video `options` (those of
     `Adapter.video_options`): the family's frames per request at its rate, within 60..240 s (see the module's
     docstring). A memory limit lowers each segment's frames or pixels within that length (`_Plan`)."""
-    from vlm_app.media import get_policy
-
-    policy = get_policy(adapter.policy)
+    policy = adapter.sampling_policy(options)
     fps = options.get("fps") or policy.fps
     frames = options.get("nframes") or options.get("max_frames") or policy.max_frames
     return min(max(frames / fps, MIN_SEGMENT_SECONDS), MAX_SEGMENT_SECONDS)
@@ -246,10 +244,10 @@ class _Plan:
         options = self.adapter.video_options(request.messages, request.media, max_new_tokens=request.max_new_tokens)
         fit = memory_fit(self.adapter, request, self.model_memory)
         if fit is None:
-            return options
+            return without_policy(options)
         fitted = fit.fit_video(metadata, options)
         self.notes[segment] = self.notes.get(segment, []) + fit.notes
-        return fitted
+        return without_policy(fitted)
 
 
 def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: dict | None = None,
@@ -299,7 +297,7 @@ def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: d
                  planned)
     described, media_error = {}, None
     try:
-        with _DecodedAhead(load_video_segments(source, adapter.policy, plan, limits=limits)) as videos:
+        with _DecodedAhead(load_video_segments(source, adapter.sampling_policy(sampling), plan, limits=limits)) as videos:
             for video in videos:
                 segment = plan.todo[len(described)]  # (no enumerate: its reused tuple would keep the last video alive)
                 described[segment] = _describe_segment(adapter, plan, segment, video, cancel)

@@ -1,7 +1,9 @@
 """`python -m vlm_app inspect VIDEO`: what each model family would be shown, without loading any weights.
 
-JSON shape: with `--model`, one family's report at the top level. Without it, the qwen2_5_vl report at the top
-level (so `frames_indices`, `num_visual_tokens`, ... are always there) plus `families: {name: report}` for all three.
+JSON shape: with `--model`, one family's report at the top level. Without it, the first family's report at the top
+level (so `frames_indices`, `num_visual_tokens`, ... are always there) plus `families: {name: report}` for every
+family. Each family's module says what its frames cost (`visual_tokens`) and the time text its model reads
+(`frame_labels`); the report shows both.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import math
 
 from PIL import Image, ImageDraw
 
-from vlm_app.adapters.registry import family_of
-from vlm_app.errors import SourceError
+from vlm_app.adapters.registry import FAMILIES, adapter_class, family_of
+from vlm_app.errors import OptionsError, SourceError
 from vlm_app.media import load_video
-from vlm_app.media.policies import POLICIES, get_policy, smolvlm2_tokens_per_frame
-from vlm_app.media.options import RESIZE_OPTIONS
+from vlm_app.media.options import RESIZE_OPTIONS, without_policy
 from vlm_app.media.video import SampledVideo
 
 SHEET_THUMB_WIDTH = 200
@@ -23,10 +24,9 @@ SHEET_LABEL_HEIGHT = 16
 
 
 def run_inspect_command(args, sampling_options: dict) -> int:
-    families = [family_of(args.model)] if args.model else list(POLICIES)
-    videos = {family: load_video(args.video, family, **_options_for(family, sampling_options, bool(args.model)))
-              for family in families}
-    reports = {family: family_report(video, args.model or family) for family, video in videos.items()}
+    families = [family_of(args.model)] if args.model else list(FAMILIES)
+    videos = {family: _sample(args.video, family, sampling_options, bool(args.model)) for family in families}
+    reports = {family: family_report(video, family, args.model or family) for family, video in videos.items()}
     if args.contact_sheet:
         write_contact_sheet(videos[families[0]], args.contact_sheet)
     if args.json:
@@ -37,40 +37,39 @@ def run_inspect_command(args, sampling_options: dict) -> int:
     return 0
 
 
-def _options_for(family: str, options: dict, explicit_model: bool) -> dict:
-    """Pixel options only mean something to resizing families; when showing every family, drop them elsewhere."""
-    if explicit_model or get_policy(family).factor is not None:
-        return options
-    return {key: value for key, value in options.items() if key not in RESIZE_OPTIONS}
+def _sample(source, family: str, options: dict, explicit_model: bool) -> SampledVideo:
+    """The family's sample of `source` with its default policy or the one asked for. Showing every family, options
+    that mean nothing to one (pixel options where its processor resizes, another family's policy) are left out."""
+    family_class = adapter_class(family)
+    asked = options.get("policy")
+    if asked is not None and asked not in family_class.policies and explicit_model:
+        raise OptionsError(f"{family} samples video with the {' or '.join(family_class.policies)} policy, not "
+                           f"{asked!r}")
+    policy = family_class.policies[asked if asked in family_class.policies else family_class.policy]()
+    kept = without_policy(options)
+    if not explicit_model and policy.resize_rule is None:
+        kept = {key: value for key, value in kept.items() if key not in RESIZE_OPTIONS}
+    return load_video(source, policy, **kept)
 
 
-def visual_tokens(video: SampledVideo, model_name: str) -> int:
-    """Visual tokens the family's model would spend on these frames."""
-    policy = video.policy
-    frames = len(video.frames_indices)
-    if policy.name == "qwen2_5_vl":
-        temporal_patches = math.ceil(frames / 2)  # an odd frame count is padded to even
-        return temporal_patches * (video.resized_height // 28) * (video.resized_width // 28)
-    if policy.name == "smolvlm2":
-        return frames * smolvlm2_tokens_per_frame(model_name)
-    return frames * policy.tokens_per_frame
-
-
-def family_report(video: SampledVideo, model_name: str) -> dict:
+def family_report(video: SampledVideo, family: str, model_name: str) -> dict:
+    family_class = adapter_class(family)
     meta = video.metadata
     notes = list(video.notes)
-    if video.policy.name == "deepseek_vl2" and len(video.frames_indices) <= 2:
+    if family == "deepseek_vl2" and len(video.frames_indices) <= 2:
         notes.append("DeepSeek-VL2 tiles 1-2 images, so the real count is higher than 421 per frame")
     return {
-        "family": video.policy.name,
+        "family": family,
+        "policy": video.policy.name,
         "model": model_name,
         "frames_indices": video.frames_indices,
         "timestamps": [round(seconds, 4) for seconds in video.timestamps],
+        "frame_labels": family_class.frame_labels(video),
         "num_frames": len(video.frames_indices),
         "resized_height": video.resized_height,
         "resized_width": video.resized_width,
         "sample_fps": video.sample_fps,
-        "num_visual_tokens": visual_tokens(video, model_name),
+        "num_visual_tokens": family_class.visual_tokens(video, model_name),
         "backend": video.backend,
         "decode_seconds": round(video.decode_seconds, 4),
         "notes": notes,
@@ -83,7 +82,7 @@ def family_report(video: SampledVideo, model_name: str) -> dict:
 def _format(report: dict) -> str:
     source = report["source"]
     lines = [
-        f"{report['family']} ({report['model']}): {report['num_frames']} frames, {report['num_visual_tokens']} visual "
+        f"{report['family']} ({report['model']}, policy {report['policy']}): {report['num_frames']} frames, {report['num_visual_tokens']} visual "
         f"tokens, backend {report['backend']}, decoded in {report['decode_seconds']:.3f} s",
         f"  source: {source['width']}x{source['height']}, {source['num_frames']} frames at {source['fps']:.3f} fps, "
         f"{source['duration']:.2f} s, {source['codec']}, rotation {source['rotation']}",
@@ -91,6 +90,8 @@ def _format(report: dict) -> str:
         f"  indices: {report['frames_indices']}",
         f"  timestamps (s): {' '.join(f'{seconds:.2f}' for seconds in report['timestamps'])}",
     ]
+    if report["frame_labels"]:
+        lines.append(f"  the model reads: {' '.join(report['frame_labels'])}")
     lines += [f"  note: {note}" for note in report["notes"]]
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlm_app.errors import OptionsError
-from vlm_app.media.options import IMAGE_OPTIONS, TEXT_OPTIONS, VIDEO_OPTIONS, is_number
+from vlm_app.media.options import IMAGE_OPTIONS, VIDEO_OPTIONS, value_error
 
 ROLES = ("system", "user", "assistant")
 
@@ -70,8 +70,8 @@ def _normalize_item(item: Any, where: str) -> dict:
     if unknown:
         raise OptionsError(f"{where}: unknown {kind} option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
     for key, value in options.items():
-        if key not in TEXT_OPTIONS and value is not None and not is_number(value):
-            raise OptionsError(f"{where}: {kind} option {key} must be a finite number, got {value!r}")
+        if error := value_error(key, value):
+            raise OptionsError(f"{where}: {kind} option {error}")
     return {"type": kind, kind: source, **{k: v for k, v in options.items() if v is not None}}
 
 

@@ -17,12 +17,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 
 from vlm_app import memory
-from vlm_app.errors import LimitError
+from vlm_app.errors import LimitError, OptionsError
+from vlm_app.media.options import without_policy
+from vlm_app.media.policies import SamplingPolicy, get_policy
 from vlm_app.memory import FitRules, MemoryEstimate, ModelDims, RequestShape
 from vlm_app.messages import media_items, media_options, normalize
 from vlm_app.runtime import ModelInfo, load_adapter, model_bytes, reading_checkpoint
@@ -248,14 +250,23 @@ class Stream:
 
 
 class Adapter:
-    """One model family behind one small interface.
+    """One model family behind one small interface; a family's module holds everything specific to it.
 
-    Subclasses set `family` and `policy` (the media sampling policy name), may override `load_model` /
-    `load_processor` / `load_config`, and implement `build_inputs`. Construct with `Adapter.load(...)` or `vlm_app.load(...)`.
+    A subclass declares what the family claims (`family`, `model_types`, `short_names`, `hub_pattern`), its sampling
+    `policies` (name -> factory; `policy` is the default), its tiny-checkpoint recipes (`tiny`, name -> "module:function") and
+    real sizes (`real_sizes`, `real_size`), may override `load_model` / `load_processor` / `load_config`, and
+    implements `build_inputs`, `visual_tokens`, `frame_labels` and the memory hooks. Construct with
+    `Adapter.load(...)` or `vlm_app.load(...)`.
     """
 
     family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    short_names: ClassVar[dict[str, str]] = {}
+    hub_pattern: ClassVar[str] = ""
+    policies: ClassVar[dict[str, Callable[[], SamplingPolicy]]] = {}
     policy: ClassVar[str] = ""
+    tiny: ClassVar[dict[str, str]] = {}
+    real_sizes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model, processor, info: ModelInfo | None, config=None):
         self.model = model
@@ -307,6 +318,10 @@ class Adapter:
         """The answer text of generated ids, special tokens dropped."""
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
+    def split_reasoning(self, text: str) -> tuple[str, str | None]:
+        """(answer, reasoning) of a generated text; families whose models think aloud override this."""
+        return text, None
+
     @property
     def num_layers(self) -> int:
         return getattr(self.config, "text_config", self.config).num_hidden_layers
@@ -353,8 +368,17 @@ class Adapter:
         and their sampled media, in order."""
         raise NotImplementedError
 
-    def sampling_defaults(self) -> dict:
-        """Video options this checkpoint sets on top of the family policy (e.g. its processor's frame cap)."""
+    def sampling_policy(self, options: dict | None = None) -> SamplingPolicy:
+        """The policy a video with these load_video `options` is sampled with: its `policy` option (one of this
+        family's) or the family's default."""
+        name = (options or {}).get("policy") or self.policy
+        if name not in self.policies:
+            raise OptionsError(f"{self.family} samples video with the {' or '.join(self.policies)} policy, not "
+                               f"{name!r}")
+        return get_policy(self.policies[name]())
+
+    def sampling_defaults(self, policy: str) -> dict:
+        """Video options this checkpoint sets on top of the family's `policy` (e.g. its processor's frame cap)."""
         return {}
 
     def image_defaults(self) -> dict:
@@ -368,7 +392,7 @@ class Adapter:
         family whose frame count depends on it overrides this method). A caller that samples videos itself (a
         chapters run) asks here, so its frames are those `prepare` would take."""
         asked = {**overrides, **(item_options or {})}
-        defaults = {key: value for key, value in self.sampling_defaults().items()
+        defaults = {key: value for key, value in self.sampling_defaults(asked.get("policy") or self.policy).items()
                     if not (key == "fps" and "nframes" in asked)}  # a frame count replaces the default rate
         return {**defaults, **asked}
 
@@ -390,11 +414,21 @@ class Adapter:
                     asked = {**sampling_overrides, **media_options(item)}
                     options = {key: value for key, value in options.items()
                                if key in asked or key not in FRAME_LIST_IGNORED}
-                shown.append(load_video(source, policy=self.policy, limits=limits, fit=fit, **options))
+                shown.append(self._load_video(source, options, limits, fit))
             else:
-                shown.append(load_image(source, policy=self.policy, limits=limits,
+                shown.append(load_image(source, policy=self.sampling_policy(), limits=limits,
                                         **{**self.image_defaults(), **media_options(item)}))
         return shown
+
+    def _load_video(self, source, options: dict, limits, fit):
+        """`load_video` with the options' policy; the memory fit still sees which policy it sizes."""
+        from vlm_app.media import load_video
+
+        policy, name = self.sampling_policy(options), options.pop("policy", None)
+        if fit is not None and name is not None:
+            asked = fit
+            fit = lambda metadata, fitted: without_policy(asked(metadata, {**fitted, "policy": name}))  # noqa: E731
+        return load_video(source, policy=policy, limits=limits, fit=fit, **options)
 
     # ---- memory --------------------------------------------------------------------------------------------
     def memory_dims(self) -> ModelDims:

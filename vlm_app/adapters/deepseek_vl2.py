@@ -15,7 +15,7 @@ from PIL import Image
 from vlm_app.adapters.base import Adapter, VisualMap
 from vlm_app.errors import LimitError, OptionsError
 from vlm_app.memory import ModelDims, RequestShape, TextDims, VisionDims
-from vlm_app.media.policies import DEEPSEEK_DEFAULT_MAX_NEW_TOKENS, deepseek_max_frames
+from vlm_app.media.policies import SamplingPolicy
 from vlm_app.messages import normalize
 
 USER, ASSISTANT = "<|User|>", "<|Assistant|>"
@@ -34,9 +34,75 @@ def _frame_image(frame) -> Image.Image:
     return Image.fromarray(frame.permute(1, 2, 0).contiguous().numpy())
 
 
+CONTEXT_TOKENS = 4096
+# the language model's attention and router kinds of the released sizes
+MHA_ATTENTION = {"use_mla": False, "kv_lora_rank": None, "q_lora_rank": None, "qk_nope_head_dim": 0,
+                 "qk_rope_head_dim": 0, "v_head_dim": 0}
+SOFTMAX_ROUTER = {"topk_method": "greedy"}
+NOAUX_ROUTER = {"topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
+                "routed_scaling_factor": 2.0}
+TOKENS_PER_FRAME = 421  # one untiled 384 view: 14*15 global + 1 separator + 14*15 local
+TEXT_TOKENS_PER_FRAME = 10  # "Frame at MM:SS:" line around each <image>
+DEFAULT_PROMPT_TOKENS = 128
+DEFAULT_MAX_NEW_TOKENS = 512
+
+# deepseek-ai/deepseek-vl2-tiny / -small / deepseek-vl2: the per-size table of the shared DeepSeek-VL2 fact sheet
+# (reference/deepseek_vl2.md §1.3, transcribed by third parties from the released config.json files). Small's
+# vocab is the V2 tokenizer's 102400 (the paper); with it the parameter count matches the published 16.1B.
+REAL_VISION = dict(model_name="siglip_so400m_patch14_384", image_size=384, patch_size=14, width=1152,
+                   layers=27, heads=16, mlp_ratio=3.7362)
+REAL_MLA = dict(kv_lora_rank=512, q_lora_rank=None, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
+REAL_MOE = dict(n_shared_experts=2, num_experts_per_tok=6, first_k_dense_replace=1, moe_layer_freq=1,
+                n_group=1, topk_group=1, max_position_embeddings=4096)
+REAL_SIZES = {
+    "tiny": dict(hidden_size=1280, intermediate_size=6848, moe_intermediate_size=896, num_hidden_layers=12,
+                 num_attention_heads=10, num_key_value_heads=10, n_routed_experts=64, vocab_size=129280,
+                 **MHA_ATTENTION, **SOFTMAX_ROUTER),
+    "small": dict(hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408, num_hidden_layers=27,
+                  num_attention_heads=16, num_key_value_heads=16, n_routed_experts=64, vocab_size=102400,
+                  **REAL_MLA, **SOFTMAX_ROUTER),
+    "base": dict(hidden_size=2560, intermediate_size=12288, moe_intermediate_size=1536, num_hidden_layers=30,
+                 num_attention_heads=32, num_key_value_heads=32, n_routed_experts=72, vocab_size=129280,
+                 **REAL_MLA, **NOAUX_ROUTER),
+}
+
+
+def deepseek_max_frames(prompt_tokens: int, max_new_tokens: int, context_tokens: int = CONTEXT_TOKENS,
+                        tokens_per_frame: int = TOKENS_PER_FRAME,
+                        text_tokens_per_frame: int = TEXT_TOKENS_PER_FRAME) -> int:
+    """How many untiled frames fit in DeepSeek-VL2's context next to the prompt and the answer."""
+    room = context_tokens - prompt_tokens - max_new_tokens
+    return max(room // (tokens_per_frame + text_tokens_per_frame), 0)
+
+
+def deepseek_vl2_policy() -> SamplingPolicy:
+    """Frames become untiled images (421 tokens each) inside a 4096-token context, so the frame count is computed
+    (`deepseek_max_frames`; the adapter sizes it by the real prompt). No resize here: the processor pads each frame
+    to 384²."""
+    return SamplingPolicy(name="deepseek_vl2", index_rule="qwen", fps=1.0, min_frames=1,
+                          max_frames=deepseek_max_frames(DEFAULT_PROMPT_TOKENS, DEFAULT_MAX_NEW_TOKENS),
+                          tokens_per_frame=TOKENS_PER_FRAME)
+
+
 class DeepseekVL2Adapter(Adapter):
     family = "deepseek_vl2"
+    model_types = ("deepseek_vl_v2",)
+    short_names = {"deepseek-vl2-tiny": "deepseek-ai/deepseek-vl2-tiny",
+                   "deepseek-vl2-small": "deepseek-ai/deepseek-vl2-small", "deepseek-vl2": "deepseek-ai/deepseek-vl2"}
+    hub_pattern = r"deepseek-vl2"
+    policies = {"deepseek_vl2": deepseek_vl2_policy}
     policy = "deepseek_vl2"
+    tiny = {"deepseek_vl2": "vlm_app.testing.tiny_deepseek_vl2:build_tiny_deepseek_vl2"}
+    real_sizes = tuple(REAL_SIZES)
+
+    @classmethod
+    def visual_tokens(cls, video, model_name: str) -> int:
+        """421 a frame once a conversation holds three or more images (tiling is then off)."""
+        return len(video.frames_indices) * TOKENS_PER_FRAME
+
+    @classmethod
+    def frame_labels(cls, video) -> list[str]:
+        return [frame_label(seconds).rstrip() for seconds in video.timestamps]
 
     @classmethod
     def load_model(cls, path: str, **from_pretrained_kwargs):
@@ -79,7 +145,7 @@ class DeepseekVL2Adapter(Adapter):
     def build_inputs(self, messages: list[dict], media: list, max_new_tokens: int | None = None):
         """Frames as timestamped images; the prompt and a `max_new_tokens` answer (None: 512) must fit the context."""
         if max_new_tokens is None:
-            max_new_tokens = DEEPSEEK_DEFAULT_MAX_NEW_TOKENS
+            max_new_tokens = DEFAULT_MAX_NEW_TOKENS
         conversation, images, owners = self._conversation(messages, media)
         batch = self.processor(conversations=conversation, images=images, force_batchify=True)
         length = batch.input_ids.shape[1]
@@ -92,7 +158,7 @@ class DeepseekVL2Adapter(Adapter):
                       max_new_tokens: int | None = None) -> dict:
         """Videos get at most the frames that fit next to the prompt and a `max_new_tokens` answer (None: 512)."""
         if max_new_tokens is None:
-            max_new_tokens = DEEPSEEK_DEFAULT_MAX_NEW_TOKENS
+            max_new_tokens = DEFAULT_MAX_NEW_TOKENS
         budget = self.frame_budget(normalize(messages), max_new_tokens)
         return super().video_options(messages, {**overrides, "max_frames": budget}, item_options, max_new_tokens)
 
@@ -194,10 +260,9 @@ class DeepseekVL2Adapter(Adapter):
                                            heads=vision["heads"]))
 
     def video_shape(self, metadata, options: dict) -> tuple[RequestShape, int, int]:
-        from vlm_app.media.policies import get_policy
         from vlm_app.media.video import choose_frames
 
-        frames = len(choose_frames(metadata, get_policy(self.policy), options)[0])
+        frames = len(choose_frames(metadata, self.sampling_policy(options), options)[0])
         side = self.processor.image_size
         native = frames * 3 * metadata.height * metadata.width
         views = frames * VIEWS_PER_FRAME
@@ -212,3 +277,24 @@ class DeepseekVL2Adapter(Adapter):
             return 0, 0
         views = int(images.shape[0] * images.shape[1])
         return views, (images.shape[-1] // self.processor.patch_size) ** 2
+
+    # ---- real sizes (bench model) -------------------------------------------------------------------------------
+    @classmethod
+    def real_size(cls, size: str, layers: tuple[int, int] | None = None):
+        """(model class, config, processor) of a published size with our tokenizer; `layers` (vision, text) makes
+        a reduced model of the real widths."""
+        from vlm_app.models.deepseek_vl2 import DeepseekVLV2Config, DeepseekVLV2ForCausalLM
+        from vlm_app.testing.tiny_deepseek_vl2 import deepseek_vl2_processor
+
+        spec = REAL_SIZES[size] if layers is None else {**REAL_SIZES[size], "num_hidden_layers": layers[1]}
+        vision = REAL_VISION if layers is None else {**REAL_VISION, "layers": layers[0]}
+        processor = deepseek_vl2_processor()
+        tokenizer = processor.tokenizer
+        config = DeepseekVLV2Config(
+            vision_config=vision, projector_config={"n_embed": spec["hidden_size"]},
+            language_config={**spec, **REAL_MOE, "bos_token_id": tokenizer.bos_token_id,
+                             "eos_token_id": tokenizer.eos_token_id})
+        return DeepseekVLV2ForCausalLM, config, processor
+
+
+ADAPTER = DeepseekVL2Adapter

@@ -20,6 +20,7 @@ import torch
 
 from vlm_app.adapters.base import Adapter, VisualMap
 from vlm_app.errors import OptionsError
+from vlm_app.media.policies import SamplingPolicy
 from vlm_app.memory import ModelDims, RequestShape, VisionDims, text_dims
 from vlm_app.messages import for_template, refuse_placeholders
 
@@ -37,11 +38,61 @@ def hf_video_metadata(video):
                          width=source.width, height=source.height, frames_indices=list(video.frames_indices))
 
 
+TOKENS_PER_FRAME = {"256m": 64, "500m": 64, "2.2b": 81}  # 512 px frames for 256M/500M, 384 px for 2.2B
+
+# The real sizes (`bench model`), from the published config.json files, checked by parameter count (256M / 507M / 2.25B)
+# and, for tile size and image_seq_len, against the real processor files (tests/test_adapters_bench_model.py).
+REAL_SIZES = {
+    "256m": dict(text=dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                           num_key_value_heads=3, head_dim=64, rope_theta=1e5, max_position_embeddings=8192),
+                 vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                             image_size=512, patch_size=16), scale_factor=4),
+    "500m": dict(text=dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+                           num_key_value_heads=5, head_dim=64, rope_theta=1e5, max_position_embeddings=8192),
+                 vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                             image_size=512, patch_size=16), scale_factor=4),
+    # the 1.7B backbone was stretched to a 16k context with a larger RoPE base (third-party transcription of the
+    # SmolVLM 2.2B text config; unverified against the SmolVLM2 hub file)
+    "2.2b": dict(text=dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                           num_key_value_heads=32, head_dim=64, rope_theta=273768.0, max_position_embeddings=16384),
+                 vision=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                             image_size=384, patch_size=14), scale_factor=3),
+}
+REAL_VOCAB = 49280
+
+
+def smolvlm2_policy() -> SamplingPolicy:
+    """transformers' SmolVLM video processor: fps 1, at most 64 frames, 1 s skipped at both ends of long clips. No
+    resize here: the SmolVLM processor does its own two-stage resize."""
+    return SamplingPolicy(name="smolvlm2", index_rule="smolvlm", fps=1.0, min_frames=1, max_frames=64, skip_secs=1.0,
+                          tokens_per_frame=TOKENS_PER_FRAME["256m"])
+
+
 class SmolVLM2Adapter(Adapter):
     family = "smolvlm2"
+    model_types = ("smolvlm",)
+    short_names = {"smolvlm2-256m": "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
+                   "smolvlm2-500m": "HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
+                   "smolvlm2-2.2b": "HuggingFaceTB/SmolVLM2-2.2B-Instruct"}
+    hub_pattern = r"smolvlm2"
+    policies = {"smolvlm2": smolvlm2_policy}
     policy = "smolvlm2"
+    tiny = {"smolvlm2": "vlm_app.testing.tiny:build_tiny_smolvlm2"}
+    real_sizes = tuple(REAL_SIZES)
 
-    def sampling_defaults(self) -> dict:
+    @classmethod
+    def visual_tokens(cls, video, model_name: str) -> int:
+        """64 tokens a frame for SmolVLM2-256M/500M, 81 for SmolVLM2-2.2B (told apart by the model's name)."""
+        lowered = model_name.lower()
+        per_frame = next((tokens for size, tokens in TOKENS_PER_FRAME.items() if size in lowered),
+                         TOKENS_PER_FRAME["256m"])
+        return len(video.frames_indices) * per_frame
+
+    @classmethod
+    def frame_labels(cls, video) -> list[str]:
+        return [f"Frame from {int(seconds) // 60:02d}:{int(seconds) % 60:02d}:" for seconds in video.timestamps]
+
+    def sampling_defaults(self, policy: str) -> dict:
         video_processor = self.processor.video_processor
         return {"fps": video_processor.fps, "max_frames": video_processor.num_frames}
 
@@ -125,10 +176,9 @@ class SmolVLM2Adapter(Adapter):
     def video_shape(self, metadata, options: dict) -> tuple[RequestShape, int, int]:
         """Every frame is one image of the processor's frame size, `image_seq_len` tokens; the decoded frames stay
         at their native size until the processor resizes them."""
-        from vlm_app.media.policies import get_policy
         from vlm_app.media.video import choose_frames
 
-        frames = len(choose_frames(metadata, get_policy(self.policy), options)[0])
+        frames = len(choose_frames(metadata, self.sampling_policy(options), options)[0])
         side = self.processor.video_processor.max_image_size["longest_edge"]
         pixels = frames * 3 * side * side * 4  # float32 frames (and a one-byte patch mask per pixel)
         shape = RequestShape(text_tokens=VIDEO_TEXT_TOKENS + frames * FRAME_TEXT_TOKENS,
@@ -147,3 +197,28 @@ class SmolVLM2Adapter(Adapter):
         batch, views, _, height, width = inputs["pixel_values"].shape
         patch = self.config.vision_config.patch_size
         return batch * views, (height // patch) * (width // patch)
+
+    # ---- real sizes (bench model) -------------------------------------------------------------------------------
+    @classmethod
+    def real_size(cls, size: str, layers: tuple[int, int] | None = None):
+        """(model class, config, processor) of a published size with our tokenizer; `layers` (vision, text) makes
+        a reduced model of the real widths."""
+        from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+        from vlm_app.testing.tiny import smolvlm2_processor
+
+        spec = REAL_SIZES[size]
+        vision = spec["vision"] if layers is None else {**spec["vision"], "num_hidden_layers": layers[0]}
+        seq_len = (vision["image_size"] // vision["patch_size"]) ** 2 // spec["scale_factor"] ** 2
+        processor = smolvlm2_processor(image_size=vision["image_size"], image_seq_len=seq_len, max_frames=64)
+        ids = processor.tokenizer.convert_tokens_to_ids
+        config = SmolVLMConfig(
+            vision_config=vision, scale_factor=spec["scale_factor"], image_token_id=ids("<image>"),
+            text_config=dict(model_type="llama", vocab_size=REAL_VOCAB, rms_norm_eps=1e-5,
+                             eos_token_id=ids("<end_of_utterance>"), pad_token_id=ids("<|im_end|>"),
+                             tie_word_embeddings=False,
+                             **(spec["text"] if layers is None else {**spec["text"], "num_hidden_layers": layers[1]})))
+        return SmolVLMForConditionalGeneration, config, processor
+
+
+ADAPTER = SmolVLM2Adapter

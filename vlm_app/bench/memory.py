@@ -92,7 +92,7 @@ def _measure(spec: dict) -> dict:
     import torch
 
     from vlm_app import memory
-    from vlm_app.bench.model import FAMILIES
+    from vlm_app.bench.model import real_model
     from vlm_app.runtime import ModelInfo, pick_device, pick_dtype, return_freed_tensors
     from vlm_app.service import execute, one_turn
 
@@ -100,9 +100,8 @@ def _measure(spec: dict) -> dict:
     dtype = pick_dtype("auto", device)
     if device == "cpu":
         return_freed_tensors()  # as load_adapter does
-    build, _ = FAMILIES[spec["family"]]
     layers = tuple(spec["layers"]) if spec["layers"] else None
-    model_class, config, processor, adapter_class = build(spec["size"], layers)
+    model_class, config, processor, adapter_class = real_model(spec["family"], spec["size"], layers)
     before = memory.resident_bytes()
     torch.manual_seed(0)
     with torch.device(device):

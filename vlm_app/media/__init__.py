@@ -10,7 +10,7 @@ _HOMES = {
     "VideoMetadata": "decode", "available_backends": "decode",
     "SampledImage": "image", "load_image": "image",
     "DEFAULT_LIMITS": "limits", "Limits": "limits",
-    "SamplingPolicy": "policies", "deepseek_max_frames": "policies", "get_policy": "policies",
+    "SamplingPolicy": "policies", "get_policy": "policies",
     "smart_nframes": "sampling", "smart_resize": "sampling",
     "SampledVideo": "video", "load_video": "video", "load_video_segments": "video",
 }

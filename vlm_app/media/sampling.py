@@ -147,3 +147,58 @@ def smolvlm_indices(total_frames: int, video_fps: float, duration: float, fps: f
     if first >= last:
         first, last = 0, total_frames - 1
     return np.unique(np.linspace(first, last, desired, dtype=int)).tolist()
+
+
+def linspace_nframes(total_frames: int, video_fps: float, *, fps: float | None, nframes: int | None,
+                     min_frames: int, max_frames: int) -> int:
+    """transformers' default `sample_frames` count: `nframes` as given, else int(seconds · fps) within
+    [min_frames, min(max_frames, total_frames)]."""
+    if nframes is not None:
+        count = int(nframes)
+    else:
+        count = min(max(int(total_frames / video_fps * fps), min_frames), max_frames, total_frames)
+    if not 1 <= count <= total_frames:
+        raise OptionsError(f"the clip has {total_frames} frames, so the number of sampled frames must be between 1 "
+                           f"and {total_frames}, got {count}; ask for fewer frames (nframes) or use a longer clip")
+    return count
+
+
+def rounded_linspace_indices(first: int, last: int, count: int) -> list[int]:
+    """transformers' `np.linspace(0, total - 1, n).round()` (float64, half to even) over [first, last]."""
+    return (first + np.linspace(0, last - first, count).round().astype(int)).tolist()
+
+
+def video_smart_resize(num_frames: int, height: int, width: int, factor: int, temporal_factor: int,
+                       min_pixels: float, max_pixels: float) -> tuple[int, int]:
+    """transformers' Qwen3-VL video resize: (height, width) in multiples of `factor`, aspect kept, so that frames ×
+    height × width (frames rounded to the temporal factor) lies within [min_pixels, max_pixels]. Frames smaller
+    than `factor` are first scaled up to it."""
+    if max_pixels < min_pixels:
+        raise OptionsError(f"max_pixels ({max_pixels}) is smaller than min_pixels ({min_pixels}); "
+                           "raise max_pixels or lower min_pixels")
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise LimitError(f"the frame is {width}x{height}, an aspect ratio over {MAX_ASPECT_RATIO}; "
+                         "crop or pad it to a less extreme shape")
+    resized_height, resized_width = round_by_factor(height, factor), round_by_factor(width, factor)
+    frames = round_by_factor(num_frames, temporal_factor)
+    if frames * resized_height * resized_width > max_pixels:
+        beta = math.sqrt(num_frames * height * width / max_pixels)
+        resized_height = max(factor, floor_by_factor(height / beta, factor))
+        resized_width = max(factor, floor_by_factor(width / beta, factor))
+    elif frames * resized_height * resized_width < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
+        resized_height = ceil_by_factor(height * beta, factor)
+        resized_width = ceil_by_factor(width * beta, factor)
+    return resized_height, resized_width
+
+
+def capped_video_pixels(num_frames: int, factor: int, min_pixels: float, max_pixels: float,
+                        max_tokens_per_frame: int) -> float:
+    """The video budget with transformers' `cap_pixels_per_frame` (qwen-vl-utils' per-frame cap): each frame gets
+    min(max_tokens · factor², max_pixels // frames), at least 5 % over min_pixels."""
+    per_frame = max(min(max_tokens_per_frame * factor**2, max_pixels // num_frames),
+                    int(min_pixels * MIN_PIXELS_SLACK))
+    return per_frame * num_frames

@@ -31,7 +31,7 @@ from vlm_app.media.decode import (Deadline, TimestampsUnfit, VideoMetadata, deco
                                   probe, resolve_backend)
 from vlm_app.media.image import open_rgb_image
 from vlm_app.media.limits import DEFAULT_LIMITS, Limits
-from vlm_app.media.options import RESIZE_KERNELS, RESIZE_OPTIONS, TEXT_OPTIONS, VIDEO_OPTIONS, is_number
+from vlm_app.media.options import RESIZE_KERNELS, RESIZE_OPTIONS, VIDEO_OPTIONS, value_error
 from vlm_app.media.policies import SamplingPolicy, get_policy, policy_notes
 from vlm_app.media.sources import is_local, local_file
 
@@ -186,10 +186,9 @@ def check_options(options: dict, policy: SamplingPolicy) -> None:
         raise OptionsError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(VIDEO_OPTIONS)}")
     if options.get("fps") is not None and options.get("nframes") is not None:
         raise OptionsError("give either fps or nframes, not both")
-    for name in set(VIDEO_OPTIONS) - set(TEXT_OPTIONS):
-        value = options.get(name)
-        if value is not None and not is_number(value):
-            raise OptionsError(f"{name} must be a finite number, got {value!r}")
+    for name in VIDEO_OPTIONS:
+        if error := value_error(name, options.get(name)):
+            raise OptionsError(error)
     for name in ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
                  "resized_height", "resized_width"):
         if options.get(name) is not None and not options[name] > 0:
@@ -203,9 +202,12 @@ def check_options(options: dict, policy: SamplingPolicy) -> None:
         raise OptionsError(f"video_start must be >= 0 seconds, got {options['video_start']}")
     if options.get("resize", "exact") not in RESIZE_KERNELS:
         raise OptionsError(f"resize must be one of {', '.join(RESIZE_KERNELS)}, got {options['resize']!r}")
-    if policy.factor is None and any(options.get(name) is not None for name in RESIZE_OPTIONS):
+    if policy.resize_rule is None and any(options.get(name) is not None for name in RESIZE_OPTIONS):
         raise OptionsError(f"the {policy.name} policy does not resize (its processor does); pixel options apply "
-                           "to qwen2_5_vl")
+                           "to the Qwen policies")
+    if policy.resize_rule == "video" and options.get("total_pixels") is not None:
+        raise OptionsError(f"the {policy.name} policy has one pixel budget for the whole video: set max_pixels "
+                           "(frames x height x width), not total_pixels")
 
 
 def _load_file(path: str, label: str, policy: SamplingPolicy, options: dict, limits: Limits) -> SampledVideo:
@@ -440,7 +442,7 @@ def choose_frames(metadata: VideoMetadata, policy: SamplingPolicy, options: dict
     notes, rate = [], metadata.fps
     if metadata.is_vfr:
         first, last, count, rate = _time_range(metadata, options.get("video_start"), options.get("video_end"))
-        notes.append("variable frame rate: frames sampled evenly in presentation time (qwen-vl-utils samples by "
+        notes.append("variable frame rate: frames sampled evenly in presentation time (the reference samples by "
                      "index)")
     else:
         first, last, count = sampling.frame_range(metadata.num_frames, metadata.fps, options.get("video_start"),
@@ -455,18 +457,45 @@ def choose_frames(metadata: VideoMetadata, policy: SamplingPolicy, options: dict
         return indices, sampling.sample_fps(len(indices), count, rate), notes
     if count < policy.frame_factor and options.get("nframes") is None:
         notes.append(f"the clip has {count} frame(s); repeated to {policy.frame_factor} because {policy.name} "
-                     "needs frame pairs (qwen-vl-utils raises an error here)")
+                     "needs frame pairs (the reference raises an error here)")
         return [first] * policy.frame_factor, rate, notes
-    nframes = sampling.smart_nframes(count, rate, fps=options.get("fps") if options.get("nframes") is None
-                                     else None, nframes=options.get("nframes"),
-                                     min_frames=options.get("min_frames", policy.min_frames),
-                                     max_frames=options.get("max_frames"), frame_factor=policy.frame_factor,
-                                     default_fps=policy.fps, default_max_frames=policy.max_frames)
+    rule = INDEX_RULES[policy.index_rule] if isinstance(policy.index_rule, str) else policy.index_rule
+    nframes = rule.nframes(count, rate, policy, options)
     if metadata.is_vfr:
         indices = sampling.time_uniform_indices(metadata.frame_times(), first, last, nframes)
     else:
-        indices = sampling.linspace_indices(first, last, nframes)
+        indices = rule.indices(first, last, nframes)
     return indices, sampling.sample_fps(nframes, count, rate), notes
+
+
+class QwenVLUtilsRule:
+    """qwen-vl-utils 0.0.14: frame counts in multiples of the frame factor, float32 torch linspace."""
+
+    @staticmethod
+    def nframes(count: int, rate: float, policy: SamplingPolicy, options: dict) -> int:
+        return sampling.smart_nframes(count, rate, fps=options.get("fps") if options.get("nframes") is None else None,
+                                      nframes=options.get("nframes"),
+                                      min_frames=options.get("min_frames", policy.min_frames),
+                                      max_frames=options.get("max_frames"), frame_factor=policy.frame_factor,
+                                      default_fps=policy.fps, default_max_frames=policy.max_frames)
+
+    indices = staticmethod(sampling.linspace_indices)
+
+
+class LinspaceRule:
+    """transformers' default `sample_frames`: int(seconds · fps) within the frame bounds, rounded float64 linspace."""
+
+    @staticmethod
+    def nframes(count: int, rate: float, policy: SamplingPolicy, options: dict) -> int:
+        return sampling.linspace_nframes(count, rate, fps=options.get("fps", policy.fps),
+                                         nframes=options.get("nframes"),
+                                         min_frames=options.get("min_frames", policy.min_frames),
+                                         max_frames=options.get("max_frames", policy.max_frames))
+
+    indices = staticmethod(sampling.rounded_linspace_indices)
+
+
+INDEX_RULES = {"qwen": QwenVLUtilsRule, "linspace": LinspaceRule}
 
 
 def _time_range(metadata: VideoMetadata, video_start, video_end) -> tuple[int, int, int, float]:
@@ -486,16 +515,37 @@ def _time_range(metadata: VideoMetadata, video_start, video_end) -> tuple[int, i
 
 def output_size(height: int, width: int, nframes: int, policy: SamplingPolicy, options: dict) -> tuple[int, int]:
     """The (height, width) every frame is resized to; the native size for policies that do not resize."""
-    if policy.factor is None:
+    if policy.resize_rule is None:
         return height, width
     if options.get("resized_height") is not None:
         return sampling.smart_resize(options["resized_height"], options["resized_width"], policy.factor)
+    rule = RESIZE_RULES[policy.resize_rule] if isinstance(policy.resize_rule, str) else policy.resize_rule
+    return rule(height, width, nframes, policy, options)
+
+
+def _frame_size(height: int, width: int, nframes: int, policy: SamplingPolicy, options: dict) -> tuple[int, int]:
+    """qwen-vl-utils: per-frame bounds, the cap shrunk so that every frame fits the total budget."""
     min_pixels = options.get("min_pixels", policy.min_pixels)
     max_pixels = sampling.video_max_pixels(nframes, policy.factor, min_pixels,
                                            options.get("total_pixels", policy.total_pixels),
                                            policy.max_tokens_per_frame, policy.frame_factor,
                                            options.get("max_pixels", policy.max_pixels))
     return sampling.smart_resize(height, width, policy.factor, min_pixels, max_pixels)
+
+
+def _video_size(height: int, width: int, nframes: int, policy: SamplingPolicy, options: dict) -> tuple[int, int]:
+    """transformers' Qwen3-VL video processor: one budget over frames x height x width (min_pixels..max_pixels),
+    optionally with the per-frame cap."""
+    min_pixels = options.get("min_pixels", policy.min_pixels)
+    max_pixels = options.get("max_pixels", policy.max_pixels)
+    if options.get("cap_pixels_per_frame", policy.cap_pixels_per_frame):
+        max_pixels = sampling.capped_video_pixels(nframes, policy.factor, min_pixels, max_pixels,
+                                                  policy.max_tokens_per_frame)
+    return sampling.video_smart_resize(nframes, height, width, policy.factor, policy.frame_factor, min_pixels,
+                                       max_pixels)
+
+
+RESIZE_RULES = {"frame": _frame_size, "video": _video_size}
 
 
 def _resize_into(places: list[tuple[torch.Tensor, list[int]]], picture, kernel: str) -> None:

@@ -64,7 +64,7 @@ SMOLVLM_SPECIAL = (["<fake_token_around_image>", "<image>", "<global-img>"]
                    + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)] + ["<end_of_utterance>"])
 
 
-def _qwen_tokenizer():
+def qwen_tokenizer():
     from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers
     from transformers import Qwen2TokenizerFast
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -107,7 +107,7 @@ def qwen2_5_vl_processor(tokenizer=None):
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     pixels = dict(min_pixels=3136, max_pixels=12845056, patch_size=14, temporal_patch_size=2, merge_size=2)
-    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer or _qwen_tokenizer(),
+    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer or qwen_tokenizer(),
                                video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=QWEN_CHAT_TEMPLATE)
 
 
@@ -128,7 +128,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    tokenizer = _qwen_tokenizer()
+    tokenizer = qwen_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     config = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=PADDED_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -175,24 +175,21 @@ def build_tiny_smolvlm2(out_dir: str | Path, seed: int = 0) -> Path:
     return _save(model, processor, Path(out_dir), generation)
 
 
-def build_tiny_deepseek_vl2(out_dir: str | Path, seed: int = 0, variant: str = "tiny") -> Path:
-    """The DeepSeek-VL2 builder lives with that port's test helpers (vlm_app.testing.tiny_deepseek_vl2)."""
-    from vlm_app.testing.tiny_deepseek_vl2 import build_tiny_deepseek_vl2 as build
+def tiny_recipes() -> dict[str, str]:
+    """Every tiny checkpoint `tiny --family` can write: recipe name -> "module:function" (`Adapter.tiny`)."""
+    from vlm_app.adapters.registry import FAMILIES, adapter_class
 
-    return build(out_dir, variant=variant, seed=seed)
-
-
-BUILDERS = {
-    "qwen2_5_vl": build_tiny_qwen2_5_vl,
-    "smolvlm2": build_tiny_smolvlm2,
-    "deepseek_vl2": build_tiny_deepseek_vl2,
-}
+    return {name: recipe for family in FAMILIES for name, recipe in adapter_class(family).tiny.items()}
 
 
 def build_tiny(family: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the tiny checkpoint of `family` into `out_dir` and return the folder."""
+    """Write the tiny checkpoint `family` (a family, or one of its recipes such as qwen3_5) into `out_dir`."""
+    import importlib
+
     from vlm_app.errors import OptionsError
 
-    if family not in BUILDERS:
-        raise OptionsError(f"unknown family {family!r}; choose one of {', '.join(BUILDERS)}")
-    return BUILDERS[family](out_dir, seed=seed)
+    recipes = tiny_recipes()
+    if family not in recipes:
+        raise OptionsError(f"unknown family {family!r}; choose one of {', '.join(recipes)}")
+    module, function = recipes[family].split(":")
+    return getattr(importlib.import_module(module), function)(out_dir, seed=seed)
