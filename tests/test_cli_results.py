@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from vlm_app.cli import main
 from vlm_app.distributed import ParquetParts, read_parquet_records
 from vlm_app.results import JsonlResults, same_source
@@ -150,6 +152,9 @@ def test_a_folder_skips_hidden_files_and_follows_links_once(tiny_checkpoints, ma
 
 def test_resume_refuses_records_made_with_other_settings(tiny_checkpoints, make_clip, tmp_path, monkeypatch,
                                                          capsys):
+    """Checked before any model loads; a resume with nothing left to do loads none either."""
+    from vlm_app import runtime
+
     monkeypatch.chdir(tmp_path)
     make_clip(tmp_path / "videos" / "a.mp4", 1.0, 8, 64, 48)
     out = tmp_path / "results.jsonl"
@@ -157,6 +162,7 @@ def test_resume_refuses_records_made_with_other_settings(tiny_checkpoints, make_
     argv = ["describe", "videos", "--model", model, "--out", str(out), *FAST]
     assert main(argv) == 0
     first = out.read_text()
+    monkeypatch.setattr(runtime, "load_adapter", lambda *args, **options: pytest.fail("a model was loaded"))
     for changed in (["--max-new-tokens", "3"], ["--fps", "2"], ["--prompt", "What moves?"],
                     ["--model", str(tiny_checkpoints["qwen2_5_vl"])]):
         assert main(argv + ["--resume", *changed]) == 2
@@ -173,12 +179,12 @@ def test_resume_refuses_records_made_with_other_settings(tiny_checkpoints, make_
 
 def test_a_hub_model_name_on_resume_does_not_depend_on_the_current_folder(tmp_path, monkeypatch):
     """A record names a hub model by its id: resuming from another folder is the same model (an id is no path)."""
-    from vlm_app.describer import _settings
+    from vlm_app.results import resumed_settings
 
     record = {"model": "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "model_info": {}}
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     monkeypatch.chdir(tmp_path / "one")
-    here = _settings(record)
+    here = resumed_settings(record)
     monkeypatch.chdir(tmp_path / "two")
-    assert _settings(record) == here and here["model"] == record["model"]
+    assert resumed_settings(record) == here and here["model"] == record["model"]

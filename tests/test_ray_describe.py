@@ -76,6 +76,45 @@ def test_resumed_run_does_no_work(ray_run, ray_videos, tiny_checkpoints, monkeyp
     assert "described 0 video(s), 0 failed" in capsys.readouterr().err
 
 
+def refuse_any_work(monkeypatch) -> None:
+    from vlm_app import runtime
+
+    monkeypatch.setattr(distributed, "build_dataset", lambda *args: pytest.fail("a resumed run started Ray work"))
+    monkeypatch.setattr(runtime, "load_adapter", lambda *args, **options: pytest.fail("a model was loaded"))
+
+
+@pytest.mark.parametrize("changed", [("--model", "qwen2_5_vl"), ("--max-new-tokens", "3"), ("--fps", "2"),
+                                     ("--prompt", "What moves?"), ("--temperature", "0.7")])
+def test_resume_refuses_records_made_with_other_settings(ray_run, ray_videos, tiny_checkpoints, tmp_path,
+                                                         monkeypatch, capsys, changed):
+    """As the local engine refuses them, with the same check, before any model loads or Ray work starts."""
+    out = tmp_path / "results.jsonl"
+    out.write_text(ray_run.read_text())
+    refuse_any_work(monkeypatch)
+    option, value = changed
+    if option == "--model":
+        value = str(tiny_checkpoints[value])
+    assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], out, "--resume", option, value) == 2
+    error = capsys.readouterr().err
+    assert "holds records made with other settings" in error and "give another --out" in error
+    assert out.read_text() == ray_run.read_text()
+
+
+def test_parquet_resume_checks_settings_too(ray_run, ray_videos, tiny_checkpoints, tmp_path, monkeypatch, capsys):
+    """A Parquet output keeps nested fields as JSON text; they compare as the JSONL records do."""
+    out = tmp_path / "results.parquet"
+    parts = distributed.ParquetParts(out)
+    parts.start(resume=False)
+    for record in read_jsonl(ray_run).values():
+        parts.add(record)
+    parts.close()
+    refuse_any_work(monkeypatch)
+    assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], out, "--resume") == 0
+    assert "described 0 video(s), 0 failed" in capsys.readouterr().err
+    assert ray_describe(ray_videos, tiny_checkpoints["smolvlm2"], out, "--resume", "--fps", "2") == 2
+    assert "holds records made with other settings" in capsys.readouterr().err
+
+
 def test_resume_finishes_an_interrupted_run(ray_run, ray_videos, tiny_checkpoints, tmp_path, capsys):
     finished = ray_run.read_text().splitlines()
     out = tmp_path / "interrupted.jsonl"

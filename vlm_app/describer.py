@@ -18,9 +18,8 @@ from urllib.parse import urlparse
 
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.grounding import draw_boxes, parse_grounding
-from vlm_app.results import JsonlResults, same_source, segments_path
-from vlm_app.service import (IMAGE_SUFFIXES, MemoryGuard, build_record, check_generation, compare, execute, is_image,
-                             one_turn)
+from vlm_app.results import JsonlResults, check_resumed, same_source, segments_path
+from vlm_app.service import IMAGE_SUFFIXES, MemoryGuard, check_generation, compare, execute, is_image, one_turn
 
 DEFAULT_PROMPT = "Describe this video."
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
@@ -118,9 +117,10 @@ def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, pr
                     progress: bool = True, memory: dict | None = None, chapters: dict | None = None,
                     limits=None) -> list[dict]:
     """Describe every video of a folder or list file, appending one JSON line per video to `out_path` as it
-    finishes. `adapter`: the model, or a function that loads it (called once the outputs are open, so that a bad
-    `out_path` fails before a model loads for nothing). `resume` and `retry_failed` follow the one resume rule of
-    `vlm_app.results`; the records a resumed run keeps must have been made with its model and options. `memory`:
+    finishes. `adapter`: the model, or a `runtime.ModelChoice`, loaded once the outputs are open and the resumed
+    records checked, so that a bad `out_path` or a resume with other settings fails before a model loads for
+    nothing. `resume` and `retry_failed` follow the one resume rule of `vlm_app.results`; the records a resumed run
+    keeps must have been made with its model and options (`results.check_resumed`). `memory`:
     the request's max_memory and fit (`service.Request`)."""
     from tqdm import tqdm
 
@@ -130,11 +130,11 @@ def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, pr
     results = JsonlResults(out_path, inputs=[folder, *videos]) if out_path else None
     skip = results.start(resume, retry_failed) if results is not None else set()
     segments = _segment_results(out_path, chapters, resume, retry_failed, [folder, *videos])
-    adapter = adapter() if callable(adapter) else adapter
     if results is not None:
         check_resumed(results, videos, adapter, prompt, sampling, generation, chapters)
     records = []
     todo = [video for video in videos if same_source(video) not in skip]
+    adapter = _loaded(adapter) if todo else adapter  # a resumed run with nothing left to do loads no model
     try:
         for video in tqdm(todo, desc="describe", unit="video", disable=not progress, file=sys.stderr):
             record = describe_video(adapter, video, prompt, sampling, generation, chapters, segments, limits,
@@ -151,46 +151,11 @@ def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, pr
     return records
 
 
-RESUMED_SETTINGS = ("model", "prompt", "sampling", "generation", "chapter_options")
-RESUMED_MODEL_INFO = ("revision", "lora_adapter", "quantization")
+def _loaded(adapter):
+    """`adapter` itself, or the model a `runtime.ModelChoice` names, loaded."""
+    from vlm_app.runtime import ModelChoice
 
-
-def check_resumed(results: JsonlResults, sources: list, adapter, prompt: str, sampling: dict | None,
-                  generation: dict | None, chapters: dict | None) -> None:
-    """Refuse to resume an output whose records of `sources` were made with another model or other options:
-    skipping those videos would pass the records off as this run's."""
-    sources = {same_source(source) for source in sources}
-    kept = [record for record in results.kept.values() if same_source(record["source"]) in sources]
-    if not kept:
-        return
-    wanted = _settings(json.loads(json.dumps(build_record(adapter, one_turn(prompt, "", sampling, generation)))))
-    if chapters is not None:
-        from vlm_app.chapters import default_segment_seconds
-
-        seconds = chapters["seconds"] or default_segment_seconds(adapter, prompt, dict(sampling or {}),
-                                                                 dict(generation or {}))
-        wanted["chapter_options"] = {"segment_seconds": seconds, "overlap": chapters["overlap"]}
-    for record in kept:
-        found = _settings(record)
-        name = next((name for name in wanted if found.get(name) != wanted[name]), None)
-        if name is not None:
-            raise OptionsError(
-                f"{results.path} holds records made with other settings than this run's ({record['source']}: "
-                f"{name} {found.get(name)!r}, now {wanted[name]!r}); resuming would keep them as this run's. Resume "
-                "with the same --model and options, give another --out, or drop --resume to start it afresh")
-
-
-def _settings(record: dict) -> dict:
-    """What of a record says how it was made (not where: device, dtype and timings may differ)."""
-    info = record.get("model_info") or {}
-    return {**{name: record.get(name) for name in RESUMED_SETTINGS},
-            "model": _model_name(record.get("model")),
-            **{f"model_info.{name}": info.get(name) for name in RESUMED_MODEL_INFO}}
-
-
-def _model_name(model: str | None) -> str | None:
-    """A checkpoint folder however it is spelled; a hub id (`owner/name`) or a short name as it is, from any folder."""
-    return os.path.abspath(model) if model and os.path.isdir(model) else model
+    return adapter.load() if isinstance(adapter, ModelChoice) else adapter
 
 
 def _segment_results(out_path, chapters: dict | None, resume: bool, retry_failed: bool,
@@ -284,7 +249,7 @@ def _print_answer_line(text: str) -> None:
 
 
 def run_describe_command(args, model_options: dict, sampling: dict, generation: dict) -> int:
-    from vlm_app.runtime import load_adapter
+    from vlm_app.runtime import ModelChoice
 
     source = args.source
     check_generation(generation)  # before a model is loaded for nothing
@@ -301,7 +266,7 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
         raise OptionsError(f"--boxes-out draws on an image; give an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if is_folder:
         emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
-        records = describe_folder(lambda: load_adapter(args.model, **model_options), source, args.out, prompt,
+        records = describe_folder(ModelChoice(args.model, model_options), source, args.out, prompt,
                                   sampling, generation, resume=resume, retry_failed=args.retry_failed, emit=emit,
                                   memory=memory_options(args), chapters=chapters, limits=limits)
         failed = [record for record in records if record["error"]]
@@ -311,12 +276,13 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
     check_source(source)
     results = JsonlResults(args.out, inputs=[source]) if args.out else None
     recorded = results is not None and same_source(source) in results.start(resume, args.retry_failed)
-    adapter = load_adapter(args.model, **model_options)
+    model = ModelChoice(args.model, model_options)
     if recorded:
-        check_resumed(results, [source], adapter, prompt, sampling, generation, chapters)
+        check_resumed(results, [source], model, prompt, sampling, generation, chapters)
         print(f"{source} is already in {args.out}; skipped (to describe it again delete its line there, or pass "
               "--retry-failed if it failed)", file=sys.stderr)
         return 0
+    adapter = model.load()
     if chapters is not None:
         return _describe_chapters_one(args, adapter, prompt, sampling, generation, chapters, limits, results, resume)
     return _describe_one(args, adapter, prompt, sampling, generation, results, limits)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from vlm_app.describer import collection_sources
 from vlm_app.errors import OptionsError, SourceError, VlmAppError
-from vlm_app.results import JsonlResults, same_source, sources_to_skip
+from vlm_app.results import JsonlResults, check_resumed, same_source, sources_to_skip
 from vlm_app.service import MemoryGuard, Run, build_record, memory_fit, model_memory, one_turn
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install -e ".[ray]"  (or: pip install "ray[data]>=2.40" pyarrow)'
@@ -276,14 +276,24 @@ def describe_on_ray(source: str | Path, out: str | Path, job: Job, cluster: Clus
                     emit=None) -> tuple[int, int]:
     """Describe every video of `source` (folder or list file) into `out` (.jsonl, or .parquet: a folder of parts),
     writing records as they complete (and passing each to `emit`). `resume` and `retry_failed` follow the one
-    resume rule of `vlm_app.results`. Returns how many videos this run described and how many of those failed."""
+    resume rule of `vlm_app.results`, and records kept must have been made with the job's model and options, as
+    the local engine checks them (`results.check_resumed`, before any model loads). Returns how many videos this
+    run described and how many of those failed."""
     from tqdm import tqdm
+
+    from vlm_app.runtime import ModelChoice
 
     ray = import_ray()
     cluster = cluster or Cluster()
     sources = list_sources(source)
     writer = ParquetParts(Path(out)) if str(out).endswith(".parquet") else JsonlResults(out, inputs=[source, *sources])
     skip = writer.start(resume, retry_failed)
+    try:
+        check_resumed(writer, sources, ModelChoice(job.model, job.model_options), job.prompt, job.sampling,
+                      job.generation)
+    except VlmAppError:
+        writer.close()
+        raise
     todo = [s for s in sources if same_source(s) not in skip]
     if not todo:
         return 0, 0
@@ -329,6 +339,7 @@ class ParquetParts:
     def __init__(self, path: Path):
         self.path = path
         self.pending: list[dict] = []
+        self.kept: dict[str, dict] = {}  # the records a resumed run keeps, by source
 
     def start(self, resume: bool, retry_failed: bool = False) -> set[str]:
         """Prepare the folder; return the sources to skip (the resume rule of `vlm_app.results`)."""
@@ -341,7 +352,8 @@ class ParquetParts:
             return set()
         if retry_failed:
             self._drop_failed()
-        return sources_to_skip(read_parquet_records(self.path), retry_failed)
+        self.kept = {record["source"]: record for record in read_parquet_records(self.path)}
+        return sources_to_skip(self.kept.values())
 
     def _drop_failed(self) -> None:
         """Rewrite every part that holds failed records without them."""

@@ -41,6 +41,66 @@ def same_source(source) -> str:
     return text if "://" in text or text.startswith("data:") else os.path.abspath(text)
 
 
+RESUMED_SETTINGS = ("model", "prompt", "sampling", "generation", "chapter_options")
+RESUMED_MODEL_INFO = ("revision", "lora_adapter", "quantization")
+
+
+def check_resumed(output, sources: Iterable, model, prompt: str, sampling: dict | None, generation: dict | None,
+                  chapters: dict | None = None) -> None:
+    """Refuse to resume an output (`JsonlResults` or a Parquet folder, once started) whose records of `sources`
+    were made with another model or other options: skipping those videos would pass the records off as this
+    run's. `model`: a loaded adapter, or a `runtime.ModelChoice`, checked without loading its weights. Every
+    engine calls this before its model loads."""
+    sources = {same_source(source) for source in sources}
+    kept = [record for record in output.kept.values() if same_source(record["source"]) in sources]
+    if not kept:
+        return
+    from vlm_app.runtime import ModelChoice
+
+    adapter = model.unloaded() if isinstance(model, ModelChoice) else model
+    wanted = run_settings(adapter, prompt, sampling, generation, chapters)
+    for record in kept:
+        found = resumed_settings(record)
+        name = next((name for name in wanted if found.get(name) != wanted[name]), None)
+        if name is not None:
+            raise OptionsError(
+                f"{output.path} holds records made with other settings than this run's ({record['source']}: "
+                f"{name} {found.get(name)!r}, now {wanted[name]!r}); resuming would keep them as this run's. Resume "
+                "with the same --model and options, give another --out, or drop --resume to start it afresh")
+
+
+def run_settings(adapter, prompt: str, sampling: dict | None, generation: dict | None,
+                 chapters: dict | None = None) -> dict:
+    """`resumed_settings` of the records this run will write, from its adapter (loaded or without weights)."""
+    from vlm_app.service import build_record, one_turn
+
+    settings = resumed_settings(json.loads(json.dumps(build_record(adapter, one_turn(prompt, "", sampling,
+                                                                                     generation)))))
+    if chapters is not None:
+        from vlm_app.chapters import default_segment_seconds
+
+        seconds = chapters["seconds"] or default_segment_seconds(adapter, prompt, dict(sampling or {}),
+                                                                 dict(generation or {}))
+        settings["chapter_options"] = {"segment_seconds": seconds, "overlap": chapters["overlap"]}
+    return settings
+
+
+def resumed_settings(record: dict) -> dict:
+    """What of a record says how it was made (not where: device, dtype and timings may differ). Nested fields may
+    be JSON text, as a Parquet output stores them."""
+    nested = {name: json.loads(value) if isinstance(value, str) else value
+              for name, value in record.items() if name in ("sampling", "generation", "model_info")}
+    info = nested.get("model_info") or {}
+    return {**{name: nested.get(name, record.get(name)) for name in RESUMED_SETTINGS},
+            "model": _model_name(record.get("model")),
+            **{f"model_info.{name}": info.get(name) for name in RESUMED_MODEL_INFO}}
+
+
+def _model_name(model: str | None) -> str | None:
+    """A checkpoint folder however it is spelled; a hub id (`owner/name`) or a short name as it is, from any folder."""
+    return os.path.abspath(model) if model and os.path.isdir(model) else model
+
+
 def segments_path(out: str | Path) -> Path:
     """The sidecar of `out` where a chapters run keeps each finished segment: `r.jsonl` -> `r.segments.jsonl`."""
     out = Path(out)

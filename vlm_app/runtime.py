@@ -296,6 +296,29 @@ def load_adapter(name: str, device: str = "auto", dtype: str = "auto", attn: str
     return cls(model, processor, info)
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model named with its `load_adapter` options, loaded only once a run needs it."""
+
+    name: str
+    options: dict = field(default_factory=dict)  # load_adapter keywords: device, dtype, attn, revision, ...
+
+    def load(self):
+        return load_adapter(self.name, **self.options)
+
+    def unloaded(self):
+        """The adapter `load` gives, less the model: the checkpoint's processor and config, and the `info` its
+        records carry about how they were made (device, dtype and attention keep their defaults: they need the
+        weights). Enough to check a resumed run's settings in a second, before the weights load."""
+        ref = resolve(self.name)
+        path, commit = locate(ref, self.options.get("revision"))
+        adapter = registry.adapter_class(ref.family).without_weights(path)
+        adapter.info = ModelInfo(model_id=self.name, path=path, family=ref.family, revision=commit,
+                                 quantization=self.options.get("quantization"),
+                                 lora_adapter=self.options.get("lora_adapter"))
+        return adapter
+
+
 def model_bytes(adapter) -> int:
     return sum(p.numel() * p.element_size() for p in adapter.model.parameters()) + \
         sum(b.numel() * b.element_size() for b in adapter.model.buffers())
