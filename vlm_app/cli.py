@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vlm_app.adapters.registry import FAMILIES
 from vlm_app.errors import OptionsError, VlmAppError
 
 EXIT_USER_ERROR = 2
@@ -45,8 +46,13 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--nframes", type=int, help="exact number of frames (instead of --fps)")
     group.add_argument("--min-frames", type=int)
     group.add_argument("--max-frames", type=int)
-    group.add_argument("--min-pixels", type=int, help="per-frame pixel floor")
-    group.add_argument("--max-pixels", type=int, help="per-frame pixel cap")
+    group.add_argument("--policy", default=None,
+                       help="the family's sampling policy (Qwen3-VL: qwen3_vl, the processor's own route, the default; "
+                            "qwen3_vl_utils, qwen-vl-utils with image_patch_size=16)")
+    group.add_argument("--min-pixels", type=int, help="per-frame pixel floor (qwen3_vl: of the whole video)")
+    group.add_argument("--max-pixels", type=int, help="per-frame pixel cap (qwen3_vl: frames x height x width)")
+    group.add_argument("--cap-pixels-per-frame", action="store_const", const=True, default=None,
+                       help="qwen3_vl: cap each frame's pixels as qwen-vl-utils does (off unless the checkpoint sets it)")
     group.add_argument("--total-pixels", type=int, help="pixel budget over all frames")
     group.add_argument("--start", type=float, dest="video_start", help="clip start, seconds")
     group.add_argument("--end", type=float, dest="video_end", help="clip end, seconds")
@@ -58,7 +64,7 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
 
 
 SAMPLING_KEYS = ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
-                 "video_start", "video_end", "backend", "resize")
+                 "video_start", "video_end", "backend", "resize", "policy", "cap_pixels_per_frame")
 
 
 def _add_memory_options(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +152,7 @@ def _add_ui(sub) -> None:
     parser.add_argument("--allow-host", action=ListFlag, default=[], metavar="HOST",
                         help="hosts whose URLs may be fetched although they are loopback, private or link-local "
                              "(a,b or a b; repeatable)")
+    _add_lora_option(parser)
     parser.add_argument("--votes", default="vlm_app_votes.jsonl", help="JSONL log of blind-comparison votes")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -179,6 +186,7 @@ def _add_serve(sub) -> None:
     parser.add_argument("--max-body-mb", type=positive, default=16.0, help="largest accepted request body")
     parser.add_argument("--max-media-mb", type=positive, default=512.0, help="largest video or image a client may name")
     parser.add_argument("--body-timeout", type=positive, default=10.0, help="seconds a request body may take to arrive")
+    _add_lora_option(parser)
     parser.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the model (then 429)")
     parser.add_argument("--keepalive", type=positive, default=15.0, metavar="SECONDS",
                         help="a stream with nothing new for this long gets an SSE comment line, so proxies keep it "
@@ -211,12 +219,21 @@ def _add_model_options(parser: argparse.ArgumentParser, many: bool = False) -> N
     group.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="bitsandbytes loading (CUDA)")
     group.add_argument("--adapter", dest="lora_adapter", metavar="PATH",
                        help="a peft LoRA adapter: a folder or a hub id (not merged)")
+    group.add_argument("--merge", action="store_true",
+                       help="fold the --adapter into the model's weights once (faster; the record says merged)")
     group.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
 
 
 def model_options(args: argparse.Namespace) -> dict:
     return {"device": args.device, "dtype": args.dtype, "attn": args.attn, "quantization": args.quantize,
-            "lora_adapter": args.lora_adapter, "revision": args.revision}
+            "lora_adapter": args.lora_adapter, "revision": args.revision, **({"merge": True} if args.merge else {})}
+
+
+def _add_lora_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lora", action=ListFlag, default=None, metavar="NAME=PATH",
+                        help="peft LoRA adapters on offer as models of their own, NAME=PATH (a folder or hub id; "
+                             "a,b or a b; repeatable): each goes on the model of --models its adapter_config.json "
+                             "names, which loads once with all its adapters, switched per request")
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -309,6 +326,7 @@ def _add_compare(sub) -> None:
     _add_generation_options(parser)
     _add_sampling_options(parser)
     _add_memory_options(parser)
+    _add_lora_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object per model")
     parser.set_defaults(handler=_run_compare)
 
@@ -321,37 +339,49 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 def _add_tiny(sub) -> None:
     parser = sub.add_parser("tiny", help="write a tiny random-weight checkpoint (offline, deterministic)")
-    parser.add_argument("--family", required=True, choices=["qwen2_5_vl", "smolvlm2", "deepseek_vl2"])
+    parser.add_argument("--family", required=True,
+                        help=f"{', '.join(FAMILIES)}, or a family's variant (an unknown name lists them all)")
     parser.add_argument("--out", required=True, help="folder to write (hub layout)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--from-files", metavar="DIR",
                         help="a real hub repository's text files (tokenizer, chat template, processor and config "
                              "files): kept as they are, with a shrunk config and random weights")
+    parser.add_argument("--lora", metavar="DIR", help="also write a random LoRA adapter for the checkpoint here")
     parser.set_defaults(handler=_run_tiny)
 
 
 def _run_tiny(args: argparse.Namespace) -> int:
     _check_checkpoint_folder(args.out)
-    if args.from_files:
-        from vlm_app.testing.real_files import build_from_files
+    if args.lora:
+        _check_checkpoint_folder(args.lora, "--lora", "adapter_config.json")
+    print(_write_tiny(args))
+    if args.lora:
+        from vlm_app.testing.lora import build_tiny_lora
 
-        print(build_from_files(args.family, args.from_files, args.out, seed=args.seed))
-        return 0
-    from vlm_app.testing.tiny import build_tiny
-
-    print(build_tiny(args.family, args.out, seed=args.seed))
+        print(build_tiny_lora(args.out, args.lora, seed=args.seed))
     return 0
 
 
-def _check_checkpoint_folder(out: str) -> None:
-    """Where a checkpoint may be written: a new or empty folder, or an earlier checkpoint's (it is rewritten)."""
+def _write_tiny(args: argparse.Namespace):
+    if args.from_files:
+        from vlm_app.testing.real_files import build_from_files
+
+        return build_from_files(args.family, args.from_files, args.out, seed=args.seed)
+    from vlm_app.testing.tiny import build_tiny
+
+    return build_tiny(args.family, args.out, seed=args.seed)
+
+
+def _check_checkpoint_folder(out: str, flag: str = "--out", marker: str = "config.json") -> None:
+    """Where a checkpoint (or adapter) may be written: a new or empty folder, or an earlier one's (it is rewritten),
+    which holds `marker`."""
     from pathlib import Path
 
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
-        raise OptionsError(f"--out {out} is a file; give a folder to write the checkpoint in")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / "config.json").is_file():
-        raise OptionsError(f"--out {out} holds other files; give a new or empty folder (or an earlier checkpoint's, "
+        raise OptionsError(f"{flag} {out} is a file; give a folder to write in")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / marker).is_file():
+        raise OptionsError(f"{flag} {out} holds other files; give a new or empty folder (or an earlier output's, "
                            "to rewrite it)")
 
 
@@ -374,9 +404,9 @@ def _run_bench_adapter(args: argparse.Namespace) -> int:
 
 def _add_bench_model(benches) -> None:
     parser = benches.add_parser("model", help="prefill/decode speed and peak memory of a real-size model")
-    parser.add_argument("--family", required=True, choices=["qwen2_5_vl", "smolvlm2", "deepseek_vl2"])
+    parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--size", required=True,
-                        help="256m, 500m, 2.2b (SmolVLM2); 3b, 7b, 32b, 72b (Qwen); tiny, small, base (DeepSeek-VL2)")
+                        help="a published size of the family (its module's real_sizes; an unknown size lists them)")
     parser.add_argument("--random-weights", action="store_true", required=True,
                         help="build from the published config with random weights (no download)")
     parser.add_argument("--device", default="auto")

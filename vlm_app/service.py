@@ -407,11 +407,14 @@ def build_record(adapter, request: Request, run: Run | None = None, error: str |
     generation = run.generation if run is not None else None
     estimate = run.memory_estimate if run is not None else None
     answered = generation is not None
+    policy = request.media.get("policy") or adapter.policy
+    answer, reasoning = adapter.split_reasoning(run.answer) if answered else (None, None)
     return {
         "source": request.label(),
         "model": adapter.info.model_id,
-        "answer": run.answer if answered else None,
-        "boxes": [box.as_dict() for box in parse_grounding(run.answer)] if answered else [],
+        "answer": answer,
+        "reasoning": reasoning,
+        "boxes": [box.as_dict() for box in parse_grounding(answer)] if answered else [],
         "error": error,
         "prompt": request.prompt(),
         "frames_indices": video.get("frames_indices", []),
@@ -424,7 +427,7 @@ def build_record(adapter, request: Request, run: Run | None = None, error: str |
         "cancelled": generation.cancelled and not run.stopped_by_text if answered else False,
         "finish_reason": run.finish_reason() if answered else None,
         "model_info": adapter.info.as_dict(),
-        "sampling": {"policy": adapter.policy, **{**adapter.sampling_defaults(), **request.media}},
+        "sampling": {"policy": policy, **adapter.sampling_defaults(policy), **request.media},
         "generation": {key: request.generation.get(key) for key in GENERATION_KEYS},
         "memory_estimate_bytes": estimate.total if estimate is not None else None,
         "memory_estimate": estimate.as_dict() if estimate is not None else None,
@@ -448,7 +451,10 @@ def stats(record: dict) -> dict:
     counts = record["num_tokens"] or {}
     frames = (len(record["frames_indices"]) if "chapters" in record else
               sum(len(item["frames_indices"]) if item["type"] == "video" else 1 for item in record["media"]))
-    return {"model": record["model"], "family": record["model_info"]["family"], "frames": frames,
+    from vlm_app.lora import lora_label
+
+    return {"model": record["model"], "family": record["model_info"]["family"],
+            "lora": lora_label(record["model_info"].get("lora_adapter")), "frames": frames,
             "visual_tokens": counts.get("visual", 0), "text_tokens": counts.get("text", 0),
             **(record["timings"] or {}), "memory_estimate_bytes": record["memory_estimate_bytes"],
             "cancelled": record["cancelled"], "notes": list(record["notes"])}

@@ -51,7 +51,7 @@ def qwen3_vl_policy() -> SamplingPolicy:
     (`Qwen3VLAdapter.sampling_defaults`)."""
     return SamplingPolicy(name="qwen3_vl", index_rule="linspace", fps=2.0, min_frames=4, max_frames=768,
                           frame_factor=2, factor=FACTOR, resize_rule="video", min_pixels=128 * FACTOR**2,
-                          max_pixels=768 * FACTOR**2, max_tokens_per_frame=768)
+                          max_pixels=768 * FACTOR**2, max_tokens_per_frame=768, reference_resize="uint8")
 
 
 def qwen3_vl_utils_policy() -> SamplingPolicy:

@@ -9,13 +9,14 @@ Index rules (pure functions in `sampling`):
 - "linspace": transformers' default `sample_frames` — int(seconds·fps) clamped to [min, max], rounded float64
   numpy linspace, any count (Qwen3-VL's processor pads an odd count itself);
 - "smolvlm": SmolVLM's video processor — truncated linspace, skipping `skip_secs` at both ends of long clips;
-- "spaced": `arange(n) * total // n` (Gemma 4's processor).
+A family with another rule gives its own object (`nframes(count, rate, policy, options)`, `indices(first, last, n)`).
 Resize rules:
 - "frame": qwen-vl-utils — per-frame bounds, shrunk so all frames fit `total_pixels`;
 - "video": transformers' Qwen3-VL video processor — one pixel budget over frames × height × width;
-- "patches": aspect kept at the largest size under `max_patches` patches of `patch_size`, sides multiples of
-  `factor` (Gemma 4);
-- None: the native size (the family's processor resizes).
+- None: the native size (the family's processor resizes);
+or the family's own function `(height, width, nframes, policy, options) -> (height, width)`.
+`reference_resize` is the reference's kernel: qwen-vl-utils resizes float frames, transformers' video processors
+uint8 ones with torch's uint8 kernel (then our `resize="fast"` kernel is the exact one).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 
 from vlm_app.errors import OptionsError
 
@@ -30,20 +32,19 @@ from vlm_app.errors import OptionsError
 @dataclass(frozen=True)
 class SamplingPolicy:
     name: str
-    index_rule: str
+    index_rule: Any  # a rule's name, or the family's own rule object
     fps: float
     min_frames: int
     max_frames: int
     frame_factor: int = 1  # frame count is a multiple of this (Qwen2.5-VL merges 2 frames per temporal patch)
     factor: int | None = None  # resize to multiples of this; None keeps the native size
-    resize_rule: str | None = None
+    resize_rule: Any = None  # a rule's name, the family's own function, or None (native size)
     min_pixels: float | None = None
     max_pixels: float | None = None
     total_pixels: float | None = None
     max_tokens_per_frame: int | None = None  # per-frame pixel cap in tokens (factor² pixels each)
     cap_pixels_per_frame: bool = False  # "video" rule: qwen-vl-utils' per-frame cap inside the video budget
-    max_patches: int | None = None  # "patches" rule
-    patch_size: int | None = None  # "patches" rule
+    reference_resize: str = "float"  # the reference's kernel: "float" (torchvision on float frames) or "uint8"
     skip_secs: float = 0.0
     tokens_per_frame: int | None = None  # fixed visual tokens per frame, for families that do not resize here
     notes: tuple[str, ...] = ()  # deliberate differences this policy carries (from the environment, say)

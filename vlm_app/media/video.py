@@ -341,7 +341,7 @@ def _load_file_segments(path, label, policy, segments, options, limits) -> Itera
     while plans:
         try:
             with closing(_fill_segments(path, metadata, plans, backend, limits, deadline, decode_notes,
-                                        options.get("resize", "exact"))) as filled:
+                                        resize_kernel(policy, options))) as filled:
                 for plan, ended in filled:
                     if plan.failure is not None:
                         raise plan.failure
@@ -395,6 +395,7 @@ def _decode_sample(path, metadata, indices, backend, policy, options, limits, de
     """(uint8 frames resized to the sample's size, {index: seconds} of the frames that decoded, metadata). A file
     whose presentation times turn out wrong while decoding is decoded again, counting frames."""
     size = output_size(metadata.height, metadata.width, len(indices), policy, options)
+    options = {**options, "resize": resize_kernel(policy, options)}
     frames = torch.empty((len(indices), 3, *size), dtype=torch.uint8)  # filled in place: no second copy
     positions = {}
     for position, index in enumerate(indices):
@@ -548,6 +549,12 @@ def _video_size(height: int, width: int, nframes: int, policy: SamplingPolicy, o
 RESIZE_RULES = {"frame": _frame_size, "video": _video_size}
 
 
+def resize_kernel(policy: SamplingPolicy, options: dict) -> str:
+    """The kernel a frame is resized with: the `resize` option, unless the policy's reference resizes uint8 frames
+    with torch's uint8 kernel (transformers' video processors), which is then exact and the only one."""
+    return "fast" if policy.reference_resize == "uint8" else options.get("resize", "exact")
+
+
 def _resize_into(places: list[tuple[torch.Tensor, list[int]]], picture, kernel: str) -> None:
     """Convert one decoded frame once and resize it into each of its places (overlapping segments share frames)."""
     image = picture()
@@ -586,7 +593,7 @@ def _load_frame_list(frames, policy: SamplingPolicy, options: dict, limits: Limi
     notes = [] if count == len(images) else [f"{len(images)} frames padded to {count} by repeating the last one"]
     height, width = images[0].shape[1:]
     size = output_size(height, width, count, policy, options)
-    resized = [resize_frame(image, size, options.get("resize", "exact")) for image in images]
+    resized = [resize_frame(image, size, resize_kernel(policy, options)) for image in images]
     metadata = VideoMetadata(num_frames=len(images), fps=fps, duration=len(images) / fps, width=width, height=height,
                              rotation=0, codec="images", source="frame list",
                              frame_pts=tuple(range(len(images))), time_base=1 / Fraction(fps).limit_denominator())
