@@ -269,3 +269,40 @@ def test_serve_answers_video_url_with_vllm_sampling_names(qwen3_checkpoints, exa
                     {"type": "text", "text": "Describe."}]}],
                 extra_body=extra)
             assert reply.choices[0].message.content is not None and reply.usage.completion_tokens == 3
+
+
+def test_one_frame_clip_is_a_pair(qwen3, make_clip, tmp_path):
+    clip = make_clip(tmp_path / "one.mp4", 1 / 24, 24, 96, 64)
+    with pytest.raises(ValueError, match="must be larger than temporal_factor"):
+        model_card_inputs(qwen3.processor, str(clip))
+    prepared = qwen3.prepare(video_messages(str(clip)))
+    assert prepared.media[0].frames_indices == [0, 0] and "repeated to 2" in prepared.media[0].notes[0]
+    assert prepared.inputs["video_grid_thw"][0, 0] == 1
+
+
+@pytest.mark.parametrize("repo", ["Qwen__Qwen3-VL-2B-Instruct", "Qwen__Qwen3.5-0.8B"])
+def test_tiny_processor_settings_are_the_hub_files(qwen3, repo):
+    """The tiny checkpoints' processor is configured as the verified hub files (tests/fixtures/real_checkpoint_files)."""
+    from real_files_fixtures import REAL_FILES
+
+    for name, ours in (("video_preprocessor_config.json", qwen3.processor.video_processor),
+                       ("preprocessor_config.json", qwen3.processor.image_processor)):
+        hub = json.loads((REAL_FILES / repo / name).read_text())
+        for key in ("size", "patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std"):
+            value = getattr(ours, key)
+            assert (list(value) if isinstance(value, tuple) else value) == hub[key], (name, key)
+
+
+def test_real_size_2b_is_the_hub_config():
+    from real_files_fixtures import REAL_FILES
+
+    from vlm_app.bench.model import real_model
+
+    _, config, _, _ = real_model("qwen3_vl", "2b")
+    hub = json.loads((REAL_FILES / "Qwen__Qwen3-VL-2B-Instruct" / "config.json").read_text())
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "vocab_size", "max_position_embeddings", "tie_word_embeddings"):
+        assert getattr(config.text_config, key) == hub["text_config"][key], key
+    for key in ("depth", "hidden_size", "intermediate_size", "num_heads", "deepstack_visual_indexes",
+                "num_position_embeddings", "out_hidden_size", "patch_size"):
+        assert getattr(config.vision_config, key) == hub["vision_config"][key], key

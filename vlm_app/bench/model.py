@@ -77,13 +77,16 @@ def run_model_benchmark(args) -> int:
     adapter.generate(prepared, max_new_tokens=2, min_new_tokens=2)  # warmup
     generation = adapter.generate(prepared, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
     timings = generation.timings
+    estimate = adapter.memory_estimate(adapter.prepared_shape(prepared, args.max_new_tokens))
     result = {"model": info.model_id, "parameters": parameters, "device": str(device), "dtype": info.dtype,
               "build_s": build_s, "frames": len(prepared.media[0].frames_indices),
               "prompt_tokens": prepared.num_tokens.total, "visual_tokens": prepared.num_tokens.visual,
               "preprocess_s": prepared.timings["preprocess_s"], "prefill_s": timings.prefill_s,
               "prefill_tokens_per_s": prepared.num_tokens.total / timings.prefill_s,
               "decode_tokens_per_s": timings.tokens_per_s, "new_tokens": timings.new_tokens,
-              "peak_memory_bytes": timings.peak_memory_bytes}
+              "peak_memory_bytes": timings.peak_memory_bytes,
+              "memory_estimate_bytes": estimate.total,
+              "estimate_over_peak": estimate.total / timings.peak_memory_bytes if timings.peak_memory_bytes else None}
     if args.json:
         print(json.dumps(result))
     else:
