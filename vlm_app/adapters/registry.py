@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vlm_app.errors import ModelLoadError
 
-FAMILIES = ("qwen2_5_vl", "qwen3_vl", "smolvlm2", "deepseek_vl2")
+FAMILIES = ("qwen2_5_vl", "qwen3_vl", "gemma4", "smolvlm2", "deepseek_vl2")
 
 DEFAULT_MODEL = "smolvlm2-256m"
 

@@ -1,0 +1,195 @@
+"""Gemma 4: our inputs equal the model card's call on the same file, the declared differences hold, and the front
+doors run the tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from adapter_fixtures import video_messages
+
+from vlm_app.cli import main
+
+ONE_GREY_LEVEL = 1 / 255 + 1e-6  # pixels are rescaled to [0, 1] (mean 0, std 1)
+FAST = ["--max-new-tokens", "4", "--device", "cpu"]
+LABEL = re.compile(r"(\d\d+):(\d\d) <\|image>")
+
+
+@pytest.fixture(scope="module")
+def gemma4_checkpoints(tmp_path_factory) -> dict:
+    from vlm_app.testing.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny_gemma4")
+    return {name: build_tiny(name, root / name) for name in ("gemma4", "gemma4_no_audio", "gemma4_140")}
+
+
+@pytest.fixture(scope="module")
+def gemma4(gemma4_checkpoints):
+    from vlm_app import load
+
+    return load(str(gemma4_checkpoints["gemma4"]), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def minute_clip(tmp_path_factory, make_clip):
+    """130 s at 2 fps, 96x64: long enough for a segment past the first minute."""
+    return make_clip(tmp_path_factory.mktemp("gemma4_clips") / "minutes.mp4", 130.0, 2, 96, 64)
+
+
+def model_card_inputs(processor, source: str, **processor_kwargs):
+    """The model card's call: the processor decodes and samples the file itself."""
+    return processor.apply_chat_template(video_messages(source), tokenize=True, return_dict=True,
+                                         add_generation_prompt=True, return_tensors="pt",
+                                         processor_kwargs=processor_kwargs)
+
+
+def assert_same_inputs(prepared, expected):
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "video_position_ids", "num_frames_per_video"):
+        assert torch.equal(prepared.inputs[key], expected[key]), key
+    ours, theirs = prepared.inputs["pixel_values_videos"], expected["pixel_values_videos"]
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max() <= ONE_GREY_LEVEL
+
+
+@pytest.mark.parametrize("options, processor_kwargs", [
+    ({}, {}),
+    ({"nframes": 8}, {"num_frames": 8}),
+])
+def test_default_policy_equals_the_model_card_call(gemma4, example_clip, options, processor_kwargs):
+    prepared = gemma4.prepare(video_messages(str(example_clip), **options))
+    expected = model_card_inputs(gemma4.processor, str(example_clip), **processor_kwargs)
+    assert_same_inputs(prepared, expected)
+    assert len(prepared.media[0].frames_indices) == (options.get("nframes") or 32)
+
+
+def test_fps_equals_the_model_card_call_without_its_frame_count(gemma4_checkpoints, example_clip):
+    """The reference takes fps only once its processor's num_frames is unset (it merges 32 in and refuses the pair);
+    ours takes fps on its own."""
+    from vlm_app import load
+
+    adapter = load(str(gemma4_checkpoints["gemma4"]), device="cpu")
+    prepared = adapter.prepare(video_messages(str(example_clip), fps=2.0))
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        model_card_inputs(adapter.processor, str(example_clip), fps=2)
+    adapter.processor.video_processor.num_frames = None
+    assert_same_inputs(prepared, model_card_inputs(adapter.processor, str(example_clip), fps=2))
+    assert len(prepared.media[0].frames_indices) == 8  # 4 s at 2 fps
+
+
+def test_a_checkpoint_with_140_tokens_a_frame(gemma4_checkpoints, example_clip):
+    from vlm_app import load
+
+    adapter = load(str(gemma4_checkpoints["gemma4_140"]), device="cpu")
+    prepared = adapter.prepare(video_messages(str(example_clip), nframes=8))
+    assert_same_inputs(prepared, model_card_inputs(adapter.processor, str(example_clip), num_frames=8))
+    assert prepared.inputs["pixel_values_videos"].shape[1] == 140 * 9
+    assert prepared.num_tokens.visual == 8 * (prepared.media[0].resized_height // 48) * \
+        (prepared.media[0].resized_width // 48) > 8 * 70
+
+
+def test_max_pixels_is_the_token_budget(gemma4, example_clip):
+    """140 tokens a frame asked of a 70-token checkpoint: the frames sized as the processor sizes them at 140."""
+    prepared = gemma4.prepare(video_messages(str(example_clip), nframes=8, max_pixels=140 * 9 * 256))
+    expected = model_card_inputs(gemma4.processor, str(example_clip), num_frames=8, max_soft_tokens=140)
+    assert_same_inputs(prepared, expected)
+
+
+def test_resize_options_of_other_families_are_refused(gemma4, example_clip):
+    from vlm_app.errors import OptionsError
+
+    with pytest.raises(OptionsError, match="Gemma 4 sizes each frame by its token budget; resized_height"):
+        gemma4.prepare(video_messages(str(example_clip), resized_height=96, resized_width=96))
+
+
+def test_a_short_clip_is_sampled_whole(gemma4, tmp_path, make_clip):
+    """Declared difference: the reference raises on a clip with fewer frames than num_frames."""
+    clip = str(make_clip(tmp_path / "short.mp4", 1.0, 12, 96, 64))
+    with pytest.raises(ValueError, match="exceeds total_num_frames=12"):
+        model_card_inputs(gemma4.processor, clip)
+    prepared = gemma4.prepare(video_messages(clip))
+    assert prepared.media[0].frames_indices == list(range(12))
+    assert len(LABEL.findall(gemma4.processor.decode(prepared.inputs["input_ids"][0]))) == 12
+
+
+def test_labels_are_the_frames_whole_video_times(gemma4, minute_clip):
+    """From index / fps, whole seconds, minutes past 59 as the processor writes them; a range keeps the file's
+    time (index 130 at 2 fps reads 01:05, not 00:05)."""
+    prepared = gemma4.prepare(video_messages(str(minute_clip), nframes=4, video_start=60.0, video_end=120.0))
+    video = prepared.media[0]
+    text = gemma4.processor.decode(prepared.inputs["input_ids"][0])
+    labels = [f"{minutes}:{seconds}" for minutes, seconds in LABEL.findall(text)]
+    assert labels == gemma4.frame_labels(video)
+    assert labels == [f"{int(t // 60):02d}:{int(t % 60):02d}" for t in (i / 2 for i in video.frames_indices)]
+    assert labels[0] == "01:00" and all(label >= "01:00" for label in labels)
+
+
+def test_labels_past_an_hour_keep_the_minutes():
+    from types import SimpleNamespace
+
+    from vlm_app.adapters.gemma4 import Gemma4Adapter
+
+    metadata = SimpleNamespace(is_vfr=False, num_frames=10_000, fps=2.0, duration=5000.0, width=96, height=64)
+    video = SimpleNamespace(metadata=metadata, frames_indices=[7806], timestamps=[3903.0])
+    assert Gemma4Adapter.frame_labels(video) == ["65:03"]
+
+
+def test_visual_map_and_tokens(gemma4, example_clip):
+    prepared = gemma4.prepare(video_messages(str(example_clip), nframes=8))
+    video = prepared.media[0]
+    per_frame = (video.resized_height // 48) * (video.resized_width // 48)
+    ids = prepared.inputs["input_ids"][0]
+    assert torch.equal(prepared.visual_map.positions, (ids == gemma4.config.video_token_id).nonzero().flatten())
+    assert prepared.visual_map.frame_index.tolist() == [k // per_frame for k in range(8 * per_frame)]
+    assert len(prepared.visual_map) == gemma4.visual_tokens(video, "gemma4") == 8 * per_frame
+
+
+def test_a_literal_placeholder_is_refused(gemma4, example_clip):
+    from vlm_app.errors import OptionsError
+
+    with pytest.raises(OptionsError, match="literal <\\|video\\|>"):
+        gemma4.prepare(video_messages(str(example_clip), prompt="Look: <|video|>", nframes=2))
+
+
+def test_the_memory_shape_is_the_prepared_one(gemma4, example_clip):
+    """The pre-flight's shape of a probed video equals the prepared request's tokens and encoder batch."""
+    from vlm_app.media.video import probe_cached
+    from vlm_app.media.limits import DEFAULT_LIMITS
+
+    options = gemma4.video_options(video_messages(str(example_clip)), {"nframes": 8})
+    metadata = probe_cached(str(example_clip), "clip", DEFAULT_LIMITS, float("inf"))
+    shape, frames, _ = gemma4.video_shape(metadata, options)
+    prepared = gemma4.prepare(video_messages(str(example_clip), nframes=8))
+    exact = gemma4.prepared_shape(prepared, 4)
+    assert frames == 8 and shape.visual_tokens == exact.visual_tokens
+    assert (shape.encoder_sequences, shape.encoder_sequence) == (exact.encoder_sequences, exact.encoder_sequence)
+
+
+# ---- front doors -------------------------------------------------------------------------------------------------
+
+def test_describe_through_the_cli(gemma4_checkpoints, example_clip, tmp_path, capsys):
+    out = tmp_path / "records.jsonl"
+    assert main(["describe", str(example_clip), "--model", str(gemma4_checkpoints["gemma4_no_audio"]),
+                 "--nframes", "4", "--out", str(out), *FAST]) == 0
+    record = json.loads(out.read_text().splitlines()[0])
+    assert record["error"] is None and record["model_info"]["family"] == "gemma4"
+    assert len(record["frames_indices"]) == 4 and record["num_tokens"]["visual"] > 0
+
+
+def test_inspect_prints_the_labels(example_clip, capsys):
+    assert main(["inspect", str(example_clip), "--model", "gemma4", "--nframes", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["family"] == "gemma4" and report["num_frames"] == 8
+    assert report["frame_labels"] == ["00:00", "00:00", "00:01", "00:01", "00:02", "00:02", "00:03", "00:03"]
+    assert report["num_visual_tokens"] == 8 * (report["resized_height"] // 48) * (report["resized_width"] // 48)
+    assert report["resized_height"] * report["resized_width"] <= 630 * 256
+
+
+def test_compare_beside_other_families(gemma4_checkpoints, tiny_checkpoints, example_clip, capsys):
+    models = f"{gemma4_checkpoints['gemma4_no_audio']},{tiny_checkpoints['smolvlm2']}"
+    assert main(["compare", str(example_clip), "--models", models, "--nframes", "4", "--json", *FAST]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [record["model_info"]["family"] for record in records] == ["gemma4", "smolvlm2"]
+    assert all(record["error"] is None for record in records)
+    assert len(records[0]["frames_indices"]) == 4
