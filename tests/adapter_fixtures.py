@@ -43,6 +43,22 @@ def smol_adapter(tiny_checkpoints):
     return load(str(tiny_checkpoints["smolvlm2"]), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def qwen3_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Tiny Qwen3-VL, Qwen3.5 (the hybrid text model) and a Qwen3-VL Thinking checkpoint."""
+    from vlm_app.testing.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny_qwen3")
+    return {name: build_tiny(name, root / name) for name in ("qwen3_vl", "qwen3_5", "qwen3_vl_thinking")}
+
+
+@pytest.fixture(scope="session")
+def qwen3_adapter(qwen3_checkpoints):
+    from vlm_app import load
+
+    return load(str(qwen3_checkpoints["qwen3_vl"]), device="cpu")
+
+
 def video_messages(source, prompt: str = "Describe this video.", **options) -> list[dict]:
     return [{"role": "user", "content": [{"type": "video", "video": source, **options},
                                          {"type": "text", "text": prompt}]}]

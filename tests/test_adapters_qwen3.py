@@ -23,18 +23,8 @@ MARKER = re.compile(r"<(\d+\.\d) seconds>")
 
 
 @pytest.fixture(scope="module")
-def qwen3_checkpoints(tmp_path_factory) -> dict:
-    from vlm_app.testing.tiny import build_tiny
-
-    root = tmp_path_factory.mktemp("tiny_qwen3")
-    return {name: build_tiny(name, root / name) for name in ("qwen3_vl", "qwen3_5", "qwen3_vl_thinking")}
-
-
-@pytest.fixture(scope="module")
-def qwen3(qwen3_checkpoints):
-    from vlm_app import load
-
-    return load(str(qwen3_checkpoints["qwen3_vl"]), device="cpu")
+def qwen3(qwen3_adapter):
+    return qwen3_adapter
 
 
 @pytest.fixture(scope="module")

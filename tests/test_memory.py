@@ -31,9 +31,10 @@ def deepseek_adapter(tmp_path_factory):
     return load(str(build_tiny("deepseek_vl2", tmp_path_factory.mktemp("tiny") / "deepseek_vl2")), device="cpu")
 
 
-@pytest.fixture(params=["qwen2_5_vl", "smolvlm2", "deepseek_vl2"])
-def adapter(request, qwen_adapter, smol_adapter, deepseek_adapter):
-    return {"qwen2_5_vl": qwen_adapter, "smolvlm2": smol_adapter, "deepseek_vl2": deepseek_adapter}[request.param]
+@pytest.fixture(params=["qwen2_5_vl", "qwen3_vl", "smolvlm2", "deepseek_vl2"])
+def adapter(request, qwen_adapter, qwen3_adapter, smol_adapter, deepseek_adapter):
+    return {"qwen2_5_vl": qwen_adapter, "qwen3_vl": qwen3_adapter, "smolvlm2": smol_adapter,
+            "deepseek_vl2": deepseek_adapter}[request.param]
 
 
 def _describe(args, capsys) -> dict:
@@ -95,6 +96,20 @@ def test_max_memory_lowers_frames_once_pixels_are_at_their_minimum(tiny_checkpoi
     assert 4 <= frames < 16 and frames % 2 == 0  # Qwen's rules: at least 4, in pairs
     assert fitted["memory_estimate_bytes"] <= fitted["max_memory_bytes"]
     assert any("frames from 16 to" in note for note in fitted["notes"])
+
+
+@pytest.mark.parametrize("policy", ["qwen3_vl", "qwen3_vl_utils"])
+def test_max_memory_fits_both_qwen3_policies(qwen3_checkpoints, vga_clip, capsys, policy):
+    """qwen3_vl's budget is over the whole video (frames x height x width), qwen3_vl_utils' per frame: the fit
+    lowers each in its own terms, frames kept."""
+    model = qwen3_checkpoints["qwen3_vl"]
+    args = [vga_clip, "--model", model, "--nframes", "8", "--policy", policy]
+    full = _describe(args, capsys)
+    fitted = _describe([*args, "--max-memory", _midway(full, 0.7)], capsys)
+    assert fitted["error"] is None and len(fitted["frames_indices"]) == 8
+    assert fitted["num_visual_tokens"] < full["num_visual_tokens"]
+    assert fitted["memory_estimate_bytes"] <= fitted["max_memory_bytes"] < full["memory_estimate_bytes"]
+    assert any(note.startswith("memory fit: lowered pixels") for note in fitted["notes"])
 
 
 def test_max_memory_on_a_family_that_sizes_its_own_frames(tiny_checkpoints, vga_clip, capsys):

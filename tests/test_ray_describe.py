@@ -303,3 +303,16 @@ def test_decode_workers_sample_with_the_answer_budget(tiny_deepseek_dirs, deepse
         assert row["video"].frames_indices == prepared.media[0].frames_indices
         counts.append(len(row["video"].frames_indices))
     assert counts[0] > counts[1]  # a longer answer leaves room for fewer frames
+
+
+def test_qwen3_on_ray_equals_the_local_engine(ray_local, ray_videos, qwen3_checkpoints, tmp_path):
+    """Qwen3-VL with its second policy (carried to Ray's decode workers), as the local engine describes it."""
+    model = qwen3_checkpoints["qwen3_vl"]
+    for policy in ("qwen3_vl_utils",):
+        out = tmp_path / f"{policy}.jsonl"
+        assert ray_describe(ray_videos, model, out, "--policy", policy) == 0
+        local = local_describe(ray_videos, model, tmp_path / f"{policy}.local.jsonl", "--policy", policy)
+        ray = read_jsonl(out)
+        assert set(ray) == set(local)
+        for source, record in ray.items():
+            assert {key: record[key] for key in REPRODUCIBILITY} == {key: local[source][key] for key in REPRODUCIBILITY}

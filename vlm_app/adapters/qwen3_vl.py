@@ -28,6 +28,7 @@ from vlm_app.messages import for_template, refuse_placeholders
 
 FACTOR = 32  # patch 16 x spatial merge 2
 THINK_END = "</think>"
+GROUP_TEXT_TOKENS = 12  # "<12.5 seconds>" with its vision start and end tokens
 
 _VL_SIZES = ("2B", "4B", "8B", "32B", "30B-A3B", "235B-A22B")
 _SHORT_NAMES = {
@@ -189,7 +190,7 @@ class Qwen3VLAdapter(Adapter):
         groups = math.ceil(frames / 2)
         patches = height * width // 16**2
         media = frames * 3 * height * width + groups * 2 * 3 * height * width * 4  # uint8 frames, float32 patches
-        shape = RequestShape(text_tokens=groups * 6, visual_tokens=groups * patches // 4, encoder_sequences=groups,
+        shape = RequestShape(text_tokens=groups * GROUP_TEXT_TOKENS, visual_tokens=groups * patches // 4, encoder_sequences=groups,
                              encoder_sequence=patches, media_bytes=media)
         budget = frames * height * width if policy.resize_rule == "video" else height * width
         return shape, frames, budget
