@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import pytest
 import torch
@@ -193,3 +194,130 @@ def test_compare_beside_other_families(gemma4_checkpoints, tiny_checkpoints, exa
     assert [record["model_info"]["family"] for record in records] == ["gemma4", "smolvlm2"]
     assert all(record["error"] is None for record in records)
     assert len(records[0]["frames_indices"]) == 4
+
+
+# ---- the video's own soundtrack ----------------------------------------------------------------------------------
+
+def muxed(video: str, audio_args: list[str], out) -> str:
+    """`video` with a soundtrack from ffmpeg input `audio_args`, padded with silence to the video's length."""
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", video, *audio_args, "-c:v", "copy", "-af", "apad",
+                    "-c:a", "aac", "-shortest", str(out)], check=True)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def speech_clip(tmp_path_factory, example_clip) -> str:
+    """The 4 s example clip with a sentence spoken by espeak-ng (synthesised offline)."""
+    folder = tmp_path_factory.mktemp("gemma4_speech")
+    subprocess.run(["espeak-ng", "-w", str(folder / "speech.wav"), "The red square moves to the right."], check=True)
+    return muxed(str(example_clip), ["-i", str(folder / "speech.wav")], folder / "speech.mp4")
+
+
+@pytest.fixture(scope="module")
+def tone_clip(tmp_path_factory) -> str:
+    """40 s at 2 fps, 96x64, with a 440 Hz tone: longer than the 30 s one audio holds."""
+    out = tmp_path_factory.mktemp("gemma4_tone") / "tone.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=2:duration=40",
+                    "-f", "lavfi", "-i", "sine=frequency=440:duration=40", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", "-shortest", str(out)], check=True)
+    return str(out)
+
+
+def model_card_with_audio(processor, source: str, **processor_kwargs):
+    """transformers' own route for a video's sound: `load_audio_from_video`, an audio item right after the video."""
+    messages = [{"role": "user", "content": [{"type": "video", "video": source}, {"type": "audio"},
+                                             {"type": "text", "text": "Describe this video."}]}]
+    return processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True,
+                                         return_tensors="pt", load_audio_from_video=True,
+                                         processor_kwargs=processor_kwargs)
+
+
+def test_the_soundtrack_equals_the_model_cards_audio_from_video(gemma4, speech_clip):
+    """Our PyAV decode of the track and transformers' (torchcodec) give the same 16 kHz samples, so the same
+    features, audio tokens and prompt (frames before sound, as the template orders them)."""
+    from transformers.audio_utils import load_audio
+
+    prepared = gemma4.prepare(video_messages(speech_clip, nframes=8, audio="on"))
+    expected = model_card_with_audio(gemma4.processor, speech_clip, num_frames=8)
+    assert_same_inputs(prepared, expected)
+    assert torch.equal(prepared.inputs["input_features_mask"], expected["input_features_mask"])
+    assert torch.allclose(prepared.inputs["input_features"], expected["input_features"], atol=1e-3)
+    sound = prepared.media[0].soundtrack
+    reference = load_audio(speech_clip, sampling_rate=16000)
+    assert len(sound.samples) == len(reference) and abs(sound.samples - reference).max() < 1e-5
+    assert abs(sound.samples).max() > 0.05  # speech, not silence
+    ids = prepared.inputs["input_ids"][0]
+    assert sound.tokens == int((ids == gemma4.config.audio_token_id).sum()) == gemma4.audio_tokens(sound.seconds)
+    text = gemma4.processor.decode(ids)
+    assert text.index("<image|>") < text.index("<|audio>") < text.index("Describe this video.")
+
+
+def test_audio_is_on_by_default_for_a_model_that_hears(gemma4, speech_clip):
+    prepared = gemma4.prepare(video_messages(speech_clip, nframes=2))
+    assert prepared.media[0].soundtrack is not None and "input_features" in prepared.inputs
+
+
+def test_audio_off_is_the_model_cards_video_only_call(gemma4, speech_clip):
+    prepared = gemma4.prepare(video_messages(speech_clip, nframes=8, audio="off"))
+    assert_same_inputs(prepared, model_card_inputs(gemma4.processor, speech_clip, num_frames=8))
+    assert "input_features" not in prepared.inputs and prepared.media[0].soundtrack is None
+
+
+def test_a_file_without_a_track_gets_a_note(gemma4, example_clip):
+    for mode in ("auto", "on"):
+        prepared = gemma4.prepare(video_messages(str(example_clip), nframes=2, audio=mode))
+        assert "input_features" not in prepared.inputs
+        assert any("no sound used" in note and "has no audio track" in note for note in prepared.media[0].notes)
+
+
+def test_a_range_hears_its_own_sound_and_the_cap_holds(gemma4, tone_clip):
+    from vlm_app.errors import LimitError
+
+    prepared = gemma4.prepare(video_messages(tone_clip, nframes=4, video_start=10.0, video_end=20.0, audio="on"))
+    sound = prepared.media[0].soundtrack
+    assert sound.start == pytest.approx(10.0, abs=0.03) and sound.seconds == pytest.approx(10.0, abs=0.05)
+    assert abs(sound.samples).max() > 0.1
+    with pytest.raises(LimitError, match="lasts 40.0 s, over the 30 s the model hears at once"):
+        gemma4.prepare(video_messages(tone_clip, nframes=4, audio="on"))
+    prepared = gemma4.prepare(video_messages(tone_clip, nframes=4))
+    assert prepared.media[0].soundtrack is None
+    assert any("described without its sound" in note for note in prepared.media[0].notes)
+
+
+def test_a_model_that_does_not_hear(gemma4_checkpoints, speech_clip):
+    from vlm_app import load
+    from vlm_app.errors import OptionsError
+
+    adapter = load(str(gemma4_checkpoints["gemma4_no_audio"]), device="cpu")
+    with pytest.raises(OptionsError, match="does not take audio; use --audio auto or off"):
+        adapter.prepare(video_messages(speech_clip, nframes=2, audio="on"))
+    prepared = adapter.prepare(video_messages(speech_clip, nframes=2, audio="auto"))
+    assert prepared.media[0].soundtrack is None and "input_features" not in prepared.inputs
+
+
+def test_the_pre_flight_counts_the_audio_tokens(gemma4, speech_clip):
+    from vlm_app.media.limits import DEFAULT_LIMITS
+    from vlm_app.media.video import probe_cached
+
+    metadata = probe_cached(speech_clip, "speech", DEFAULT_LIMITS, float("inf"))
+    shapes = {mode: gemma4.video_shape(metadata, gemma4.video_options(video_messages(speech_clip),
+                                                                      {"nframes": 2, "audio": mode}))[0]
+              for mode in ("on", "off")}
+    heard = gemma4.prepare(video_messages(speech_clip, nframes=2, audio="on")).media[0].soundtrack
+    # the pre-flight counts the video's 4.0 s; the track runs 0.13 s (about 3 tokens) longer
+    assert shapes["on"].text_tokens - shapes["off"].text_tokens == pytest.approx(heard.tokens + 2, abs=5)
+    assert shapes["on"].media_bytes > shapes["off"].media_bytes
+
+
+def test_describe_with_audio_through_the_cli(gemma4_checkpoints, speech_clip, tmp_path):
+    out = tmp_path / "records.jsonl"
+    assert main(["describe", speech_clip, "--model", str(gemma4_checkpoints["gemma4"]), "--nframes", "2",
+                 "--audio", "on", "--out", str(out), *FAST]) == 0
+    record = json.loads(out.read_text().splitlines()[0])
+    assert record["error"] is None and record["sampling"]["audio"] == "on"
+    audio = record["media"][0]["audio"]
+    assert audio["used"] and audio["seconds"] == pytest.approx(4.13, abs=0.05) and audio["tokens"] > 90
+    out.unlink()
+    assert main(["describe", speech_clip, "--model", str(gemma4_checkpoints["gemma4"]), "--nframes", "2",
+                 "--audio", "off", "--out", str(out), *FAST]) == 0
+    assert json.loads(out.read_text().splitlines()[0])["media"][0]["audio"] == {"used": False}

@@ -396,16 +396,25 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def run_compare_command(args, model_options: dict, sampling: dict, generation: dict) -> int:
-    """Each model in turn: load, describe, unload (so only one model is in memory at a time)."""
-    from vlm_app.runtime import load_adapter
+    """Each model in turn: load, describe, unload (so only one model is in memory at a time). A LoRA adapter named
+    in --models (`--lora NAME=PATH`) answers on its base, which loads once with all its adapters."""
+    from vlm_app.lora import make_offer
+    from vlm_app.runtime import ModelCache
 
     names = args.models
     if len(names) < 2:
         raise OptionsError("--models needs at least two models to compare (a,b or a b)")
+    offer = make_offer(names, args.lora)
+    unlisted = [name for name in offer.loras if name not in names]
+    if unlisted:
+        raise OptionsError(f"--lora {', '.join(unlisted)}: name each adapter in --models too (where its row goes)")
     prompt = resolve_prompt(args.prompt, args.template)
     check_source(args.source)
     request = one_turn(prompt, args.source, sampling, generation, **memory_options(args))
-    records = [run.execute() for _, run in compare(names, request, lambda name: load_adapter(name, **model_options))]
+    held = ModelCache(budget_bytes=1)  # one base model at a time, with its adapters
+    records = [run.execute() for _, run in compare(names, request,
+                                                   lambda name: offer.adapter(held, name, **model_options))]
+    held.unload()
     if args.json:
         for record in records:
             print(json.dumps(record))

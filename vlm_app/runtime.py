@@ -45,7 +45,7 @@ class ModelInfo:
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
     quantization: str | None = None
-    lora_adapter: str | None = None
+    lora_adapter: dict | None = None  # the LoRA applied: name, source, path, revision, rank, targets, merged
     notes: list[str] = field(default_factory=list)  # why a faster default was not taken (e.g. no flash-attn)
 
     def as_dict(self) -> dict[str, Any]:
@@ -214,22 +214,32 @@ def _quantization_config(quantization: str | None, device: str, dtype: torch.dty
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def locate_lora(lora_adapter: str) -> str:
-    """The local folder of a LoRA adapter given as a folder or a hub id (found offline-safe, like a model)."""
+def locate_lora(lora_adapter: str) -> tuple[str, str | None]:
+    """The local folder of a LoRA adapter given as a folder or a hub id (found offline-safe, like a model), and the
+    hub commit it came from (None for a plain folder)."""
+    if importlib.util.find_spec("peft") is None:
+        raise OptionsError("LoRA adapters need peft (pip install 'vlm_app[lora]')")
     if os.path.isdir(os.path.expanduser(lora_adapter)):
-        return os.path.expanduser(lora_adapter)
+        return os.path.abspath(os.path.expanduser(lora_adapter)), None
     if not registry.is_hub_id(lora_adapter):
         raise ModelLoadError(f"LoRA adapter {lora_adapter} is neither a folder nor a hub id (owner/name)")
-    path, _ = locate(ModelRef(lora_adapter, "LoRA adapter", None, lora_adapter))
-    return path
+    return locate(ModelRef(lora_adapter, "LoRA adapter", None, lora_adapter))
 
 
-def _with_lora(model, lora_folder: str):
-    if importlib.util.find_spec("peft") is None:
-        raise OptionsError("--adapter needs peft (pip install 'vlm_app[lora]')")
-    from peft import PeftModel
+def _read_loras(name: str, lora_adapter: str | None, loras: tuple, merge: bool) -> list:
+    """The adapters to load on model `name`, checked against it before any weight loads: `lora_adapter` (one, active)
+    or `loras` ((name, source) pairs, switched per request), not both."""
+    from vlm_app import lora
 
-    return PeftModel.from_pretrained(model, lora_folder).eval()  # kept separate, not merged
+    if lora_adapter and loras:
+        raise OptionsError("--adapter (one adapter, always on) and --lora (named adapters) do not go together")
+    if merge and (loras or not lora_adapter):
+        raise OptionsError("--merge folds one --adapter into the model; it needs --adapter and no --lora")
+    files = [lora.read_lora(source, lora_name) for lora_name, source in loras] if loras else \
+        [lora.read_lora(lora_adapter)] if lora_adapter else []
+    for each in files:
+        lora.check_base(each, name)
+    return files
 
 
 @contextmanager
@@ -264,8 +274,10 @@ def return_freed_tensors() -> None:
 
 def load_adapter(name: str, device: str = "auto", dtype: str = "auto", attn: str = "auto",
                  quantization: str | None = None, lora_adapter: str | None = None, revision: str | None = None,
-                 adapter_class: type | None = None):
-    """Load `name` (short name, hub id or folder) into its family's adapter (or `adapter_class`)."""
+                 adapter_class: type | None = None, merge: bool = False, loras: tuple = ()):
+    """Load `name` (short name, hub id or folder) into its family's adapter (or `adapter_class`). `lora_adapter`: a
+    peft LoRA (folder or hub id) applied unmerged, or folded in with `merge`; `loras`: (name, source) pairs, every
+    adapter loaded on the one base and chosen per request (`vlm_app.lora.using`)."""
     ref = resolve(name)
     cls = adapter_class or registry.adapter_class(ref.family)
     device = pick_device(device)
@@ -274,7 +286,7 @@ def load_adapter(name: str, device: str = "auto", dtype: str = "auto", attn: str
     if device == "cpu":
         return_freed_tensors()
     path, commit = locate(ref, revision)
-    lora_folder = locate_lora(lora_adapter) if lora_adapter else None
+    lora_files = _read_loras(name, lora_adapter, tuple(loras), merge)
     kwargs = {"dtype": torch_dtype, "attn_implementation": attention}
     quantization_config = _quantization_config(quantization, device, torch_dtype)
     if quantization_config is not None:
@@ -288,12 +300,20 @@ def load_adapter(name: str, device: str = "auto", dtype: str = "auto", attn: str
     if "device_map" not in kwargs:
         model = model.to(device)
     model.eval()
-    if lora_folder:
-        model = _with_lora(model, lora_folder)
+    if lora_files:
+        from vlm_app import lora
+
+        model = lora.attach(model, lora_files)
+        if merge:
+            model = model.merge_and_unload()
     info = ModelInfo(model_id=name, path=path, family=ref.family, revision=commit, device=str(model.device),
                      dtype=str(torch_dtype).removeprefix("torch."), attn_implementation=attention,
-                     quantization=quantization, lora_adapter=lora_adapter, notes=notes)
-    return cls(model, processor, info)
+                     quantization=quantization, lora_adapter=lora_files[0].info(merge) if lora_adapter else None,
+                     notes=notes)
+    adapter = cls(model, processor, info)
+    if loras:
+        adapter.lora_switch = lora.Switch(model, lora_files)
+    return adapter
 
 
 @dataclass(frozen=True)

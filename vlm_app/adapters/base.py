@@ -394,7 +394,20 @@ class Adapter:
         asked = {**overrides, **(item_options or {})}
         defaults = {key: value for key, value in self.sampling_defaults(asked.get("policy") or self.policy).items()
                     if not (key == "fps" and "nframes" in asked)}  # a frame count replaces the default rate
-        return {**defaults, **asked}
+        return self.heard({**defaults, **asked})
+
+    @property
+    def hears(self) -> bool:
+        """Whether this checkpoint takes audio: then a video's `audio` option may give it the video's soundtrack."""
+        return False
+
+    def heard(self, options: dict) -> dict:
+        """Video options without the soundtrack ones for a model that does not hear ("auto" means: if it hears)."""
+        if self.hears:
+            return options
+        if options.get("audio") == "on":
+            raise OptionsError(f"this {self.family} checkpoint does not take audio; use --audio auto or off")
+        return {key: value for key, value in options.items() if key not in ("audio", "max_audio_seconds")}
 
     def load_media(self, messages: list[dict], sampling_overrides: dict, max_new_tokens: int | None = None,
                    limits=None, fit=None) -> list:

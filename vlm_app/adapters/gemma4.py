@@ -29,6 +29,7 @@ import math
 
 from vlm_app.adapters.base import Adapter, VisualMap
 from vlm_app.errors import OptionsError
+from vlm_app.media.audio import SAMPLING_RATE as SOUND_RATE
 from vlm_app.media.policies import SamplingPolicy
 from vlm_app.memory import FitRules, ModelDims, RequestShape, TextDims, VisionDims
 from vlm_app.messages import for_template, refuse_placeholders
@@ -41,6 +42,7 @@ DEFAULT_SOFT_TOKENS = 70
 DEFAULT_FRAMES = 32
 NO_METADATA_FPS = 24.0  # the processor's rate for frames without metadata (a frame list)
 FRAME_TEXT_TOKENS = 5  # "MM:SS" and the begin/end-of-image tokens around each frame
+AUDIO_FEATURE_BYTES = 128 * 4 + 1  # one 10 ms frame of float32 mel features and its mask
 
 
 def budget_pixels(soft_tokens: int) -> int:
@@ -109,6 +111,33 @@ def hf_video_metadata(video):
                          width=source.width, height=source.height, frames_indices=list(video.frames_indices))
 
 
+def with_soundtracks(conversation: list[dict], media: list) -> list[dict]:
+    """The template's conversation with an audio item right after each video that brings its soundtrack (where the
+    chat template places a video's audio, and where transformers' `load_audio_from_video` puts it)."""
+    shown = iter(media)
+    result = []
+    for message in conversation:
+        content = []
+        for item in message["content"]:
+            content.append(item)
+            if item["type"] != "text" and getattr(next(shown), "soundtrack", None) is not None:
+                content.append({"type": "audio"})
+        result.append({**message, "content": content})
+    return result
+
+
+def token_runs(ids, token_id: int) -> list[int]:
+    """The lengths of the runs of `token_id` in `ids`, in order (one run per audio)."""
+    runs, length = [], 0
+    for value in [*ids.tolist(), None]:
+        if value == token_id:
+            length += 1
+        elif length:
+            runs.append(length)
+            length = 0
+    return runs
+
+
 def by_tower(attention: str) -> dict[str, str]:
     """`attn_implementation` per sub-model: `attention` for the language model and vision tower, eager for audio."""
     return {"": attention, "text_config": attention, "vision_config": attention, "audio_config": "eager"}
@@ -165,8 +194,25 @@ class Gemma4Adapter(Adapter):
         return policy.with_overrides(max_frames=self.processor.video_processor.num_frames)
 
     def sampling_defaults(self, policy: str) -> dict:
-        """The checkpoint's per-frame budget (its video `max_soft_tokens`) as our `max_pixels`."""
-        return {"max_pixels": budget_pixels(self.processor.video_processor.max_soft_tokens)}
+        """The checkpoint's per-frame budget (its video `max_soft_tokens`) as our `max_pixels`; for a model that
+        hears, the soundtrack when the file has one, up to the length one audio holds."""
+        defaults = {"max_pixels": budget_pixels(self.processor.video_processor.max_soft_tokens)}
+        if self.hears:
+            defaults.update(audio="auto", max_audio_seconds=self.audio_seconds)
+        return defaults
+
+    @property
+    def hears(self) -> bool:
+        return getattr(self.config, "audio_config", None) is not None
+
+    @property
+    def audio_seconds(self) -> float:
+        """The longest audio the processor gives tokens to: `audio_seq_length` tokens of `audio_ms_per_token`."""
+        return self.processor.audio_seq_length * self.processor.audio_ms_per_token / 1000
+
+    def audio_tokens(self, seconds: float) -> int:
+        """Tokens of `seconds` of audio (one per `audio_ms_per_token`, at most `audio_seq_length`)."""
+        return min(math.ceil(seconds * 1000 / self.processor.audio_ms_per_token), self.processor.audio_seq_length)
 
     def video_options(self, messages: list[dict], overrides: dict, item_options: dict | None = None,
                       max_new_tokens: int | None = None) -> dict:
@@ -187,13 +233,18 @@ class Gemma4Adapter(Adapter):
         refuse_placeholders(messages, tuple(token for token in (processor.image_token, processor.video_token,
                                                                 processor.audio_token, processor.boi_token,
                                                                 processor.eoi_token) if token), "Gemma 4")
-        prompt = processor.apply_chat_template(for_template(messages), tokenize=False, add_generation_prompt=True)
+        prompt = processor.apply_chat_template(with_soundtracks(for_template(messages), media), tokenize=False,
+                                               add_generation_prompt=True)
         videos_kwargs = {"do_sample_frames": False, "do_resize": False}
         if videos:
             videos_kwargs["max_soft_tokens"] = max(self._soft_tokens(video) for video in videos)
+        heard = [video.soundtrack for video in videos if video.soundtrack is not None]
         inputs = processor(text=[prompt], images=images or None, videos=[video.frames for video in videos] or None,
                            video_metadata=[hf_video_metadata(video) for video in videos] or None,
-                           videos_kwargs=videos_kwargs, add_special_tokens=False, return_tensors="pt")
+                           audio=[sound.samples for sound in heard] or None, videos_kwargs=videos_kwargs,
+                           add_special_tokens=False, return_tensors="pt")
+        for sound, count in zip(heard, token_runs(inputs["input_ids"][0], processor.audio_token_id)):
+            sound.tokens = count
         visual_map = self._visual_map(inputs, media)
         return ({key: value for key, value in inputs.items() if key not in processor.unused_input_names},
                 visual_map, prompt)
@@ -252,9 +303,21 @@ class Gemma4Adapter(Adapter):
         tokens = (height // SIDE) * (width // SIDE)
         padded = max(tokens, self.processor.video_processor.max_soft_tokens) * POOLING**2
         media = frames * 3 * height * width + frames * padded * (3 * PATCH**2 + 2 * 2) * 4  # uint8 frames, patches
-        shape = RequestShape(text_tokens=frames * FRAME_TEXT_TOKENS, visual_tokens=frames * tokens,
+        heard = self.heard_seconds(metadata, options)
+        audio = self.audio_tokens(heard) + 2 if heard else 0  # and its begin/end tokens
+        media += int(heard * 100) * AUDIO_FEATURE_BYTES + int(heard * SOUND_RATE) * 4  # features (10 ms), samples
+        shape = RequestShape(text_tokens=frames * FRAME_TEXT_TOKENS + audio, visual_tokens=frames * tokens,
                              encoder_sequences=frames, encoder_sequence=padded, media_bytes=media, encoder_masked=True)
         return shape, frames, int(options.get("max_pixels", policy.max_pixels))
+
+    def heard_seconds(self, metadata, options: dict) -> float:
+        """The soundtrack a video with these options will bring at most (counted as if the file had one)."""
+        if not self.hears or (options.get("audio") or "off") == "off":
+            return 0.0
+        start = options.get("video_start") or 0.0
+        end = min(options.get("video_end") or metadata.duration, metadata.duration)
+        seconds = max(end - start, 0.0)
+        return seconds if seconds <= options.get("max_audio_seconds", self.audio_seconds) + 1e-6 else 0.0
 
     def encoder_batch(self, inputs: dict) -> tuple[int, int]:
         shapes = [inputs[name].shape for name in ("pixel_values_videos", "pixel_values") if name in inputs]

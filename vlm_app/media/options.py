@@ -1,4 +1,5 @@
-"""The names of the per-request media options (qwen-vl-utils' names, plus `backend` and `resize`): the one list
+"""The names of the per-request media options (qwen-vl-utils' names, plus `backend`, `resize` and the soundtrack's
+`audio` mode and `max_audio_seconds`, `vlm_app.media.audio`): the one list
 that load_video / load_image accept and the chat-message schema validates against."""
 
 import math
@@ -6,12 +7,12 @@ from numbers import Real
 
 VIDEO_OPTIONS = ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
                  "resized_height", "resized_width", "video_start", "video_end", "backend", "resize", "policy",
-                 "cap_pixels_per_frame")
+                 "cap_pixels_per_frame", "audio", "max_audio_seconds")
 IMAGE_OPTIONS = ("min_pixels", "max_pixels", "resized_height", "resized_width")
 RESIZE_OPTIONS = ("min_pixels", "max_pixels", "total_pixels", "resized_height", "resized_width", "resize",
                   "cap_pixels_per_frame")
 RESIZE_KERNELS = ("exact", "fast")
-TEXT_OPTIONS = ("backend", "resize", "policy")
+TEXT_OPTIONS = ("backend", "resize", "policy", "audio")
 BOOL_OPTIONS = ("cap_pixels_per_frame",)  # every other option is a number
 
 

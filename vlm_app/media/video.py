@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from vlm_app.errors import DecodeError, LimitError, OptionsError
 from vlm_app.media import sampling
+from vlm_app.media.audio import AUDIO_MODES, Soundtrack, attach_soundtrack
 from vlm_app.media.decode import (Deadline, TimestampsUnfit, VideoMetadata, decodable_indices, decode_frames,
                                   probe, resolve_backend)
 from vlm_app.media.image import open_rgb_image
@@ -55,6 +56,7 @@ class SampledVideo:
     policy: SamplingPolicy
     notes: list[str] = field(default_factory=list)
     decode_seconds: float = 0.0
+    soundtrack: Soundtrack | None = None  # the range's sound, when the `audio` option asks for it (media.audio)
 
     @property
     def resized_height(self) -> int:
@@ -84,6 +86,7 @@ def load_video(source, policy: str | SamplingPolicy = "qwen2_5_vl", *, limits: L
                 check_options(options, policy)
             load = _load_file_cached if is_local(source) else _load_file
             video = load(path, label, policy, options, limits)
+            attach_soundtrack(video, path, label, options, time.monotonic() + limits.decode_seconds)
     video.notes = policy_notes(policy) + video.notes
     video.decode_seconds = time.perf_counter() - started
     return video
@@ -201,6 +204,8 @@ def check_options(options: dict, policy: SamplingPolicy) -> None:
         raise OptionsError("give resized_height and resized_width together")
     if options.get("video_start") is not None and options["video_start"] < 0:
         raise OptionsError(f"video_start must be >= 0 seconds, got {options['video_start']}")
+    if options.get("audio", "off") not in AUDIO_MODES:
+        raise OptionsError(f"audio must be one of {', '.join(AUDIO_MODES)}, got {options['audio']!r}")
     if options.get("resize", "exact") not in RESIZE_KERNELS:
         raise OptionsError(f"resize must be one of {', '.join(RESIZE_KERNELS)}, got {options['resize']!r}")
     if policy.resize_rule is None and any(options.get(name) is not None for name in RESIZE_OPTIONS):
@@ -349,7 +354,9 @@ def _load_file_segments(path, label, policy, segments, options, limits) -> Itera
                     if not plan.complete:
                         break
                     plans.pop(0)
-                    yield plan.video(metadata, backend, policy, list(decode_notes), time.perf_counter() - started)
+                    video = plan.video(metadata, backend, policy, list(decode_notes), time.perf_counter() - started)
+                    attach_soundtrack(video, path, label, plan.options, time.monotonic() + limits.decode_seconds)
+                    yield video
                     deadline.renew()
                     started = time.perf_counter()
         except TimestampsUnfit:
