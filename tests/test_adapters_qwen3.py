@@ -296,3 +296,20 @@ def test_real_size_2b_is_the_hub_config():
     for key in ("depth", "hidden_size", "intermediate_size", "num_heads", "deepstack_visual_indexes",
                 "num_position_embeddings", "out_hidden_size", "patch_size"):
         assert getattr(config.vision_config, key) == hub["vision_config"][key], key
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"])
+def test_every_qwen3_model_type_is_this_family(tmp_path, model_type):
+    from vlm_app.adapters.registry import family_of
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    assert family_of(str(tmp_path)) == "qwen3_vl"
+
+
+@pytest.mark.parametrize("name, family", [("qwen3-vl-8b-thinking", "qwen3_vl"), ("qwen3.5-0.8b", "qwen3_vl"),
+                                          ("Qwen/Qwen3.6-35B-A3B", "qwen3_vl"), ("Qwen/Qwen3-VL-30B-A3B-Instruct", "qwen3_vl"),
+                                          ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl")])
+def test_short_names_and_hub_ids_find_the_family(name, family):
+    from vlm_app.adapters.registry import family_of
+
+    assert family_of(name) == family
