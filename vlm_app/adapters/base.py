@@ -22,6 +22,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 
 from vlm_app import memory
+from vlm_app.decoding import Decoding
 from vlm_app.errors import LimitError, OptionsError
 from vlm_app.media.options import without_policy
 from vlm_app.media.policies import SamplingPolicy, get_policy
@@ -162,15 +163,18 @@ class Generation:
     token_ids: list[int]
     timings: Timings
     cancelled: bool = False
+    logprobs: list[dict] | None = None  # per answer token, in OpenAI's shape, when asked (`vlm_app.decoding`)
 
 
 class _TokenRecorder:
-    """A `generate` streamer (duck-typed BaseStreamer) that timestamps every new token and optionally queues it."""
+    """A `generate` streamer (duck-typed BaseStreamer) that timestamps every new token, hands it to `on_token`
+    (before anyone can see it) and optionally queues it."""
 
-    def __init__(self, pieces: queue.Queue | None = None):
+    def __init__(self, pieces: queue.Queue | None = None, on_token: Callable[[int], None] | None = None):
         self.token_ids: list[int] = []
         self.token_times: list[float] = []
         self._pieces = pieces
+        self._on_token = on_token
         self._prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -179,6 +183,8 @@ class _TokenRecorder:
             return
         self.token_times.append(time.perf_counter())
         new = value.flatten().tolist()
+        for token in new if self._on_token is not None else ():
+            self._on_token(token)
         self.token_ids += new
         if self._pieces is not None:
             self._pieces.put(new)
@@ -539,9 +545,11 @@ class Adapter:
         seed = options.pop("_seed", None)
         if seed is not None:
             torch.manual_seed(seed)
-        recorder = _TokenRecorder(pieces)
+        decoding = Decoding.pop_from(options, self)  # penalties, logprobs, JSON schema: logits processors
+        recorder = _TokenRecorder(pieces, decoding.on_token)
         stopper = _CancelOnEvent(cancel or threading.Event())
         options["stopping_criteria"] = [stopper]
+        options["logits_processor"] = decoding.processors
         memory.reset_peak(str(self.device))
         start = time.perf_counter()
         self.model.generate(**prepared.inputs, streamer=recorder, **options)
@@ -552,4 +560,4 @@ class Adapter:
                           new_tokens=len(recorder.token_ids), peak_memory_bytes=memory.peak_bytes(str(self.device)))
         text = self.decode(recorder.token_ids)
         return Generation(text=text, token_ids=recorder.token_ids, timings=timings,
-                          cancelled=stopper.fired)
+                          cancelled=stopper.fired, logprobs=decoding.logprobs)
