@@ -7,4 +7,4 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 pytest_plugins: list[str] = ["media_fixtures", "adapter_fixtures", "ui_fixtures", "deepseek_fixtures", "ray_fixtures",
-                               "real_files_fixtures", "server_fixtures"]
+                               "real_files_fixtures", "server_fixtures", "lora_fixtures"]

@@ -116,7 +116,7 @@ def test_a_lora_adapter_may_be_a_hub_id_found_offline(tmp_path, monkeypatch):
     cache, snapshot = _hub_cache_with(tmp_path, "someone/qwen-lora", {"adapter_config.json": "{}"})
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert runtime.locate_lora("someone/qwen-lora") == str(snapshot)
+    assert runtime.locate_lora("someone/qwen-lora") == (str(snapshot), snapshot.name)  # the folder and its commit
     with pytest.raises(ModelLoadError, match="someone/missing-lora .* HF_HUB_OFFLINE is set"):
         runtime.locate_lora("someone/missing-lora")
     with pytest.raises(ModelLoadError, match="neither a folder nor a hub id"):
