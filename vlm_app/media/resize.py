@@ -72,6 +72,12 @@ def _cubic(x: np.ndarray) -> np.ndarray:
     return np.where(x < 1, near, np.where(x < 2, far, 0)).astype(np.float32)
 
 
+def load_kernels() -> None:
+    """Import numba and load the kernels' machine code now (compiling it once per machine, into numba's cache),
+    rather than on the first frame: a server or benchmark calls this at start."""
+    _kernels()
+
+
 def _kernels():
     """The two compiled passes (numba imported and the machine code loaded or compiled on first use)."""
     with _COMPILING:
@@ -87,11 +93,12 @@ _COMPILING = threading.Lock()
 def _compile():
     import numba
 
+    # signatures given: the machine code is loaded (or compiled) here, not on the first frame
     options = {"nogil": True, "cache": True, "error_model": "numpy",
                "fastmath": {"contract"}}  # multiply-adds fused, as the reference's compiled loop does; no reordering
     three = np.uint64(3)  # unsigned indices: numba then skips its negative-index fix-up, which blocks vectorising
 
-    @numba.njit(**options)
+    @numba.njit("void(u1[:, ::1], i8[::1], f4[:, ::1], f4[:, :, ::1])", **options)
     def horizontal(pixels, starts, weights, rows):
         """rows[c, y, x] = sum over taps t of weights[x, t] * pixels[y, 3 * (starts[x] + t) + c], in tap order.
         Four rows at a time share each weight load (twelve running sums); the taps are padded with zero weights
@@ -127,7 +134,7 @@ def _compile():
                 red[2, x], green[2, x], blue[2, x] = r2, g2, b2
                 red[3, x], green[3, x], blue[3, x] = r3, g3, b3
 
-    @numba.njit(**options)
+    @numba.njit("void(f4[:, :, ::1], i8[::1], i8[::1], f4[:, ::1], u1[:, :, ::1])", **options)
     def vertical(rows, starts, counts, weights, out):
         """out[c, y, x] = sum over taps t of weights[y, t] * rows[c, starts[y] + t, x], in tap order, clamped to
         0..255 and rounded half to even (as torch.round); whole rows at a time, so it vectorises."""
