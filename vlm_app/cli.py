@@ -354,17 +354,6 @@ def _run_tiny(args: argparse.Namespace) -> int:
     _check_checkpoint_folder(args.out)
     if args.lora:
         _check_checkpoint_folder(args.lora, "--lora", "adapter_config.json")
-    result = _write_tiny(args)
-    if args.lora:
-        from vlm_app.testing.lora import build_tiny_lora
-
-        print(build_tiny_lora(args.out, args.lora, seed=args.seed))
-    return result
-
-
-def _write_tiny(args: argparse.Namespace) -> int:
-    if args.lora:
-        _check_checkpoint_folder(args.lora, "--lora", "adapter_config.json")
     print(_write_tiny(args))
     if args.lora:
         from vlm_app.testing.lora import build_tiny_lora
