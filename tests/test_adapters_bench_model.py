@@ -16,6 +16,7 @@ PUBLISHED = {  # model-card totals
     ("qwen2_5_vl", "72b"): 73.4e9,
     ("smolvlm2", "256m"): 0.256e9, ("smolvlm2", "500m"): 0.507e9, ("smolvlm2", "2.2b"): 2.25e9,
     ("qwen3_vl", "2b"): 2.13e9,
+    ("gemma4", "e2b"): 5.1e9,  # "2.3B effective, 5.1B with embeddings" (the per-layer embeddings are 2.3B of it)
     ("deepseek_vl2", "tiny"): 3.37e9, ("deepseek_vl2", "small"): 16.1e9, ("deepseek_vl2", "base"): 27.5e9,
 }
 

@@ -321,3 +321,16 @@ def test_describe_with_audio_through_the_cli(gemma4_checkpoints, speech_clip, tm
     assert main(["describe", speech_clip, "--model", str(gemma4_checkpoints["gemma4"]), "--nframes", "2",
                  "--audio", "off", "--out", str(out), *FAST]) == 0
     assert json.loads(out.read_text().splitlines()[0])["media"][0]["audio"] == {"used": False}
+
+
+def test_each_chapters_segment_hears_its_own_range(gemma4_checkpoints, tone_clip, tmp_path):
+    out = tmp_path / "chapters.jsonl"
+    assert main(["describe", tone_clip, "--model", str(gemma4_checkpoints["gemma4"]), "--chapters",
+                 "--segment-seconds", "20", "--nframes", "2", "--out", str(out), *FAST]) == 0
+    segments = json.loads(out.read_text().splitlines()[0])["segments"]
+    assert [segment["video_start"] for segment in segments] == [0.0, 20.0]
+    for segment in segments:
+        assert segment["error"] is None and segment["audio"]["used"]
+        assert segment["audio"]["start"] == pytest.approx(segment["video_start"], abs=0.03)
+        assert segment["audio"]["seconds"] == pytest.approx(20.0, abs=0.05) and segment["audio"]["tokens"] == 500
+    assert segments[1]["timestamps"][0] >= 20.0  # the frames keep the whole video's time

@@ -342,7 +342,8 @@ def _check_request(source, sampling: dict, seconds: float | None, overlap: float
 
 
 def _segment_record(record: dict, segment: Segment, key: str) -> dict:
-    return {**asdict(segment), "key": key, **{name: record.get(name) for name in SEGMENT_FIELDS}}
+    heard = next((item["audio"] for item in record.get("media") or [] if "audio" in item), None)
+    return {**asdict(segment), "key": key, **{name: record.get(name) for name in SEGMENT_FIELDS}, "audio": heard}
 
 
 def _chapters_record(adapter, source, prompt, sampling, generation, limits, plan, segments, media_error, seconds,

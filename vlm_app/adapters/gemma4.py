@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-from vlm_app.adapters.base import Adapter, VisualMap
+from vlm_app.adapters.base import Adapter, VisualMap, timed_video_metadata
 from vlm_app.errors import OptionsError
 from vlm_app.media.audio import SAMPLING_RATE as SOUND_RATE
 from vlm_app.media.policies import SamplingPolicy
@@ -90,25 +90,32 @@ def patch_budget_size(height: int, width: int, nframes: int, policy: SamplingPol
             from None
 
 
+# The real sizes (`bench model`): google/gemma-4-E2B-it's config.json, architecture fields only, as a third-party test
+# transcribes it (find_string id 64225531835; the hub file is not stored here): checked against the model card's
+# 5.1B parameters with embeddings (tests/test_adapters_bench_model.py).
+E2B_LAYER_TYPES = (["sliding_attention"] * 4 + ["full_attention"]) * 7
+REAL_SIZES = {
+    "e2b": dict(text=dict(hidden_size=1536, intermediate_size=6144, num_hidden_layers=35, num_attention_heads=8,
+                          num_key_value_heads=1, head_dim=256, global_head_dim=512, sliding_window=512,
+                          vocab_size=262144, vocab_size_per_layer_input=262144, hidden_size_per_layer_input=256,
+                          num_kv_shared_layers=20, use_double_wide_mlp=True, max_position_embeddings=131072,
+                          final_logit_softcapping=30.0, layer_types=E2B_LAYER_TYPES, tie_word_embeddings=True),
+                vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12,
+                            num_key_value_heads=12, head_dim=64, patch_size=16, pooling_kernel_size=3,
+                            position_embedding_size=10240, use_clipped_linears=True),
+                audio=dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8,
+                           subsampling_conv_channels=[128, 32], conv_kernel_size=5, attention_chunk_size=12,
+                           attention_context_left=13, attention_context_right=0, output_proj_dims=1536,
+                           residual_weight=0.5, use_clipped_linears=True)),
+}
+
+
 def gemma4_policy() -> SamplingPolicy:
     """transformers' Gemma4VideoProcessor with the hub files' settings (32 frames, 70 tokens a frame); a
     checkpoint's own num_frames and max_soft_tokens come on top (`Gemma4Adapter.sampling_policy`)."""
     return SamplingPolicy(name="gemma4", index_rule=GemmaSpacedRule, fps=NO_METADATA_FPS, min_frames=1,
                           max_frames=DEFAULT_FRAMES, resize_rule=patch_budget_size,
                           max_pixels=budget_pixels(DEFAULT_SOFT_TOKENS), reference_resize="uint8")
-
-
-def hf_video_metadata(video):
-    """transformers' VideoMetadata for one of our SampledVideos: the processor labels frame i at
-    frames_indices[i] / fps; for a variable-rate file, fps 1 and the frames' presentation times."""
-    from transformers.video_utils import VideoMetadata
-
-    source = video.metadata
-    if source.is_vfr:
-        return VideoMetadata(total_num_frames=source.num_frames, fps=1.0, duration=source.duration,
-                             width=source.width, height=source.height, frames_indices=list(video.timestamps))
-    return VideoMetadata(total_num_frames=source.num_frames, fps=source.fps, duration=source.duration,
-                         width=source.width, height=source.height, frames_indices=list(video.frames_indices))
 
 
 def with_soundtracks(conversation: list[dict], media: list) -> list[dict]:
@@ -155,6 +162,7 @@ class Gemma4Adapter(Adapter):
     tiny = {"gemma4": "vlm_app.testing.gemma4:build_tiny_gemma4",
             "gemma4_no_audio": "vlm_app.testing.gemma4:build_tiny_gemma4_no_audio",
             "gemma4_140": "vlm_app.testing.gemma4:build_tiny_gemma4_140"}
+    real_sizes = tuple(REAL_SIZES)
 
     # ---- loading and model calls --------------------------------------------------------------------------------
     @classmethod
@@ -183,7 +191,7 @@ class Gemma4Adapter(Adapter):
     @classmethod
     def frame_labels(cls, video) -> list[str]:
         """The text before each frame, exactly as the processor writes it (`MM:SS`, truncated; no hours)."""
-        metadata = hf_video_metadata(video)
+        metadata = timed_video_metadata(video)
         return [f"{int(seconds // 60):02d}:{int(seconds % 60):02d}"
                 for seconds in (index / metadata.fps for index in metadata.frames_indices)]
 
@@ -240,7 +248,7 @@ class Gemma4Adapter(Adapter):
             videos_kwargs["max_soft_tokens"] = max(self._soft_tokens(video) for video in videos)
         heard = [video.soundtrack for video in videos if video.soundtrack is not None]
         inputs = processor(text=[prompt], images=images or None, videos=[video.frames for video in videos] or None,
-                           video_metadata=[hf_video_metadata(video) for video in videos] or None,
+                           video_metadata=[timed_video_metadata(video) for video in videos] or None,
                            audio=[sound.samples for sound in heard] or None, videos_kwargs=videos_kwargs,
                            add_special_tokens=False, return_tensors="pt")
         for sound, count in zip(heard, token_runs(inputs["input_ids"][0], processor.audio_token_id)):
@@ -277,6 +285,16 @@ class Gemma4Adapter(Adapter):
                 spans.append({"token_id": self.config.image_token_id, "media_index": media_index,
                               "frame_index": [-1] * count, "tile_index": 0, "timestamp": math.nan})
         return VisualMap.from_spans(inputs["input_ids"], spans)
+
+    # ---- batching ------------------------------------------------------------------------------------------------
+    def collate(self, inputs_list: list[dict]) -> dict:
+        """As the processor batches: sequences left-padded; frames, images and audio clips joined in batch order,
+        padded to the widest as the processor pads them (patches with zeros at position -1, audio frames masked)."""
+        from vlm_app.batching import collate_rows, sequence_rules
+
+        return collate_rows(inputs_list, sequence_rules(self, "mm_token_type_ids"), concatenated={
+            "pixel_values_videos": 0, "video_position_ids": -1, "num_frames_per_video": 0, "pixel_values": 0,
+            "image_position_ids": -1, "input_features": 0, "input_features_mask": False})
 
     # ---- memory --------------------------------------------------------------------------------------------------
     def memory_dims(self) -> ModelDims:
@@ -332,6 +350,26 @@ class Gemma4Adapter(Adapter):
         """The fit lowers frames; the per-frame budget goes down only in whole budgets the model knows, to 70."""
         step = budget_pixels(DEFAULT_SOFT_TOKENS)
         return FitRules(min_frames=1, pixel_step=step, min_pixels=step)
+
+    # ---- real sizes (bench model) --------------------------------------------------------------------------------
+    @classmethod
+    def real_size(cls, size: str, layers: tuple[int, int] | None = None):
+        """(model class, config, processor) of a published size with our tokenizer; `layers` (vision, text) makes
+        a reduced model of the real widths (the last layers' sliding/full pattern; every layer keeps its own cache)."""
+        from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+
+        from vlm_app.testing.gemma4 import gemma4_processor, token_ids
+
+        processor = gemma4_processor()
+        text, vision = dict(REAL_SIZES[size]["text"]), dict(REAL_SIZES[size]["vision"])
+        if layers is not None:
+            vision["num_hidden_layers"] = layers[0]
+            text.update(num_hidden_layers=layers[1], layer_types=text["layer_types"][-layers[1]:],
+                        num_kv_shared_layers=0)
+        config = Gemma4Config(text_config=dict(**text, pad_token_id=0, eos_token_id=1, bos_token_id=2),
+                              vision_config=vision, audio_config=REAL_SIZES[size]["audio"],
+                              **token_ids(processor.tokenizer))
+        return Gemma4ForConditionalGeneration, config, processor
 
 
 ADAPTER = Gemma4Adapter

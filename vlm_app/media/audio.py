@@ -96,7 +96,8 @@ def attach_soundtrack(video, path: str, label: str, options: dict, deadline: flo
         message = (f"the soundtrack of {label} from {start:g} s to {end:g} s lasts {end - start:.1f} s, over the "
                    f"{cap:g} s the model hears at once")
         if mode == "on":
-            raise LimitError(f"{message}; give a shorter range (--start/--end), use --chapters, or --audio off")
+            raise LimitError(f"{message}; give a shorter range (--start/--end, or --chapters with --segment-seconds "
+                             f"{cap:g}), or --audio off")
         video.notes.append(f"{message}: the video was described without its sound (--audio on makes this an error)")
         return
     try:
