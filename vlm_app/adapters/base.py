@@ -13,6 +13,7 @@ within one token: a stopping criterion checks the event after every decoding ste
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -27,7 +28,7 @@ from vlm_app.errors import LimitError, OptionsError
 from vlm_app.media.options import without_policy
 from vlm_app.media.policies import SamplingPolicy, get_policy
 from vlm_app.memory import FitRules, MemoryEstimate, ModelDims, RequestShape
-from vlm_app.messages import media_items, media_options, normalize
+from vlm_app.messages import for_template, media_items, media_options, normalize, refuse_placeholders
 from vlm_app.runtime import ModelInfo, load_adapter, model_bytes, reading_checkpoint
 
 
@@ -214,13 +215,14 @@ class Stream:
         self.generation: Generation | None = None
         self.error: BaseException | None = None
         self._adapter = adapter
+        self.decoding = Decoding.pop_from(options, adapter)  # `.logprobs` grows as tokens come
         self._pieces: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, args=(prepared, options), daemon=True)
         self._thread.start()
 
     def _run(self, prepared: Prepared, options: dict) -> None:
         try:
-            self.generation = self._adapter._generate(prepared, options, self.cancel, self._pieces)
+            self.generation = self._adapter._generate(prepared, options, self.cancel, self._pieces, self.decoding)
         except BaseException as error:  # surfaced to the consumer in __iter__
             self.error = error
             self._pieces.put(None)
@@ -420,6 +422,7 @@ class Adapter:
         """Sample every image/video item with this family's policy (`video_options`); already sampled items pass
         through unchanged."""
         from vlm_app.media import SampledImage, SampledVideo, load_image, load_video
+        from vlm_app.media.audio import Soundtrack
         from vlm_app.media.video import FRAME_LIST_IGNORED
 
         shown = []
@@ -434,10 +437,16 @@ class Adapter:
                     options = {key: value for key, value in options.items()
                                if key in asked or key not in FRAME_LIST_IGNORED}
                 shown.append(self._load_video(source, options, limits, fit))
+            elif item["type"] == "audio":
+                shown.append(source if isinstance(source, Soundtrack) else self.load_audio(source, limits))
             else:
                 shown.append(load_image(source, policy=self.sampling_policy(), limits=limits,
                                         **{**self.image_defaults(), **media_options(item)}))
         return shown
+
+    def load_audio(self, source, limits):
+        """An audio item (a file, URL or data: URI): a family whose models hear loads it (`media.audio`)."""
+        raise OptionsError(f"this {self.family} checkpoint does not take audio; send video, images and text")
 
     def _load_video(self, source, options: dict, limits, fit):
         """`load_video` with the options' policy; the memory fit still sees which policy it sizes."""
@@ -492,6 +501,11 @@ class Adapter:
                                self.model.dtype.itemsize if element_bytes is None else element_bytes,
                                str(self.device) if device is None else device)
 
+    def collate(self, inputs_list: list[dict]) -> dict:
+        """Several requests' model inputs (each of batch size 1) as one left-padded batch, the way the family's
+        processor batches (built with `vlm_app.batching.collate_rows`; `vlm_app.batching` generates with it)."""
+        raise NotImplementedError
+
     def _to_device(self, inputs) -> dict[str, torch.Tensor]:
         return {key: value.to(self.device) if isinstance(value, torch.Tensor) else value
                 for key, value in dict(inputs).items()}
@@ -540,12 +554,12 @@ class Adapter:
 
     @torch.inference_mode()
     def _generate(self, prepared: Prepared, options: dict, cancel: threading.Event | None,
-                  pieces: queue.Queue | None) -> Generation:
+                  pieces: queue.Queue | None, decoding: Decoding | None = None) -> Generation:
         options = dict(options)
         seed = options.pop("_seed", None)
         if seed is not None:
             torch.manual_seed(seed)
-        decoding = Decoding.pop_from(options, self)  # penalties, logprobs, JSON schema: logits processors
+        decoding = decoding or Decoding.pop_from(options, self)  # penalties, logprobs, JSON schema: logits processors
         recorder = _TokenRecorder(pieces, decoding.on_token)
         stopper = _CancelOnEvent(cancel or threading.Event())
         options["stopping_criteria"] = [stopper]
@@ -561,3 +575,67 @@ class Adapter:
         text = self.decode(recorder.token_ids)
         return Generation(text=text, token_ids=recorder.token_ids, timings=timings,
                           cancelled=stopper.fired, logprobs=decoding.logprobs)
+
+
+class PatchGridAdapter(Adapter):
+    """The families whose processor is built on Qwen2-VL's image and video processors (Qwen2.5-VL, Qwen3-VL): our
+    frames and images go to it once, with each video's metadata (`video_metadata`), and its patch grids say which
+    token came from which frame. `display_name` names the family in errors."""
+
+    display_name: ClassVar[str] = ""
+
+    def video_metadata(self, video):
+        """transformers' VideoMetadata the processor times this SampledVideo by."""
+        raise NotImplementedError
+
+    def build_inputs(self, messages: list[dict], media: list, max_new_tokens: int | None = None):
+        from vlm_app.media import SampledVideo
+
+        videos = [item for item in media if isinstance(item, SampledVideo)]
+        images = [item.image for item in media if not isinstance(item, SampledVideo)]
+        refuse_placeholders(messages, (self.processor.image_token, self.processor.video_token), self.display_name)
+        prompt = self.processor.apply_chat_template(for_template(messages), tokenize=False,
+                                                    add_generation_prompt=True)
+        inputs = self.processor(
+            text=[prompt], images=images or None, videos=[video.frames for video in videos] or None,
+            video_metadata=[self.video_metadata(video) for video in videos] or None,
+            do_resize=False, do_sample_frames=False, cap_pixels_per_frame=False, return_tensors="pt")
+        return dict(inputs), self._visual_map(inputs, media), prompt
+
+    def _visual_map(self, inputs, media: list) -> VisualMap:
+        """Per media item, its tokens in order: a video's are (temporal group of two frames, merged row, merged
+        col) in row-major order, so token k belongs to group k // (tokens per group); an image is one view."""
+        from vlm_app.media import SampledVideo
+
+        merge = self.processor.video_processor.merge_size ** 2
+        video_grids = iter(inputs.get("video_grid_thw", []))
+        image_grids = iter(inputs.get("image_grid_thw", []))
+        spans = []
+        for media_index, item in enumerate(media):
+            if isinstance(item, SampledVideo):
+                t, h, w = (int(v) for v in next(video_grids))
+                per_group = h * w // merge
+                frames = [min(2 * (k // per_group), len(item.timestamps) - 1) for k in range(t * per_group)]
+                spans.append({"token_id": self.config.video_token_id, "media_index": media_index,
+                              "frame_index": frames, "tile_index": 0,
+                              "timestamp": [item.timestamps[f] for f in frames]})
+            else:
+                t, h, w = (int(v) for v in next(image_grids))
+                count = t * h * w // merge
+                spans.append({"token_id": self.config.image_token_id, "media_index": media_index,
+                              "frame_index": [-1] * count, "tile_index": 0, "timestamp": math.nan})
+        return VisualMap.from_spans(inputs["input_ids"], spans)
+
+
+def timed_video_metadata(video):
+    """transformers' VideoMetadata for a processor that writes each frame's time as frames_indices[i] / fps: the
+    source fps and the indices in the whole file for a constant-rate file (the reference's own labels); for a
+    variable-rate one, fps 1 and the frames' presentation times (index / fps is no time there)."""
+    from transformers.video_utils import VideoMetadata
+
+    source = video.metadata
+    if source.is_vfr:
+        return VideoMetadata(total_num_frames=source.num_frames, fps=1.0, duration=source.duration,
+                             width=source.width, height=source.height, frames_indices=list(video.timestamps))
+    return VideoMetadata(total_num_frames=source.num_frames, fps=source.fps, duration=source.duration,
+                         width=source.width, height=source.height, frames_indices=list(video.frames_indices))

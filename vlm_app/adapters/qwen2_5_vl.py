@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import math
 
-from vlm_app.adapters.base import Adapter, VisualMap
+from vlm_app.adapters.base import PatchGridAdapter
 from vlm_app.media.policies import SamplingPolicy, qwen_vl_utils
 from vlm_app.memory import FitRules, ModelDims, RequestShape, VisionDims, text_dims
-from vlm_app.messages import for_template, refuse_placeholders
 
 
 # The real sizes (`bench model`), transcribed from the published config.json files (architecture fields only),
@@ -60,8 +59,9 @@ def qwen2_5_vl_policy() -> SamplingPolicy:
     return qwen_vl_utils("qwen2_5_vl", patch_size=14)
 
 
-class Qwen2_5_VLAdapter(Adapter):
+class Qwen2_5_VLAdapter(PatchGridAdapter):
     family = "qwen2_5_vl"
+    display_name = "Qwen2.5-VL"
     model_types = ("qwen2_5_vl",)
     short_names = {f"qwen2.5-vl-{size}": f"Qwen/Qwen2.5-VL-{size.upper()}-Instruct" for size in ("3b", "7b", "32b", "72b")}
     hub_pattern = r"qwen2\.5-vl"
@@ -88,43 +88,17 @@ class Qwen2_5_VLAdapter(Adapter):
         low, high = _pixel_bounds(self.processor.image_processor)
         return {"min_pixels": low, "max_pixels": high}
 
-    def build_inputs(self, messages: list[dict], media: list, max_new_tokens: int | None = None):
-        from vlm_app.media import SampledVideo
+    def video_metadata(self, video):
+        return hf_video_metadata(video)
 
-        videos = [item for item in media if isinstance(item, SampledVideo)]
-        images = [item.image for item in media if not isinstance(item, SampledVideo)]
-        refuse_placeholders(messages, (self.processor.image_token, self.processor.video_token), "Qwen2.5-VL")
-        prompt = self.processor.apply_chat_template(for_template(messages), tokenize=False,
-                                                    add_generation_prompt=True)
-        inputs = self.processor(
-            text=[prompt], images=images or None, videos=[video.frames for video in videos] or None,
-            video_metadata=[hf_video_metadata(video) for video in videos] or None,
-            do_resize=False, do_sample_frames=False, cap_pixels_per_frame=False, return_tensors="pt")
-        return inputs, self._visual_map(inputs, media), prompt
+    # ---- batching ------------------------------------------------------------------------------------------------
+    def collate(self, inputs_list: list[dict]) -> dict:
+        """As the processor batches: sequences left-padded, every video's (image's) patches and grid and time step in
+        batch order."""
+        from vlm_app.batching import collate_rows, sequence_rules
 
-    def _visual_map(self, inputs, media: list) -> VisualMap:
-        """Per media item, its tokens in order: videos are (temporal pair, merged row, merged col) in row-major
-        order, so token k belongs to pair k // (tokens per pair); images are one view."""
-        from vlm_app.media import SampledVideo
-
-        merge = self.processor.video_processor.merge_size ** 2
-        video_grids = iter(inputs.get("video_grid_thw", []))
-        image_grids = iter(inputs.get("image_grid_thw", []))
-        spans = []
-        for media_index, item in enumerate(media):
-            if isinstance(item, SampledVideo):
-                t, h, w = (int(v) for v in next(video_grids))
-                per_pair = h * w // merge
-                frames = [min(2 * (k // per_pair), len(item.timestamps) - 1) for k in range(t * per_pair)]
-                spans.append({"token_id": self.model.config.video_token_id, "media_index": media_index,
-                              "frame_index": frames, "tile_index": 0,
-                              "timestamp": [item.timestamps[f] for f in frames]})
-            else:
-                t, h, w = (int(v) for v in next(image_grids))
-                count = t * h * w // merge
-                spans.append({"token_id": self.model.config.image_token_id, "media_index": media_index,
-                              "frame_index": [-1] * count, "tile_index": 0, "timestamp": math.nan})
-        return VisualMap.from_spans(inputs["input_ids"], spans)
+        return collate_rows(inputs_list, sequence_rules(self, "mm_token_type_ids"), concatenated=dict.fromkeys(
+            ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw"), 0))
 
     # ---- memory ----------------------------------------------------------------------------------------------
     def memory_dims(self) -> ModelDims:

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import math
 
-from vlm_app.adapters.base import Adapter, VisualMap
+from vlm_app.adapters.base import PatchGridAdapter, timed_video_metadata
 from vlm_app.memory import FitRules, ModelDims, RequestShape, VisionDims, text_dims
 from vlm_app.media.policies import SamplingPolicy, qwen_vl_utils
-from vlm_app.messages import for_template, refuse_placeholders
 
 FACTOR = 32  # patch 16 x spatial merge 2
 THINK_END = "</think>"
@@ -60,31 +59,18 @@ def qwen3_vl_utils_policy() -> SamplingPolicy:
     return qwen_vl_utils("qwen3_vl_utils", patch_size=16)
 
 
-def hf_video_metadata(video):
-    """transformers' VideoMetadata for one of our SampledVideos. The processor labels frame i at
-    frames_indices[i] / fps: the source fps and the indices in the whole file for a constant-rate file (the
-    reference's own labels); for a variable-rate one, fps 1 and the frames' presentation times."""
-    from transformers.video_utils import VideoMetadata
-
-    source = video.metadata
-    if source.is_vfr:
-        return VideoMetadata(total_num_frames=source.num_frames, fps=1.0, duration=source.duration,
-                             width=source.width, height=source.height, frames_indices=list(video.timestamps))
-    return VideoMetadata(total_num_frames=source.num_frames, fps=source.fps, duration=source.duration,
-                         width=source.width, height=source.height, frames_indices=list(video.frames_indices))
-
-
 def group_times(video) -> list[float]:
     """The time of each temporal group as the processor writes it: the mean of its two frames' times (an odd
     last frame is paired with itself)."""
-    metadata = hf_video_metadata(video)
+    metadata = timed_video_metadata(video)
     times = [index / metadata.fps for index in metadata.frames_indices]
     times += times[-1:] * (len(times) % 2)
     return [(times[i] + times[i + 1]) / 2 for i in range(0, len(times), 2)]
 
 
-class Qwen3VLAdapter(Adapter):
+class Qwen3VLAdapter(PatchGridAdapter):
     family = "qwen3_vl"
+    display_name = "Qwen3-VL"
     model_types = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
     short_names = _SHORT_NAMES
     hub_pattern = r"qwen3(\.\d+)?-vl|qwen3\.[5-9]"
@@ -133,43 +119,17 @@ class Qwen3VLAdapter(Adapter):
         size = self.processor.image_processor.size
         return {"min_pixels": size["shortest_edge"], "max_pixels": size["longest_edge"]}
 
-    def build_inputs(self, messages: list[dict], media: list, max_new_tokens: int | None = None):
-        from vlm_app.media import SampledVideo
+    def video_metadata(self, video):
+        return timed_video_metadata(video)
 
-        videos = [item for item in media if isinstance(item, SampledVideo)]
-        images = [item.image for item in media if not isinstance(item, SampledVideo)]
-        refuse_placeholders(messages, (self.processor.image_token, self.processor.video_token), "Qwen3-VL")
-        prompt = self.processor.apply_chat_template(for_template(messages), tokenize=False,
-                                                    add_generation_prompt=True)
-        inputs = self.processor(
-            text=[prompt], images=images or None, videos=[video.frames for video in videos] or None,
-            video_metadata=[hf_video_metadata(video) for video in videos] or None,
-            do_resize=False, do_sample_frames=False, cap_pixels_per_frame=False, return_tensors="pt")
-        return dict(inputs), self._visual_map(inputs, media), prompt
+    # ---- batching ------------------------------------------------------------------------------------------------
+    def collate(self, inputs_list: list[dict]) -> dict:
+        """As the processor batches: sequences left-padded, every video's (image's) patches and grid in
+        batch order."""
+        from vlm_app.batching import collate_rows, sequence_rules
 
-    def _visual_map(self, inputs, media: list) -> VisualMap:
-        """Per video, its temporal groups in order, each `<t seconds><|vision_start|>` + h·w/4 tokens; token k of
-        a group is its (merged row, merged col) in row-major order. Images are one view."""
-        from vlm_app.media import SampledVideo
-
-        merge = self.processor.video_processor.merge_size ** 2
-        video_grids = iter(inputs.get("video_grid_thw", []))
-        image_grids = iter(inputs.get("image_grid_thw", []))
-        spans = []
-        for media_index, item in enumerate(media):
-            if isinstance(item, SampledVideo):
-                t, h, w = (int(v) for v in next(video_grids))
-                per_group = h * w // merge
-                frames = [min(2 * (k // per_group), len(item.timestamps) - 1) for k in range(t * per_group)]
-                spans.append({"token_id": self.config.video_token_id, "media_index": media_index,
-                              "frame_index": frames, "tile_index": 0,
-                              "timestamp": [item.timestamps[f] for f in frames]})
-            else:
-                t, h, w = (int(v) for v in next(image_grids))
-                count = t * h * w // merge
-                spans.append({"token_id": self.config.image_token_id, "media_index": media_index,
-                              "frame_index": [-1] * count, "tile_index": 0, "timestamp": math.nan})
-        return VisualMap.from_spans(inputs["input_ids"], spans)
+        return collate_rows(inputs_list, sequence_rules(self, "mm_token_type_ids"), concatenated=dict.fromkeys(
+            ("pixel_values_videos", "video_grid_thw", "pixel_values", "image_grid_thw"), 0))
 
     # ---- memory --------------------------------------------------------------------------------------------------
     def memory_dims(self) -> ModelDims:
