@@ -398,13 +398,14 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 def run_compare_command(args, model_options: dict, sampling: dict, generation: dict) -> int:
     """Each model in turn: load, describe, unload (so only one model is in memory at a time). A LoRA adapter named
     in --models (`--lora NAME=PATH`) answers on its base, which loads once with all its adapters."""
-    from vlm_app.lora import make_offer
+    from vlm_app.lora import make_offer, parse_lora_flags
     from vlm_app.runtime import ModelCache
 
     names = args.models
     if len(names) < 2:
         raise OptionsError("--models needs at least two models to compare (a,b or a b)")
-    offer = make_offer(names, args.lora)
+    adapters = dict(parse_lora_flags(args.lora))
+    offer = make_offer([name for name in names if name not in adapters], args.lora)
     unlisted = [name for name in offer.loras if name not in names]
     if unlisted:
         raise OptionsError(f"--lora {', '.join(unlisted)}: name each adapter in --models too (where its row goes)")

@@ -321,12 +321,10 @@ def parse_lora_flags(values: list[str] | None) -> list[tuple[str, str]]:
 
 
 def make_offer(models: list[str], lora_flags: list[str] | None) -> Offer:
-    """The offer of `models` (bases; the names of `--lora` adapters among them are left out) with the adapters of
-    `lora_flags`: each on the base its config names (the only base, when there is one), checked before anything
-    loads."""
+    """The offer of the base models `models` with the adapters of `lora_flags`: each on the base its config names
+    (the only base, when there is one), checked before anything loads."""
     pairs = parse_lora_flags(lora_flags)
-    names = dict(pairs)
-    bases = tuple(dict.fromkeys(model for model in models if model not in names))
+    bases = tuple(dict.fromkeys(models))
     loras, base_of = {}, {}
     for name, source in pairs:
         if name in bases:
