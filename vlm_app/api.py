@@ -21,12 +21,14 @@ from vlm_app.service import check_generation, execute, one_turn
 
 
 def load(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", attn: str = "auto",
-         quantization: str | None = None, lora_adapter: str | None = None, revision: str | None = None):
-    """Load a model (short name, hub id or folder) into its family's adapter."""
+         quantization: str | None = None, lora_adapter: str | None = None, revision: str | None = None,
+         merge: bool = False):
+    """Load a model (short name, hub id or folder) into its family's adapter; `lora_adapter`: a peft LoRA (folder or
+    hub id) applied unmerged, or folded into the weights with `merge`."""
     from vlm_app.runtime import load_adapter
 
     return load_adapter(name_or_path, device=device, dtype=dtype, attn=attn, quantization=quantization,
-                        lora_adapter=lora_adapter, revision=revision)
+                        lora_adapter=lora_adapter, revision=revision, merge=merge)
 
 
 def describe(source, model=DEFAULT_MODEL, prompt: str = DEFAULT_PROMPT, out: str | None = None,
