@@ -17,6 +17,7 @@ from vlm_app.errors import LimitError, OptionsError
 from vlm_app.memory import ModelDims, RequestShape, TextDims, VisionDims
 from vlm_app.media.policies import SamplingPolicy
 from vlm_app.messages import normalize
+from vlm_app.models.deepseek_vl2.configuration import MHA_ATTENTION, NOAUX_ROUTER, SOFTMAX_ROUTER
 
 USER, ASSISTANT = "<|User|>", "<|Assistant|>"
 VIEWS_PER_FRAME = 2  # an untiled frame is a global view and one local view, each a 384 x 384 image
@@ -35,12 +36,6 @@ def _frame_image(frame) -> Image.Image:
 
 
 CONTEXT_TOKENS = 4096
-# the language model's attention and router kinds of the released sizes
-MHA_ATTENTION = {"use_mla": False, "kv_lora_rank": None, "q_lora_rank": None, "qk_nope_head_dim": 0,
-                 "qk_rope_head_dim": 0, "v_head_dim": 0}
-SOFTMAX_ROUTER = {"topk_method": "greedy"}
-NOAUX_ROUTER = {"topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
-                "routed_scaling_factor": 2.0}
 TOKENS_PER_FRAME = 421  # one untiled 384 view: 14*15 global + 1 separator + 14*15 local
 TEXT_TOKENS_PER_FRAME = 10  # "Frame at MM:SS:" line around each <image>
 DEFAULT_PROMPT_TOKENS = 128
@@ -240,6 +235,15 @@ class DeepseekVL2Adapter(Adapter):
             spans.append({"token_id": self.processor.image_token_id, "media_index": media_index,
                           "frame_index": [frame_index] * len(tiles), "tile_index": tiles, "timestamp": seconds})
         return VisualMap.from_spans(batch.input_ids, spans)
+
+    # ---- batching ------------------------------------------------------------------------------------------------
+    def collate(self, inputs_list: list[dict]) -> dict:
+        """As the processor's `batchify`: sequences left-padded, each row's views and tile grids stacked and
+        zero-padded."""
+        from vlm_app.batching import collate_rows
+
+        return collate_rows(inputs_list, {"input_ids": self.processor.pad_id, "attention_mask": 0,
+                                          "images_seq_mask": False}, stacked={"images": 0, "images_spatial_crop": 0})
 
     # ---- memory ----------------------------------------------------------------------------------------------
     def memory_dims(self) -> ModelDims:

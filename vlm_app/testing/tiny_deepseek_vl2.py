@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vlm_app.adapters.deepseek_vl2 import MHA_ATTENTION, NOAUX_ROUTER, SOFTMAX_ROUTER
+from vlm_app.models.deepseek_vl2.configuration import MHA_ATTENTION, NOAUX_ROUTER, SOFTMAX_ROUTER
 from vlm_app.testing.bpe import train_bpe
 
 SPECIAL_TOKENS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>", "<|ref|>", "<|/ref|>",
