@@ -188,3 +188,17 @@ def test_a_hub_model_name_on_resume_does_not_depend_on_the_current_folder(tmp_pa
     here = resumed_settings(record)
     monkeypatch.chdir(tmp_path / "two")
     assert resumed_settings(record) == here and here["model"] == record["model"]
+
+
+def test_resume_compares_the_lora_adapter_as_its_records_name_it(tiny_loras, make_clip, tmp_path, capsys):
+    """The check reads the adapter's files (not its weights) to name it as the loaded model's records do."""
+    pair = tiny_loras["smolvlm2"]
+    make_clip(tmp_path / "videos" / "a.mp4", 1.0, 8, 64, 48)
+    out = tmp_path / "results.jsonl"
+    argv = ["describe", str(tmp_path / "videos"), "--model", str(pair.checkpoint), "--out", str(out), *FAST]
+    assert main(argv + ["--adapter", str(pair.lora)]) == 0
+    capsys.readouterr()
+    assert main(argv + ["--adapter", str(pair.lora), "--resume"]) == 0
+    assert "described 0 video(s)" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 2
+    assert "model_info.lora_adapter" in capsys.readouterr().err

@@ -332,10 +332,12 @@ class ModelChoice:
         weights). Enough to check a resumed run's settings in a second, before the weights load."""
         ref = resolve(self.name)
         path, commit = locate(ref, self.options.get("revision"))
+        lora_adapter, merge = self.options.get("lora_adapter"), self.options.get("merge", False)
+        lora_files = _read_loras(self.name, lora_adapter, tuple(self.options.get("loras", ())), merge)
         adapter = registry.adapter_class(ref.family).without_weights(path)
         adapter.info = ModelInfo(model_id=self.name, path=path, family=ref.family, revision=commit,
                                  quantization=self.options.get("quantization"),
-                                 lora_adapter=self.options.get("lora_adapter"))
+                                 lora_adapter=lora_files[0].info(merge) if lora_adapter else None)
         return adapter
 
 

@@ -106,13 +106,14 @@ def _compile():
         height, row_length = pixels.shape
         taps = weights.shape[1]
         stride = row_length + 3 * taps  # each row as float32, followed by zeros the padded taps read
-        lines = np.zeros(ROWS_AT_ONCE * stride, dtype=np.float32)
+        block = np.zeros((ROWS_AT_ONCE, stride), dtype=np.float32)
+        lines = block.reshape(-1)
         second, third, fourth = np.uint64(stride), np.uint64(2 * stride), np.uint64(3 * stride)
         for y in range(0, height, ROWS_AT_ONCE):
             for k in range(ROWS_AT_ONCE):
-                line = pixels[min(y + k, height - 1)]
+                line, converted = pixels[min(y + k, height - 1)], block[k]
                 for i in range(row_length):
-                    lines[k * stride + i] = line[i]
+                    converted[i] = line[i]
             red, green, blue = rows[0, y:y + ROWS_AT_ONCE], rows[1, y:y + ROWS_AT_ONCE], rows[2, y:y + ROWS_AT_ONCE]
             for x in range(weights.shape[0]):
                 r = np.uint64(starts[x]) * three
