@@ -255,6 +255,7 @@ class Run:
         self.memory_estimate: MemoryEstimate | None = None
         self.limit: int | None = None  # the request's memory limit in bytes, once resolved
         self.notes: list[str] = []  # what the request layer changed, and why (the memory fit)
+        self.stream = None  # the adapter's `Stream`, once generating (or a batch's row: `vlm_app.batching` sets it)
 
     def prepare(self):
         if callable(self.adapter):
@@ -291,7 +292,8 @@ class Run:
         counts = self.prepared.num_tokens
         prompt = f"{counts.total}-token prompt, {counts.visual} visual"
         with MemoryGuard(f"reading the prompt (prefill; {prompt})", self.adapter.device, self._drop_inputs) as guard:
-            stream = self.adapter.stream(self.prepared, cancel=self.cancel, **self.request.generate_options())
+            stream = self.stream = self.stream or self.adapter.stream(self.prepared, cancel=self.cancel,
+                                                                      **self.request.generate_options())
             try:
                 for piece in self._until_stop(stream):
                     guard.stage = f"generating the answer ({prompt})"

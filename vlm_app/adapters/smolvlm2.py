@@ -166,6 +166,14 @@ class SmolVLM2Adapter(Adapter):
                               "tile_index": tiles, "timestamp": math.nan})
         return VisualMap.from_spans(input_ids, spans)
 
+    # ---- batching ------------------------------------------------------------------------------------------------
+    def collate(self, inputs_list: list[dict]) -> dict:
+        """As the processor batches: sequences left-padded; each row's frames (views) stacked, a shorter row padded
+        with exactly-zero images and masks, which the model drops before its encoder."""
+        from vlm_app.batching import collate_rows, sequence_rules
+
+        return collate_rows(inputs_list, sequence_rules(self), stacked={"pixel_values": 0, "pixel_attention_mask": 0})
+
     # ---- memory ----------------------------------------------------------------------------------------------
     def memory_dims(self) -> ModelDims:
         vision = self.config.vision_config

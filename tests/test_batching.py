@@ -1,0 +1,174 @@
+"""Batched generation (`vlm_app.batching`): one left-padded generate over several requests answers each exactly as
+it would alone (greedy, fp32, CPU), for every family, with videos of different lengths in one batch; rows finish,
+stop and cancel on their own; requests that cannot share a batch run alone; the pre-flight sizes the batch."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from adapter_fixtures import video_messages
+from vlm_app.adapters.registry import FAMILIES
+
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory, make_clip) -> list:
+    """Three clips of different lengths (so different frame counts and prompt lengths in one batch)."""
+    folder = tmp_path_factory.mktemp("batch_clips")
+    return [make_clip(folder / f"clip{seconds}.mp4", seconds, 12, width, 120)
+            for seconds, width in ((1.0, 160), (3.0, 200), (2.0, 160))]
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory) -> dict:
+    """family -> a loaded tiny checkpoint of it (built on first use)."""
+    from vlm_app import load
+    from vlm_app.testing.tiny import build_tiny
+
+    root, loaded = tmp_path_factory.mktemp("batch_tiny"), {}
+
+    def adapter(family: str):
+        if family not in loaded:
+            loaded[family] = load(str(build_tiny(family, root / family)), device="cpu")
+        return loaded[family]
+
+    return adapter
+
+
+def requests(clips, **generation) -> list:
+    from vlm_app.service import Request
+
+    prompts = ("Describe this video.", "What moves, and where does it go?", "Name the colours.")
+    return [Request(video_messages(str(clip), prompt), generation={"max_new_tokens": NEW_TOKENS, **generation},
+                    max_memory=None) for clip, prompt in zip(clips, prompts)]
+
+
+SAME_FIELDS = ("answer", "num_tokens", "num_visual_tokens", "frames_indices", "timestamps", "media", "finish_reason",
+               "cancelled", "memory_estimate_bytes", "notes")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_greedy_answers_equal_alone(adapters, clips, family):
+    from vlm_app.batching import execute_batch, generate_batch
+    from vlm_app.service import execute
+
+    adapter = adapters(family)
+    alone = [execute(adapter, request) for request in requests(clips)]
+    batched = execute_batch(adapter, requests(clips), max_batch=3)
+    lengths = {record["num_tokens"]["total"] for record in alone}
+    assert len(lengths) == 3, "the batch must mix prompt lengths"
+    for one, row in zip(alone, batched):
+        assert {name: row[name] for name in SAME_FIELDS} == {name: one[name] for name in SAME_FIELDS}
+        assert row["timings"]["new_tokens"] == one["timings"]["new_tokens"]
+        assert row["timings"]["preprocess_s"] > 0 and row["timings"]["prefill_s"] > 0
+    # the adapter-level API: per-row budgets, token ids equal to the adapter's own generate
+    prepared = [adapter.prepare(request.messages, max_new_tokens=NEW_TOKENS) for request in requests(clips)]
+    generations = generate_batch(adapter, prepared, max_new_tokens=[NEW_TOKENS, 3, NEW_TOKENS])
+    singles = [adapter.generate(item, max_new_tokens=NEW_TOKENS) for item in prepared]
+    assert [len(generation.token_ids) for generation in generations] == [len(singles[0].token_ids),
+                                                                         min(3, len(singles[1].token_ids)),
+                                                                         len(singles[2].token_ids)]
+    for generation, single in zip(generations, singles):
+        assert generation.token_ids == single.token_ids[:len(generation.token_ids)]
+        assert generation.text == adapter.decode(generation.token_ids)
+        assert not generation.cancelled
+
+
+def test_a_cancelled_row_leaves_and_the_others_finish(adapters, clips):
+    from vlm_app.batching import stream_batch
+
+    adapter = adapters("smolvlm2")
+    prepared = [adapter.prepare(request.messages, max_new_tokens=NEW_TOKENS) for request in requests(clips)]
+    singles = [adapter.generate(item, max_new_tokens=NEW_TOKENS) for item in prepared]
+    gate = threading.Event()
+    gate.set()  # row 1 is cancelled from the start: it leaves after its first token
+    streams = stream_batch(adapter, prepared, max_new_tokens=NEW_TOKENS, cancels=[None, gate, None])
+    pieces = ["".join(stream) for stream in streams]
+    cancelled = streams[1].generation
+    assert cancelled.cancelled and cancelled.timings.new_tokens == 1
+    for index in (0, 2):
+        assert streams[index].generation.token_ids == singles[index].token_ids
+        assert pieces[index] == singles[index].text and not streams[index].generation.cancelled
+
+
+def test_a_row_closed_while_streaming_leaves_the_batch(adapters, clips):
+    from vlm_app.batching import stream_batch
+
+    adapter, budget = adapters("smolvlm2"), 256  # long enough that the batch is still going when row 0 closes
+    prepared = [adapter.prepare(request.messages, max_new_tokens=budget) for request in requests(clips)[:2]]
+    singles = [adapter.generate(item, max_new_tokens=budget) for item in prepared]
+    first, second = stream_batch(adapter, prepared, max_new_tokens=budget)
+    next(iter(first))
+    first.close()
+    assert first.generation.cancelled and first.generation.timings.new_tokens < len(singles[0].token_ids)
+    assert first.generation.token_ids == singles[0].token_ids[:len(first.generation.token_ids)]
+    assert "".join(second) == singles[1].text and second.generation.token_ids == singles[1].token_ids
+
+
+def test_stop_strings_cut_their_own_row(adapters, clips):
+    from vlm_app.batching import execute_batch
+    from vlm_app.service import execute
+
+    adapter = adapters("smolvlm2")
+    alone = [execute(adapter, request) for request in requests(clips)]
+    answer = alone[1]["answer"]
+    stop = answer[len(answer) // 2:len(answer) // 2 + 2]
+    assert len(stop) == 2
+    batch = requests(clips)
+    batch[1].generation["stop"] = [stop]
+    records = execute_batch(adapter, batch, max_batch=3)
+    assert records[1]["answer"] == answer[:answer.find(stop)] and records[1]["finish_reason"] == "stop"
+    assert not records[1]["cancelled"]
+    assert [records[0]["answer"], records[2]["answer"]] == [alone[0]["answer"], alone[2]["answer"]]
+
+
+def test_other_sampling_settings_run_alone(adapters, clips):
+    """A seeded sampled request is answered as it is alone (a batch would change its draws); the greedy ones
+    batch together."""
+    from vlm_app.batching import execute_batch, groups
+    from vlm_app.service import execute
+
+    adapter = adapters("smolvlm2")
+    batch = requests(clips)
+    batch[1].generation.update(temperature=0.9, seed=7)
+    assert groups(batch, max_batch=8) == [[0, 2], [1]]
+    assert groups(requests(clips, temperature=0.7), 8) == [[0, 1, 2]]
+    assert groups(requests(clips, logprobs=True), 8) == [[0], [1], [2]]
+    records = execute_batch(adapter, batch, max_batch=8)
+    assert records[1]["answer"] == execute(adapter, requests(clips, temperature=0.9, seed=7)[1])["answer"]
+    assert records[1]["generation"]["seed"] == 7
+
+
+def test_the_pre_flight_counts_every_row_and_splits_a_batch_that_does_not_fit(adapters, clips):
+    from vlm_app.batching import batch_estimate, prepared_runs, split_by_memory
+
+    adapter = adapters("smolvlm2")
+    runs = prepared_runs(adapter, requests(clips))
+    shapes = [adapter.prepared_shape(run.prepared, NEW_TOKENS) for run in runs]
+    one = adapter.memory_estimate(shapes[1])
+    two = batch_estimate(adapter, [shapes[1], shapes[1]])
+    assert two.weights == one.weights and two.overhead == one.overhead
+    assert (two.media, two.prefill, two.decode) == (2 * one.media, 2 * one.prefill, 2 * one.decode)
+    padded = batch_estimate(adapter, [shapes[0], shapes[1]])  # the short row counts at the long row's length
+    assert padded.decode == 2 * one.decode
+    assert batch_estimate(adapter, shapes[:2], ahead=shapes[2]).media == padded.media + shapes[2].media_bytes
+    three = batch_estimate(adapter, shapes).total
+    for run in runs:
+        run.limit = (batch_estimate(adapter, shapes[:2]).total + three) // 2
+    assert split_by_memory(adapter, runs, [0, 1, 2], max_batch=8) == [[0, 1], [2]]
+    assert split_by_memory(adapter, runs, [0, 1, 2], max_batch=1) == [[0], [1], [2]]
+    for run in runs:
+        run.limit = None
+    assert split_by_memory(adapter, runs, [0, 1, 2], max_batch=8) == [[0, 1, 2]]
+
+
+def test_an_input_without_a_batching_rule_is_refused():
+    import torch
+
+    from vlm_app.batching import collate_rows
+
+    with pytest.raises(ValueError, match="no batching rule for model input"):
+        collate_rows([{"input_ids": torch.ones(1, 3, dtype=torch.long), "extra": torch.ones(1)}], {"input_ids": 0})
