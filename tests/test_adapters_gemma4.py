@@ -334,3 +334,71 @@ def test_each_chapters_segment_hears_its_own_range(gemma4_checkpoints, tone_clip
         assert segment["audio"]["start"] == pytest.approx(segment["video_start"], abs=0.03)
         assert segment["audio"]["seconds"] == pytest.approx(20.0, abs=0.05) and segment["audio"]["tokens"] == 500
     assert segments[1]["timestamps"][0] >= 20.0  # the frames keep the whole video's time
+
+
+# ---- audio items and the server ----------------------------------------------------------------------------------
+
+def test_an_audio_file_is_described(gemma4, speech_clip, tmp_path):
+    """An audio item (here a .wav of its own) goes where its item is, through the feature extractor."""
+    from transformers.audio_utils import load_audio
+
+    wav = tmp_path / "speech.wav"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", speech_clip, "-vn", str(wav)], check=True)
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": str(wav)},
+                                             {"type": "text", "text": "What is said?"}]}]
+    prepared = gemma4.prepare(messages)
+    sound = prepared.media[0]
+    expected = gemma4.processor(text=["<bos><|turn>user\n<|audio|>What is said?<turn|>\n<|turn>model\n"],
+                                audio=[load_audio(str(wav), sampling_rate=16000)], add_special_tokens=False,
+                                return_tensors="pt")
+    assert torch.equal(prepared.inputs["input_ids"], expected["input_ids"])
+    assert torch.allclose(prepared.inputs["input_features"], expected["input_features"], atol=1e-3)
+    assert sound.tokens == int((prepared.inputs["input_ids"] == gemma4.config.audio_token_id).sum()) > 90
+    assert len(prepared.visual_map) == 0
+
+
+def test_an_audio_item_for_a_model_that_does_not_hear(gemma4_checkpoints, tiny_checkpoints, speech_clip):
+    from vlm_app import load
+    from vlm_app.errors import OptionsError
+
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": speech_clip}, {"type": "text", "text": "?"}]}]
+    for checkpoint in (gemma4_checkpoints["gemma4_no_audio"], tiny_checkpoints["smolvlm2"]):
+        with pytest.raises(OptionsError, match="does not take audio"):
+            load(str(checkpoint), device="cpu").prepare(messages)
+
+
+def test_serve_takes_input_audio_and_a_videos_own_track(gemma4_checkpoints, speech_clip, tmp_path):
+    import base64
+    import os
+    import sys
+
+    from openai import BadRequestError, OpenAI
+    from ui_fixtures import _free_port, running_server
+
+    wav = tmp_path / "speech.wav"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", speech_clip, "-vn", str(wav)], check=True)
+    port = _free_port()
+    command = [sys.executable, "-m", "vlm_app", "serve", "--models", str(gemma4_checkpoints["gemma4"]), "--host",
+               "127.0.0.1", "--port", str(port), "--allow-dir", os.path.dirname(speech_clip), "--device", "cpu"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    with running_server(command, env, tmp_path / "serve.log", f"http://127.0.0.1:{port}/health"):
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
+        model = client.models.list().data[0].id
+        data = base64.b64encode(wav.read_bytes()).decode()
+        reply = client.chat.completions.create(model=model, max_tokens=3, messages=[{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
+            {"type": "text", "text": "What is said?"}]}])
+        heard = reply.model_extra["vlm_app"]["media"][0]
+        assert heard["type"] == "audio" and heard["used"] and heard["tokens"] > 90
+        video = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"file://{speech_clip}"}},
+                                              {"type": "text", "text": "Describe."}]}]
+        for asked, used in ((True, True), (False, False)):
+            reply = client.chat.completions.create(model=model, max_tokens=3, messages=video, extra_body={
+                "mm_processor_kwargs": {"num_frames": 2, "use_audio_in_video": asked}})
+            assert reply.model_extra["vlm_app"]["media"][0]["audio"]["used"] is used
+        with pytest.raises(BadRequestError, match="input_audio part needs"):
+            client.chat.completions.create(model=model, max_tokens=3, messages=[{"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": data, "format": "exe"}}]}])
+        with pytest.raises(BadRequestError, match="not valid base64"):
+            client.chat.completions.create(model=model, max_tokens=3, messages=[{"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}]}])

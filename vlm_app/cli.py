@@ -58,13 +58,16 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--end", type=float, dest="video_end", help="clip end, seconds")
     group.add_argument("--backend", choices=["auto", "pyav", "decord", "torchcodec"], default=None,
                        help="video decoder (default: auto, PyAV first)")
+    group.add_argument("--audio", choices=["auto", "on", "off"], default=None,
+                       help="the video's own soundtrack, for models that hear (Gemma 4 E2B/E4B): auto (their default) "
+                            "when the file has one, on, or off (video only, as the model cards call them)")
     group.add_argument("--resize", choices=["exact", "fast"], default=None,
                        help="exact: the reference's float32 resize (default); fast: uint8 kernel, ~4x cheaper, "
                             "pixels may differ by a few levels")
 
 
 SAMPLING_KEYS = ("fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
-                 "video_start", "video_end", "backend", "resize", "policy", "cap_pixels_per_frame")
+                 "video_start", "video_end", "backend", "resize", "policy", "cap_pixels_per_frame", "audio")
 
 
 def _add_memory_options(parser: argparse.ArgumentParser) -> None:

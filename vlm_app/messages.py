@@ -55,8 +55,8 @@ def _normalize_item(item: Any, where: str) -> dict:
         if not isinstance(item.get("text"), str):
             raise OptionsError(f"{where}: a text item needs a string under 'text'")
         return {"type": "text", "text": _unicode(item["text"], where)}
-    if kind not in ("image", "video"):
-        raise OptionsError(f"{where}: unknown content type {kind!r}; use text, image or video")
+    if kind not in ("image", "video", "audio"):
+        raise OptionsError(f"{where}: unknown content type {kind!r}; use text, image, video or audio")
     source = item.get(kind, item.get("image_url") if kind == "image" else None)
     if isinstance(source, dict) and "url" in source:  # OpenAI-style {"image_url": {"url": ...}}
         source = source["url"]
@@ -64,7 +64,7 @@ def _normalize_item(item: Any, where: str) -> dict:
         raise OptionsError(f"{where}: a {kind} item needs its source under {kind!r}")
     if isinstance(source, str):
         _unicode(source, where, "surrogateescape")
-    allowed = VIDEO_OPTIONS if kind == "video" else IMAGE_OPTIONS
+    allowed = {"video": VIDEO_OPTIONS, "image": IMAGE_OPTIONS, "audio": ()}[kind]
     options = {key: value for key, value in item.items() if key not in ("type", kind, "image_url")}
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -95,7 +95,7 @@ def normalize(messages: list[dict]) -> list[dict]:
             raise OptionsError(f"{where}: content must be a string or a non-empty list of items")
         items = [_normalize_item(item, where) for item in items]
         if role != "user" and any(item["type"] != "text" for item in items):
-            raise OptionsError(f"{where}: only user messages may carry images or videos")
+            raise OptionsError(f"{where}: only user messages may carry images, videos or audio")
         result.append({"role": role, "content": items})
     if result[-1]["role"] != "user":
         raise OptionsError("the last message must be from the user (the model answers it)")
@@ -103,7 +103,7 @@ def normalize(messages: list[dict]) -> list[dict]:
 
 
 def media_items(messages: list[dict]) -> list[dict]:
-    """The image and video items of normalised messages, in order."""
+    """The image, video and audio items of normalised messages, in order."""
     return [item for message in messages for item in message["content"] if item["type"] != "text"]
 
 

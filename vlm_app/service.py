@@ -383,15 +383,20 @@ def compare(models: list[str], request: Request, adapter_for: Callable[[str], An
 
 
 def shown_media(prepared) -> list[dict]:
-    """What each image or video item was shown as: frames and timestamps for videos, the size for images."""
+    """What each image or video item was shown as: frames and timestamps for videos (and whether the model heard
+    their soundtrack: its seconds and tokens), the size for images, seconds and tokens for audio."""
     from vlm_app.media import SampledVideo
+    from vlm_app.media.audio import Soundtrack
 
     shown = []
     for item in prepared.media if prepared is not None else []:
         if isinstance(item, SampledVideo):
             shown.append({"type": "video", "frames_indices": list(item.frames_indices),
                           "timestamps": [round(t, 6) for t in item.timestamps], "sample_fps": item.sample_fps,
+                          "audio": item.soundtrack.summary() if item.soundtrack is not None else {"used": False},
                           "notes": list(item.notes)})
+        elif isinstance(item, Soundtrack):
+            shown.append({"type": "audio", **item.summary()})
         else:
             shown.append({"type": "image", "size": list(getattr(item, "image", item).size)})
     return shown

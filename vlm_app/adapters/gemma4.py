@@ -30,6 +30,7 @@ import math
 from vlm_app.adapters.base import Adapter, VisualMap, timed_video_metadata
 from vlm_app.errors import OptionsError
 from vlm_app.media.audio import SAMPLING_RATE as SOUND_RATE
+from vlm_app.media.audio import Soundtrack, load_audio
 from vlm_app.media.policies import SamplingPolicy
 from vlm_app.memory import FitRules, ModelDims, RequestShape, TextDims, VisionDims
 from vlm_app.messages import for_template, refuse_placeholders
@@ -218,6 +219,12 @@ class Gemma4Adapter(Adapter):
         """The longest audio the processor gives tokens to: `audio_seq_length` tokens of `audio_ms_per_token`."""
         return self.processor.audio_seq_length * self.processor.audio_ms_per_token / 1000
 
+    def load_audio(self, source, limits):
+        """An audio item, whole, as long as one audio holds."""
+        if not self.hears:
+            return super().load_audio(source, limits)
+        return load_audio(source, limits, max_seconds=self.audio_seconds)
+
     def audio_tokens(self, seconds: float) -> int:
         """Tokens of `seconds` of audio (one per `audio_ms_per_token`, at most `audio_seq_length`)."""
         return min(math.ceil(seconds * 1000 / self.processor.audio_ms_per_token), self.processor.audio_seq_length)
@@ -233,10 +240,12 @@ class Gemma4Adapter(Adapter):
         return options
 
     def build_inputs(self, messages: list[dict], media: list, max_new_tokens: int | None = None):
-        from vlm_app.media import SampledVideo
+        """Videos (each with its soundtrack right after it, when it brings one), images and audio items, in the
+        order of the messages, through the processor; our frames go as they are."""
+        from vlm_app.media import SampledImage, SampledVideo
 
         videos = [item for item in media if isinstance(item, SampledVideo)]
-        images = [item.image for item in media if not isinstance(item, SampledVideo)]
+        images = [item.image for item in media if isinstance(item, SampledImage)]
         processor = self.processor
         refuse_placeholders(messages, tuple(token for token in (processor.image_token, processor.video_token,
                                                                 processor.audio_token, processor.boi_token,
@@ -246,7 +255,8 @@ class Gemma4Adapter(Adapter):
         videos_kwargs = {"do_sample_frames": False, "do_resize": False}
         if videos:
             videos_kwargs["max_soft_tokens"] = max(self._soft_tokens(video) for video in videos)
-        heard = [video.soundtrack for video in videos if video.soundtrack is not None]
+        heard = [sound for sound in (getattr(item, "soundtrack", item) for item in media)
+                 if isinstance(sound, Soundtrack)]
         inputs = processor(text=[prompt], images=images or None, videos=[video.frames for video in videos] or None,
                            video_metadata=[timed_video_metadata(video) for video in videos] or None,
                            audio=[sound.samples for sound in heard] or None, videos_kwargs=videos_kwargs,
@@ -268,8 +278,8 @@ class Gemma4Adapter(Adapter):
 
     def _visual_map(self, inputs, media: list) -> VisualMap:
         """Per video, its frames in order, each `MM:SS <|image>` + (h/48)(w/48) tokens + `<image|>`; token k of a
-        frame is its (row, col) square in row-major order. Images are one view."""
-        from vlm_app.media import SampledVideo
+        frame is its (row, col) square in row-major order. Images are one view; sound has no visual tokens."""
+        from vlm_app.media import SampledImage, SampledVideo
 
         spans = []
         image_counts = iter(inputs.get("num_soft_tokens_per_image", []))  # the processor's, per image
@@ -280,7 +290,7 @@ class Gemma4Adapter(Adapter):
                 spans.append({"token_id": self.config.video_token_id, "media_index": media_index,
                               "frame_index": frames, "tile_index": 0,
                               "timestamp": [item.timestamps[f] for f in frames]})
-            else:
+            elif isinstance(item, SampledImage):
                 count = int(next(image_counts))
                 spans.append({"token_id": self.config.image_token_id, "media_index": media_index,
                               "frame_index": [-1] * count, "tile_index": 0, "timestamp": math.nan})

@@ -1,9 +1,10 @@
-"""A video's own soundtrack: the sampled range decoded with PyAV and resampled to 16 kHz mono float32, the form
+"""Sound for the models that hear. A video's own soundtrack: the sampled range decoded with PyAV and resampled to 16 kHz mono float32, the form
 speech encoders take. Knows no model: a family that hears asks for it with the `audio` option of its videos
 ("auto": when the file has a track; "on"; "off", the default) and caps its length with `max_audio_seconds`.
 
 A file with no audio track, or a track that does not decode, gets a note and no soundtrack, not a failure. A range
-longer than the cap is an error with "on" and a note with "auto" (nothing is decoded then).
+longer than the cap is an error with "on" and a note with "auto" (nothing is decoded then). An audio item (a file of
+its own, `load_audio`) is decoded whole, as long as its model hears at once.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class Soundtrack:
 
 
 def read_soundtrack(path: str, label: str, start: float = 0.0, end: float | None = None,
-                    deadline: float | None = None) -> Soundtrack:
-    """The first audio track of `path` from `start` to `end` seconds (None: its end), 16 kHz mono float32."""
+                    deadline: float | None = None, max_seconds: float | None = None) -> Soundtrack:
+    """The first audio track of `path` from `start` to `end` seconds (None: its end), 16 kHz mono float32;
+    decoding stops with a LimitError once it is past `max_seconds` of sound."""
     import av
 
     try:
@@ -54,7 +56,7 @@ def read_soundtrack(path: str, label: str, start: float = 0.0, end: float | None
             stream = container.streams.audio[0]
             if start > SEEK_MARGIN_SECONDS:
                 container.seek(int((start - SEEK_MARGIN_SECONDS) * av.time_base), backward=True)
-            samples, first = _decoded(container, stream, end, label, deadline)
+            samples, first = _decoded(container, stream, end, label, deadline, max_seconds)
     except av.error.FFmpegError as error:
         raise NoSoundtrack(f"the audio track of {label} does not decode ({error})") from None
     if first is None:
@@ -65,7 +67,7 @@ def read_soundtrack(path: str, label: str, start: float = 0.0, end: float | None
                       start=first + skip / SAMPLING_RATE)
 
 
-def _decoded(container, stream, end, label, deadline) -> tuple[np.ndarray, float | None]:
+def _decoded(container, stream, end, label, deadline, max_seconds) -> tuple[np.ndarray, float | None]:
     """(samples from the first decoded frame on, until `end`; that frame's time in seconds)."""
     import av
 
@@ -78,9 +80,30 @@ def _decoded(container, stream, end, label, deadline) -> tuple[np.ndarray, float
             first = float(frame.time)
         if end is not None and frame.time is not None and frame.time >= end:
             break
+        if max_seconds is not None and frame.time is not None and frame.time - first > max_seconds + 1:
+            raise _too_long(label, max_seconds)
         chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
     chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
     return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), first
+
+
+def load_audio(source, limits=None, max_seconds: float | None = None) -> Soundtrack:
+    """An audio file, URL or data: URI (`.wav`, `.mp3`, `.m4a`, or a video's track) whole, 16 kHz mono, through the
+    media pipeline's source guard; longer than `max_seconds` is a LimitError (found while decoding)."""
+    from vlm_app.media.limits import DEFAULT_LIMITS
+    from vlm_app.media.sources import local_file
+
+    limits = limits or DEFAULT_LIMITS
+    with local_file(source, limits) as (path, label):
+        sound = read_soundtrack(path, label, deadline=time.monotonic() + limits.decode_seconds,
+                                max_seconds=max_seconds)
+    if max_seconds is not None and sound.seconds > max_seconds + 1e-6:
+        raise _too_long(label, max_seconds)
+    return sound
+
+
+def _too_long(label: str, max_seconds: float) -> LimitError:
+    return LimitError(f"{label} lasts over the {max_seconds:g} s of audio the model hears at once; cut it shorter")
 
 
 def attach_soundtrack(video, path: str, label: str, options: dict, deadline: float | None = None) -> None:

@@ -31,7 +31,9 @@ VLLM_OPTION_NAMES = {"fps": "fps", "num_frames": "nframes", "max_frames": "max_f
                      "max_pixels": "max_pixels", "min_pixels": "min_pixels", "total_pixels": "total_pixels",
                      "video_start": "video_start", "video_end": "video_end"}
 IMAGE_OPTION_NAMES = ("max_pixels", "min_pixels")
-PART_TYPES = ("text", "image_url", "video_url")
+PART_TYPES = ("text", "image_url", "video_url", "input_audio")
+AUDIO_FORMATS = ("wav", "mp3", "m4a", "flac", "ogg")  # of an input_audio part (OpenAI's are wav and mp3)
+AUDIO_IN_VIDEO = "use_audio_in_video"  # vLLM's name for a video's own soundtrack (true: on, false: off)
 EXTENSION_FIELDS = ("chapters",)  # of the request's `vlm_app` object
 CHAPTER_OPTIONS = ("segment_seconds", "overlap")  # of `vlm_app.chapters`
 SEGMENT_FIELDS = ("start", "end", "video_start", "video_end", "error", "frames_indices", "timestamps", "sample_fps",
@@ -95,10 +97,15 @@ def _media_options(body: dict) -> tuple[dict, dict]:
             continue
         if not isinstance(options, dict):
             raise bad(f"{where} must be an object of option names to numbers", where, "invalid_type")
-        allowed = VLLM_OPTION_NAMES if target is video else IMAGE_OPTION_NAMES
+        allowed = (*VLLM_OPTION_NAMES, AUDIO_IN_VIDEO) if target is video else IMAGE_OPTION_NAMES
         for name, value in options.items():
             if name not in allowed:
                 raise bad(f"{where}: unknown option {name!r}; known: {', '.join(allowed)}", f"{where}.{name}")
+            if name == AUDIO_IN_VIDEO:
+                if not isinstance(value, bool):
+                    raise bad(f"{where}.{name} must be true or false, got {value!r}", f"{where}.{name}", "invalid_type")
+                target["audio"] = "on" if value else "off"
+                continue
             if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= 1e9:
                 raise bad(f"{where}.{name} must be a non-negative number, got {value!r}", f"{where}.{name}",
                           "invalid_type")
@@ -115,6 +122,8 @@ def _part(part: Any, where: str, image_options: dict) -> dict:
         if not isinstance(part.get("text"), str):
             raise bad(f"{where}: a text part needs a string under 'text'", where, "invalid_type")
         return {"type": "text", "text": part["text"]}
+    if kind == "input_audio":
+        return _audio_part(part.get(kind), where)
     holder = part.get(kind)
     url = holder.get("url") if isinstance(holder, dict) else None
     if not isinstance(url, str) or not url:
@@ -126,6 +135,16 @@ def _part(part: Any, where: str, image_options: dict) -> dict:
     if kind == "image_url":
         return {"type": "image", "image": url, **image_options}
     return {"type": "video", "video": url}
+
+
+def _audio_part(audio: Any, where: str) -> dict:
+    """OpenAI's `{"input_audio": {"data": "<base64>", "format": "wav"}}` as an audio item (a data: URI, decoded by
+    the media pipeline under the server's limits)."""
+    if not isinstance(audio, dict) or not isinstance(audio.get("data"), str) or not audio["data"] or \
+            audio.get("format") not in AUDIO_FORMATS:
+        raise bad(f'{where}: an input_audio part needs {{"input_audio": {{"data": "<base64>", "format": '
+                  f'{" | ".join(AUDIO_FORMATS)}}}}}', where, "invalid_type")
+    return {"type": "audio", "audio": f"data:audio/{audio['format']};base64,{audio['data']}"}
 
 
 def _messages(body: dict, image_options: dict) -> list[dict]:
