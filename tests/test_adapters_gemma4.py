@@ -402,3 +402,17 @@ def test_serve_takes_input_audio_and_a_videos_own_track(gemma4_checkpoints, spee
         with pytest.raises(BadRequestError, match="not valid base64"):
             client.chat.completions.create(model=model, max_tokens=3, messages=[{"role": "user", "content": [
                 {"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}]}])
+
+
+def test_describe_a_sound_file_through_the_cli(gemma4_checkpoints, speech_clip, tmp_path, capsys):
+    m4a = tmp_path / "speech.m4a"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", speech_clip, "-vn", "-c:a", "copy", str(m4a)],
+                   check=True)
+    assert main(["describe", str(m4a), "--model", str(gemma4_checkpoints["gemma4"]), "--json", *FAST]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert record["error"] is None and record["num_tokens"]["visual"] == 0
+    assert record["media"] == [{"type": "audio", "used": True, "seconds": pytest.approx(4.13, abs=0.05),
+                                "start": 0.0, "tokens": 104}]
+    main(["describe", str(m4a), "--model", str(gemma4_checkpoints["gemma4_no_audio"]), "--json", *FAST])
+    captured = capsys.readouterr()
+    assert "gemma4 checkpoint does not take audio" in captured.out + captured.err

@@ -133,8 +133,8 @@ def _run_bench_sampling(args: argparse.Namespace) -> int:
 def _add_ui(sub) -> None:
     parser = sub.add_parser("ui", help="start the web app (chat and compare over videos)")
     parser.add_argument("--models", action=ListFlag, default=None, metavar="MODEL",
-                        help="models on offer (a,b or a b): short names, hub ids or checkpoint folders "
-                             "(default: smolvlm2-256m)")
+                        help="models on offer (a,b or a b): short names, hub ids or checkpoint folders, each as "
+                             "NAME=MODEL to show it as NAME (default: a folder by its name; smolvlm2-256m)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (0.0.0.0 for all; any non-loopback host needs --auth)")
     parser.add_argument("--port", type=int, default=7860)
@@ -175,7 +175,8 @@ def _add_serve(sub) -> None:
     parser = sub.add_parser("serve", help="start the OpenAI-compatible HTTP API (/v1/chat/completions)")
     parser.add_argument("--models", action=ListFlag, required=True, metavar="MODEL",
                         help="models on offer (only these load; a,b or a b): short names, hub ids or checkpoint "
-                             "folders")
+                             "folders, each as NAME=MODEL to serve it as NAME (default: a hub id as itself, a folder "
+                             "by its folder's name; clients never see a local path)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (non-loopback needs --api-key)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=None, help="clients must send 'Authorization: Bearer KEY'")
@@ -248,11 +249,40 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     group.add_argument("--top-p", type=float, default=1.0)
     group.add_argument("--seed", type=int, default=None)
+    group.add_argument("--json-schema", default=None, metavar="FILE",
+                       help="answer in JSON valid under this JSON schema file (constrained decoding), e.g. a list of "
+                            "the people, objects and events with their times")
+    group.add_argument("--logprobs", type=int, default=None, metavar="N",
+                       help="record each answer token's log-probability and its N (0-20) likeliest alternatives "
+                            "(the --json record's logprobs)")
+    group.add_argument("--frequency-penalty", type=float, default=None,
+                       help="-2 to 2: lower a token's logit by this for each time it was generated (OpenAI's)")
+    group.add_argument("--presence-penalty", type=float, default=None,
+                       help="-2 to 2: lower a token's logit by this once it was generated (OpenAI's)")
+    group.add_argument("--repetition-penalty", type=float, default=None,
+                       help="above 1 discourages repeating prompt or answer tokens (transformers' multiplicative one)")
 
 
 def generation_options(args: argparse.Namespace) -> dict:
+    decoding = {"frequency_penalty": args.frequency_penalty, "presence_penalty": args.presence_penalty,
+                "repetition_penalty": args.repetition_penalty}
+    if args.logprobs is not None:
+        decoding.update(logprobs=True, top_logprobs=args.logprobs)
+    if args.json_schema is not None:
+        decoding["json_schema"] = _read_json_schema(args.json_schema)
     return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-            "seed": args.seed}
+            "seed": args.seed, **{key: value for key, value in decoding.items() if value is not None}}
+
+
+def _read_json_schema(path: str) -> dict:
+    import json
+
+    try:
+        return json.loads(open(path, encoding="utf-8").read())
+    except OSError as error:
+        raise OptionsError(f"--json-schema {path}: cannot read it ({error.strerror})") from None
+    except ValueError as error:
+        raise OptionsError(f"--json-schema {path} is not JSON ({error})") from None
 
 
 def _add_describe(sub) -> None:

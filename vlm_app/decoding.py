@@ -26,8 +26,6 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 MAX_TOP_LOGPROBS = 20
 MIN_LOGPROB = -9999.0  # JSON has no -inf; vLLM's floor
 CLOSING_MARGIN = 16  # at least, tokens kept in hand for what the model's next token may open
@@ -129,6 +127,8 @@ class AdditivePenalties:
         self.prompt_length: int | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.prompt_length is None:  # the first step sees the prompt alone (or nothing, from embeddings)
             self.prompt_length = input_ids.shape[1]
         generated = input_ids[:, self.prompt_length:]
@@ -146,11 +146,15 @@ class LogprobRecorder:
         self._pending: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
         self._pending = torch.log_softmax(scores[0].float(), dim=-1)
         return scores
 
     def take(self, token_id: int) -> None:
         """Record the chosen token (special tokens, which the answer's text leaves out, are left out here too)."""
+        import torch
+
         row, self._pending = self._pending, None
         if row is None or token_id in self.special:
             return
@@ -160,7 +164,7 @@ class LogprobRecorder:
         self.entries.append({**self._entry(token_id, float(row[token_id])), "top_logprobs": alternatives})
 
     def _entry(self, token_id: int, logprob: float) -> dict:
-        raw = self.token_bytes(token_id) or self.tokenizer.convert_ids_to_tokens(token_id).encode()  # special: named
+        raw = self.token_bytes(token_id) or (self.tokenizer.convert_ids_to_tokens(token_id) or "").encode()  # special
         return {"token": raw.decode("utf-8", errors="replace"), "logprob": max(logprob, MIN_LOGPROB)
                 if not math.isnan(logprob) else MIN_LOGPROB, "bytes": list(raw)}
 
@@ -248,6 +252,8 @@ def _allowed(mask: torch.Tensor, token: int) -> bool:
 def closing_token(mask: torch.Tensor, state: _StringState, vocab: Vocabulary) -> int:
     """The allowed token (under `mask`, xgrammar's bitmask) that ends the document soonest: the quote inside a string,
     else the first allowed of `CLOSING_TEXTS`; failing those, the allowed token with the lowest id."""
+    import torch
+
     preferred = [vocab.quote] if state.inside and not state.escaped else vocab.closing
     for token in preferred:
         if token is not None and _allowed(mask, token):
@@ -255,6 +261,17 @@ def closing_token(mask: torch.Tensor, state: _StringState, vocab: Vocabulary) ->
     word = int(torch.nonzero(mask[0]).flatten()[0])
     bits = int(mask[0, word]) & 0xFFFFFFFF
     return word * 32 + (bits & -bits).bit_length() - 1
+
+
+def answer_logprobs(entries: list[dict] | None, answer: str) -> list[dict] | None:
+    """The entries of the tokens that make up `answer` (a stop string may have cut the text of the last ones)."""
+    if entries is None:
+        return None
+    size, offset, kept = len(answer.encode()), 0, 0
+    while kept < len(entries) and offset < size:
+        offset += len(entries[kept]["bytes"])
+        kept += 1
+    return entries[:kept]
 
 
 class Decoding:

@@ -34,6 +34,7 @@ from vlm_app.messages import conversation, media_items, normalize
 
 GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "stop")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # a GIF goes as a video: most move
+AUDIO_SUFFIXES = {".wav", ".mp3", ".m4a", ".flac", ".ogg", ".opus"}  # sound alone: an audio item
 DEFAULT_MAX_NEW_TOKENS = 256
 TEMPLATE_TOKENS = 64  # at least the chat template's own tokens around the prompt (the pre-flight errs high)
 # what allocation failures say, lower-cased: torch's CUDA/MPS allocators, cuBLAS, cuDNN, the CPU allocator
@@ -143,10 +144,20 @@ def is_image(source: Any) -> bool:
     return isinstance(source, Image.Image)
 
 
+def is_audio(source: Any) -> bool:
+    """Whether a source names a sound file (by its extension): an audio item, for the models that hear."""
+    return isinstance(source, (str, os.PathLike)) and \
+        Path(urlparse(os.fspath(source)).path).suffix.lower() in AUDIO_SUFFIXES
+
+
 def one_turn(prompt: str, source: Any, media: dict | None = None, generation: dict | None = None,
              limits=None, label: str | None = None, max_memory="auto", fit: bool = True) -> Request:
-    """The request asking `prompt` about one image or video (an already sampled video passes through)."""
-    messages = conversation(prompt, image=source) if is_image(source) else conversation(prompt, video=source)
+    """The request asking `prompt` about one image, video or sound file (an already sampled video passes through)."""
+    if is_audio(source):
+        messages = normalize([{"role": "user", "content": [{"type": "audio", "audio": source},
+                                                           {"type": "text", "text": prompt}]}])
+    else:
+        messages = conversation(prompt, image=source) if is_image(source) else conversation(prompt, video=source)
     return Request(messages, dict(media or {}), dict(generation or {}), limits,
                    str(label if label is not None else source), max_memory, fit)
 

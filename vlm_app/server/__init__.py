@@ -17,15 +17,17 @@ def run_serve_command(args) -> int:
     from vlm_app.describer import memory_options
     from vlm_app.media.limits import Limits
     from vlm_app.security import check_exposure
+    from vlm_app.served import served_models
     from vlm_app.server.app import ServerConfig, create_app
 
     check_exposure(args.host, authenticated=bool(args.api_key), insecure=args.insecure_no_auth,
                    auth_option="--api-key KEY")
-    for name in args.models:
-        resolve(name)
+    served = served_models(args.models)  # NAME=SOURCE: clients see NAME, never a local path
+    for source in served.values():
+        resolve(source)
     limits = Limits.for_remote_clients(allowed_dirs=args.allow_dir, allowed_hosts=args.allow_host,
                                        max_file_bytes=int(args.max_media_mb * MIB))
-    config = ServerConfig(models=list(dict.fromkeys(args.models)), api_key=args.api_key, limits=limits,
+    config = ServerConfig(models=list(served), sources=served, api_key=args.api_key, limits=limits,
                           max_body_bytes=int(args.max_body_mb * MIB), body_seconds=args.body_timeout,
                           max_queue=args.max_queue, keepalive_seconds=args.keepalive,
                           load_options={"device": args.device, "dtype": args.dtype},

@@ -41,7 +41,8 @@ MIB = 2**20
 
 @dataclass
 class ServerConfig:
-    models: list[str]
+    models: list[str]                  # the served names (`vlm_app.served`)
+    sources: dict[str, str] = field(default_factory=dict)  # served name -> what loads (absent: the name itself)
     api_key: str | None = None
     limits: Any = None                 # the media pipeline's Limits for client-named media (the fetch guard)
     max_body_bytes: int = 16 * MIB
@@ -165,7 +166,7 @@ class Server:
             if cancel.is_set():
                 log.info("request on %s: the client left while it waited; not run", call.model)
                 raise ApiError(400, "the client disconnected while waiting for the model", None, "client_disconnected")
-            adapter = self.cache.get(call.model, **self.config.load_options)
+            adapter = self.cache.get(self.config.sources.get(call.model, call.model), **self.config.load_options)
             put("done", (_chapters if call.chapters is not None else _answer)(adapter, call, cancel, put))
         except VlmAppError as error:
             if isinstance(error, OutOfMemory):  # not the client's mistake alone: the operator should see it too
@@ -216,7 +217,8 @@ class Server:
                     yield ": keep-alive\n\n"
                     continue
                 if kind == "text":
-                    yield _sse(chunk(call_id, call.model, {"content": value}))
+                    text, entries = value
+                    yield _sse(chunk(call_id, call.model, {"content": text}, entries=entries))
                     continue
                 if kind == "done":
                     yield _sse(chunk(call_id, call.model, {}, finish_reason(value), vlm_app=extension(value)))
@@ -241,8 +243,10 @@ def _answer(adapter, call, cancel: threading.Event, put) -> dict:
     run = Run(adapter, call.request, cancel)
     run.prepare()
     put("ready")
-    for piece in run:
-        put("text", piece)
+    answer = ""
+    for piece in run:  # each piece with the log-probabilities of its tokens, when asked
+        answer += piece
+        put("text", (piece, run.logprobs_upto(answer)))
     record = run.record
     log.info("%s finish=%s new_tokens=%d", call.model, record["finish_reason"], record["timings"]["new_tokens"])
     return record
@@ -258,10 +262,10 @@ def _chapters(adapter, call, cancel: threading.Event, put) -> dict:
                                request.generation, limits=request.limits,
                                memory={"max_memory": request.max_memory, "fit": request.fit}, cancel=cancel,
                                on_plan=lambda duration, segments: put("ready"),
-                               on_segment=lambda segment: put("text", segment_line(segment) + "\n"),
+                               on_segment=lambda segment: put("text", (segment_line(segment) + "\n", None)),
                                raise_unreadable=True, system=request.system(), **call.chapters)
     if record["summary"] is not None:
-        put("text", f"\nSummary: {record['summary']}")
+        put("text", (f"\nSummary: {record['summary']}", None))
     described = sum(segment["error"] is None and not segment["cancelled"] for segment in record["segments"])
     log.info("%s chapters: %d of %d segments described, cancelled=%s, new tokens %d", call.model, described,
              len(record["segments"]), record["cancelled"], (record["timings"] or {}).get("new_tokens", 0))

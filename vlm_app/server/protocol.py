@@ -3,6 +3,12 @@ stream chunks, a failure → OpenAI's error object. Every client value is checke
 before anything runs; media sources are only named, never opened (the fetch guard in the media pipeline
 decides what may be read).
 
+Every field of a request is honoured or refused, never ignored (`FIELDS`, walked by tests/test_server_fields.py):
+the fields this server implements (`HONOURED`), those that carry no meaning for generation (`PASSED`: the caller's
+bookkeeping), and all others refused with a 400 naming them, unless absent, null or at the value that changes
+nothing (`NEUTRAL`: `n: 1`, `top_k: -1`, `tools: []`, ...). Tools are refused: the answer is text (or JSON under
+`response_format`), never a tool call.
+
 Media options use vLLM's names, in `mm_processor_kwargs` (every video) and `media_io_kwargs`
 ({"video": {...}, "image": {...}}); `VLLM_OPTION_NAMES` maps them to ours. Our own request options sit in a
 `vlm_app` object, as our answers' extras do: `{"vlm_app": {"chapters": {"segment_seconds": 60, "overlap": 0}}}`
@@ -11,12 +17,14 @@ describes the request's one video in chapters (`vlm_app.chapters`).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
+from vlm_app.decoding import JSON_OBJECT_SCHEMA, MAX_TOP_LOGPROBS, SchemaError, check_json_schema
 from vlm_app.errors import VlmAppError
 from vlm_app.media.limits import DEFAULT_LIMITS
 from vlm_app.service import Request
@@ -26,6 +34,34 @@ MAX_CONTENT_PARTS = 64          # per request, over all messages
 MAX_MEDIA_ITEMS = 8
 MAX_COMPLETION_TOKENS = 4096
 MAX_STOP_STRINGS = 4
+HONOURED = ("model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
+            "top_p", "seed", "stop", "n", "logprobs", "top_logprobs", "frequency_penalty", "presence_penalty",
+            "repetition_penalty", "response_format", "mm_processor_kwargs", "media_io_kwargs", "vlm_app")
+PASSED = ("user", "metadata", "safety_identifier", "prompt_cache_key", "request_id", "cache_salt")
+# a field refused only when it asks for something: these values (and null) ask for nothing
+NEUTRAL = {"tools": ([],), "tool_choice": ("none", "auto"), "parallel_tool_calls": (True, False), "functions": ([],),
+           "function_call": ("none", "auto"), "logit_bias": ({},), "modalities": (["text"],), "store": (False,),
+           "service_tier": ("auto", "default"), "audio": (), "prediction": (), "reasoning_effort": (), "verbosity": (),
+           "web_search_options": (),
+           # vLLM's extra sampling and template fields
+           "best_of": (1,), "use_beam_search": (False,), "top_k": (-1, 0), "min_p": (0,), "length_penalty": (1,),
+           "stop_token_ids": ([],), "include_stop_str_in_output": (False,), "ignore_eos": (False,), "min_tokens": (0,),
+           "skip_special_tokens": (True,), "spaces_between_special_tokens": (True,), "truncate_prompt_tokens": (),
+           "prompt_logprobs": (), "allowed_token_ids": (), "bad_words": ([],), "echo": (False,),
+           "add_generation_prompt": (True,), "continue_final_message": (False,), "add_special_tokens": (False,),
+           "documents": (), "chat_template": (), "chat_template_kwargs": ({},), "guided_json": (), "guided_regex": (),
+           "guided_choice": (), "guided_grammar": (), "guided_decoding_backend": (), "guided_whitespace_pattern": (),
+           "structural_tag": (), "structured_outputs": (), "priority": (0,), "logits_processors": (),
+           "return_tokens_as_token_ids": (False,), "return_token_ids": (False,), "kv_transfer_params": (),
+           "vllm_xargs": (), "thinking_token_budget": ()}
+FIELDS = (*HONOURED, *PASSED, *NEUTRAL)
+INSTEAD = {"tools": "this server answers in text (or JSON under response_format) and makes no tool calls",
+           "tool_choice": "tools are not supported", "functions": "tools are not supported",
+           "function_call": "tools are not supported", "guided_json": 'use response_format {"type": "json_schema"}',
+           "structured_outputs": 'use response_format {"type": "json_schema"}', "n": "this server returns one choice",
+           "best_of": "this server returns one choice", "use_beam_search": "this server samples or decodes greedily"}
+STREAM_OPTIONS = {"include_usage": True, "include_obfuscation": True, "continuous_usage_stats": False}  # honoured?
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 # vLLM's (and the HF processors') option names -> ours (load_video / load_image)
 VLLM_OPTION_NAMES = {"fps": "fps", "num_frames": "nframes", "max_frames": "max_frames", "min_frames": "min_frames",
                      "max_pixels": "max_pixels", "min_pixels": "min_pixels", "total_pixels": "total_pixels",
@@ -177,6 +213,69 @@ def _messages(body: dict, image_options: dict) -> list[dict]:
     return converted
 
 
+def _refuse_unsupported(body: dict) -> None:
+    """A 400 naming the first field this server would otherwise ignore."""
+    for name, value in body.items():
+        if name not in FIELDS:
+            raise bad(f"unknown field {name!r}: this server does not implement it (see GET /v1/models and the "
+                      "README's Serving section for what it supports)", name, "unsupported_field")
+        if name in NEUTRAL and value is not None and value not in NEUTRAL[name]:
+            reason = INSTEAD.get(name, "this server does not implement it")
+            neutral = f"; leave it out{' or send ' + json.dumps(NEUTRAL[name][0]) if NEUTRAL[name] else ''}"
+            raise bad(f"{name} is not supported: {reason}{neutral}", name, "unsupported_field")
+
+
+def _stream_options(body: dict) -> bool:
+    """Whether the stream ends with a usage chunk (`include_usage`)."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise bad("stream_options must be an object", "stream_options", "invalid_type")
+    for name, value in options.items():
+        if name not in STREAM_OPTIONS or (value and not STREAM_OPTIONS[name]):
+            raise bad(f"stream_options.{name} is not supported; known: include_usage", f"stream_options.{name}",
+                      "unsupported_field")
+        if not isinstance(value, bool):
+            raise bad(f"stream_options.{name} must be true or false", f"stream_options.{name}", "invalid_type")
+    return bool(options.get("include_usage"))
+
+
+def _json_schema(body: dict) -> dict | None:
+    """The schema `response_format` asks the answer to follow (None: free text)."""
+    form = body.get("response_format")
+    if form is None:
+        return None
+    if not isinstance(form, dict) or form.get("type") not in RESPONSE_FORMATS:
+        raise bad('response_format must be {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", '
+                  '"json_schema": {"name": ..., "schema": {...}}}', "response_format", "invalid_type")
+    if form["type"] == "text":
+        return None
+    if form["type"] == "json_object":
+        return dict(JSON_OBJECT_SCHEMA)
+    spec = form.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise bad('response_format json_schema needs {"json_schema": {"name": ..., "schema": {...}}}',
+                  "response_format.json_schema", "invalid_type")
+    try:
+        check_json_schema(spec["schema"])
+    except SchemaError as error:
+        raise bad(f"response_format.json_schema.schema: {error}", "response_format.json_schema.schema",
+                  "invalid_schema") from None
+    return spec["schema"]
+
+
+def _logprobs(body: dict) -> dict:
+    if not isinstance(body.get("logprobs", False), (bool, type(None))):
+        raise bad("logprobs must be true or false", "logprobs", "invalid_type")
+    top = _number(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, integer=True)
+    if not body.get("logprobs"):
+        if top:
+            raise bad("top_logprobs needs logprobs: true", "top_logprobs")
+        return {}
+    return {"logprobs": True, "top_logprobs": top or 0}
+
+
 def _generation(body: dict) -> dict:
     if body.get("n") not in (None, 1):
         raise bad("this server returns one choice; n must be 1", "n")
@@ -192,7 +291,10 @@ def _generation(body: dict) -> dict:
                   "invalid_type")
     generation = {"max_new_tokens": budget, "temperature": _number(body, "temperature", 0, 2),
                   "top_p": _number(body, "top_p", 1e-6, 1), "seed": _number(body, "seed", -2**63, 2**63 - 1, True),
-                  "stop": stop}
+                  "stop": stop, "frequency_penalty": _number(body, "frequency_penalty", -2, 2),
+                  "presence_penalty": _number(body, "presence_penalty", -2, 2),
+                  "repetition_penalty": _number(body, "repetition_penalty", 0.01, 10), "json_schema": _json_schema(body),
+                  **_logprobs(body)}
     return {key: value for key, value in generation.items() if value is not None}
 
 
@@ -258,9 +360,8 @@ def parse_chat(body: Any, limits, memory: dict | None = None) -> ChatCall:
         raise bad("model must be a string naming one of GET /v1/models", "model", "invalid_type")
     if not isinstance(body.get("stream", False), bool):
         raise bad("stream must be true or false", "stream", "invalid_type")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise bad("stream_options must be an object", "stream_options", "invalid_type")
+    _refuse_unsupported(body)
+    include_usage = _stream_options(body)
     chapters = _chapter_options(body, limits)
     video_options, image_options = _media_options(body)
     messages, generation = _messages(body, image_options), _generation(body)
@@ -270,7 +371,7 @@ def parse_chat(body: Any, limits, memory: dict | None = None) -> ChatCall:
         request = Request(messages, video_options, generation, limits, **(memory or {}))
     except VlmAppError as error:  # the message schema's own checks (roles, order)
         raise bad(str(error), "messages") from None
-    return ChatCall(model, request, body.get("stream", False), bool(options.get("include_usage")), chapters)
+    return ChatCall(model, request, body.get("stream", False), include_usage, chapters)
 
 
 def completion_id() -> str:
@@ -309,10 +410,17 @@ def finish_reason(record: dict) -> str:
 def completion(call_id: str, model: str, record: dict) -> dict:
     return {"id": call_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": record["answer"]},
-                         "finish_reason": finish_reason(record), "logprobs": None}],
+                         "finish_reason": finish_reason(record), "logprobs": logprobs(record.get("logprobs"))}],
             "usage": usage(record), "vlm_app": extension(record)}
 
 
-def chunk(call_id: str, model: str, delta: dict, finish: str | None = None, **extra) -> dict:
+def logprobs(entries: list[dict] | None) -> dict | None:
+    """A choice's `logprobs`: OpenAI's object of per-token entries (`vlm_app.decoding`), or null when not asked."""
+    return None if entries is None else {"content": entries, "refusal": None}
+
+
+def chunk(call_id: str, model: str, delta: dict, finish: str | None = None, entries: list[dict] | None = None,
+          **extra) -> dict:
     return {"id": call_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs(entries)}],
+            **extra}

@@ -245,9 +245,10 @@ def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: fl
     """The app and its backend, queued (one model job at a time), not yet launched. `max_memory` and `fit`: every
     request's memory limit (`service.Request`)."""
     from vlm_app.adapters.registry import resolve
+    from vlm_app.served import served_models
 
-    for name in models:
-        resolve(name)  # unknown names and missing folders fail here, before the server starts
+    for source in served_models(models).values():
+        resolve(source)  # unknown names and missing folders fail here, before the server starts
     policy = UploadPolicy(max_file_mb=max_upload_mb, max_duration_s=max_duration_s,
                           max_chapters_duration_s=max_chapters_duration_s, upload_dir=get_upload_folder(),
                           allowed_dirs=tuple(allow_dirs), allowed_hosts=tuple(allow_hosts))

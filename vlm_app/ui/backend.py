@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vlm_app.security import offered_model
+from vlm_app.served import served_models
 from vlm_app.ui.limits import UploadPolicy
 
 MIB = 2**20
@@ -30,7 +31,9 @@ class Backend:
         from vlm_app.memory import parse_max_memory
         from vlm_app.runtime import ModelCache
 
-        self.models = list(models)
+        served = served_models(list(models))  # `--models NAME=PATH`: the picker shows NAME, as `serve` serves it
+        self.names = {source: name for name, source in served.items()}
+        self.models = list(served.values())
         self.workdir = Path(tempfile.mkdtemp(prefix="vlm_app_ui_"))
         # fetched URLs and exports live in the scratch folder, which is readable like the upload folder
         self.policy = replace(policy, allowed_dirs=(*policy.allowed_dirs, str(self.workdir)))
@@ -42,11 +45,9 @@ class Backend:
         self._folders: dict[str, Path] = {}
 
     # ---- models -----------------------------------------------------------------------------------------------
-    @staticmethod
-    def label(model: str) -> str:
-        """How a model is shown: a checkpoint folder by its name, anything else as given."""
-        path = Path(model).expanduser()
-        return path.name if path.is_dir() else model
+    def label(self, model: str) -> str:
+        """How a model is shown: the name `serve` would serve it under (`vlm_app.served`)."""
+        return self.names.get(model, model)
 
     def choices(self) -> list[tuple[str, str]]:
         return [(self.label(model), model) for model in self.models]
