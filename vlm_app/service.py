@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
+from vlm_app.decoding import MAX_TOP_LOGPROBS, answer_logprobs
 from vlm_app.errors import LimitError, OptionsError, OutOfMemory, VlmAppError
 from vlm_app.grounding import parse_grounding
 from vlm_app.memory import Fit, MemoryEstimate, RequestShape, format_bytes, parse_max_memory, resolve_limit
 from vlm_app.messages import conversation, media_items, normalize
 
-GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "stop")
+GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "stop", "repetition_penalty",
+                   "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "json_schema")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # a GIF goes as a video: most move
 AUDIO_SUFFIXES = {".wav", ".mp3", ".m4a", ".flac", ".ogg", ".opus"}  # sound alone: an audio item
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -50,7 +52,11 @@ class Request:
 
     messages:   the conversation (the `vlm_app.messages` schema; per-item options win over `media`)
     media:      video sampling options for every video (load_video's names: fps, nframes, max_pixels, ...)
-    generation: max_new_tokens, temperature, top_p, seed, do_sample, stop (a string or a list of strings)
+    generation: max_new_tokens, temperature, top_p, seed, do_sample, stop (a string or a list of strings),
+                repetition_penalty (transformers' multiplicative one, prompt included), frequency_penalty and
+                presence_penalty (OpenAI's additive ones, -2 to 2), logprobs (true: the record's `logprobs`, per
+                answer token) with top_logprobs (0-20 alternatives each), json_schema (the answer is JSON valid
+                under it; {"type": "object"}: any JSON object) - see `vlm_app.decoding`
     limits:     the media pipeline's `Limits` (None: the defaults, local files and addresses allowed)
     source:     what the record names as its input (default: the first media item's source)
     max_memory: the peak this request may reach on the model's device: bytes, a size ("12GB"), "auto" (the
@@ -114,6 +120,13 @@ def check_generation(generation: dict) -> None:
         valid, wanted = GENERATION_CHECKS[key]
         if value is not None and not valid(value):
             raise OptionsError(f"{key} must be {wanted}, got {value!r}")
+    if generation.get("json_schema") is not None:
+        from vlm_app.decoding import SchemaError, check_json_schema
+
+        try:
+            check_json_schema(generation["json_schema"])
+        except SchemaError as error:
+            raise OptionsError(f"json_schema: {error}") from None
 
 
 def _whole(value) -> bool:
@@ -132,6 +145,13 @@ GENERATION_CHECKS = {  # (valid, what a valid value is)
     "do_sample": (lambda value: isinstance(value, bool), "true or false"),
     "stop": (lambda value: isinstance(value, str) or isinstance(value, (list, tuple))
              and all(isinstance(text, str) for text in value), "a string or a list of strings"),
+    "repetition_penalty": (lambda value: _real(value) and 0 < value <= 10, "a number above 0 and at most 10 (1: none)"),
+    "frequency_penalty": (lambda value: _real(value) and -2 <= value <= 2, "a number from -2 to 2"),
+    "presence_penalty": (lambda value: _real(value) and -2 <= value <= 2, "a number from -2 to 2"),
+    "logprobs": (lambda value: isinstance(value, bool), "true or false"),
+    "top_logprobs": (lambda value: _whole(value) and 0 <= value <= MAX_TOP_LOGPROBS,
+                     f"a whole number from 0 to {MAX_TOP_LOGPROBS}"),
+    "json_schema": (lambda value: isinstance(value, dict), 'a JSON schema object ({"type": "object"}: any object)'),
 }
 
 
@@ -267,6 +287,7 @@ class Run:
         self.limit: int | None = None  # the request's memory limit in bytes, once resolved
         self.notes: list[str] = []  # what the request layer changed, and why (the memory fit)
         self.stream = None  # the adapter's `Stream`, once generating (or a batch's row: `vlm_app.batching` sets it)
+        self._logprobs_given, self._logprobs_bytes = 0, 0
 
     def prepare(self):
         if callable(self.adapter):
@@ -339,6 +360,18 @@ class Run:
         self.answer = text
         if len(text) > sent:
             yield text[sent:]
+
+    def logprobs_upto(self, text: str) -> list[dict] | None:
+        """The log-probabilities (`vlm_app.decoding`) of the tokens that make up `text`, the answer so far, beyond
+        those given by earlier calls (a streamed answer's pieces); None when the request did not ask for them."""
+        entries = self.stream.decoding.logprobs if self.stream is not None else None
+        if entries is None:
+            return None
+        first, size = self._logprobs_given, len(text.encode())
+        while self._logprobs_given < len(entries) and self._logprobs_bytes < size:
+            self._logprobs_bytes += len(entries[self._logprobs_given]["bytes"])
+            self._logprobs_given += 1
+        return entries[first:self._logprobs_given]
 
     def finish_reason(self) -> str | None:
         """'stop' (end of answer or a stop string), 'length' (the token budget), 'cancelled', or None."""
@@ -416,7 +449,8 @@ def shown_media(prepared) -> list[dict]:
 def build_record(adapter, request: Request, run: Run | None = None, error: str | None = None) -> dict:
     """The JSON-ready record of one request (also for failures: then `error` is set and the rest may be
     empty). Top-level frames and timestamps are those of the first video; `media` lists every item.
-    `boxes`: the answer's grounding boxes (DeepSeek-VL2), on the model's 0-999 grid.
+    `boxes`: the answer's grounding boxes (DeepSeek-VL2), on the model's 0-999 grid. `logprobs`: when asked, one
+    entry per generated token in OpenAI's shape (token, logprob, bytes, top_logprobs).
     `memory_estimate_bytes`: the pre-flight's peak for what was prepared (beside `timings.peak_memory_bytes`,
     measured); `memory_estimate` breaks it down. `notes`: what the request layer and the media pipeline changed."""
     prepared = run.prepared if run is not None else None
@@ -433,6 +467,7 @@ def build_record(adapter, request: Request, run: Run | None = None, error: str |
         "answer": answer,
         "reasoning": reasoning,
         "boxes": [box.as_dict() for box in parse_grounding(answer)] if answered else [],
+        "logprobs": answer_logprobs(generation.logprobs, run.answer) if answered else None,
         "error": error,
         "prompt": request.prompt(),
         "frames_indices": video.get("frames_indices", []),
