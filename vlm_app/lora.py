@@ -13,11 +13,12 @@ peft, LLaMA-Factory and ms-swift save them. Each of these is refused with its ow
 Several adapters on one base (`compare`, `serve`, `ui`): the operator names each one (`--lora NAME=PATH`) and it
 becomes a model entry of its own (`Offer`). The base loads once with all its adapters (memory: one base plus the
 adapters); `using(adapter, name)` is the base answering with adapter `name` (None: the base alone): its model calls
-hold the base's lock and switch the adapter first, so requests on one base run one at a time.
+hold the base's lock and switch the adapter first (`SwitchedModel`), so requests on one base run one at a time.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -25,7 +26,6 @@ import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 from vlm_app.errors import ModelLoadError, OptionsError
@@ -240,24 +240,24 @@ class Switch:
                 yield
 
 
-class _Switched:
-    """Mixed into a family's adapter class: model calls run with `lora_name` switched in (`Switch.active`)."""
+class SwitchedModel:
+    """The peft-wrapped base as adapter `name` (None: the base alone) answers: calling it and `generate` run with that
+    adapter switched in, holding the base's lock (so every path to the model, batches included, runs with the right
+    adapter); everything else is the wrapped model's."""
 
-    lora_switch: Switch
-    lora_name: str | None
+    def __init__(self, model, switch: Switch, name: str | None):
+        self._model, self._switch, self._name = model, switch, name
 
-    def forward(self, *args, **kwargs):
-        with self.lora_switch.active(self.lora_name):
-            return super().forward(*args, **kwargs)
+    def __getattr__(self, attribute: str):
+        return getattr(self._model, attribute)
 
-    def _generate(self, *args, **kwargs):
-        with self.lora_switch.active(self.lora_name):
-            return super()._generate(*args, **kwargs)
+    def __call__(self, *args, **kwargs):
+        with self._switch.active(self._name):
+            return self._model(*args, **kwargs)
 
-
-@cache
-def _switched_class(family_class: type) -> type:
-    return type(family_class.__name__, (_Switched, family_class), {})
+    def generate(self, *args, **kwargs):
+        with self._switch.active(self._name):
+            return self._model.generate(*args, **kwargs)
 
 
 def using(adapter, lora: str | None, label: str | None = None):
@@ -268,9 +268,8 @@ def using(adapter, lora: str | None, label: str | None = None):
         if lora is not None:
             raise ModelLoadError(f"{adapter.info.model_id} was loaded without the LoRA adapter {lora}")
         return adapter
-    view = object.__new__(_switched_class(type(adapter)))
-    view.__dict__.update(adapter.__dict__)
-    view.lora_name = lora
+    view = copy.copy(adapter)
+    view.model = SwitchedModel(switch.model, switch, lora)
     view.info = dataclasses.replace(adapter.info, model_id=label or adapter.info.model_id,
                                     lora_adapter=switch.loras[lora].info() if lora is not None else None)
     return view
