@@ -416,3 +416,12 @@ def test_describe_a_sound_file_through_the_cli(gemma4_checkpoints, speech_clip, 
     main(["describe", str(m4a), "--model", str(gemma4_checkpoints["gemma4_no_audio"]), "--json", *FAST])
     captured = capsys.readouterr()
     assert "gemma4 checkpoint does not take audio" in captured.out + captured.err
+
+
+def test_inspect_prints_the_audio_tokens(speech_clip, capsys):
+    assert main(["inspect", speech_clip, "--model", "gemma4", "--nframes", "2", "--audio", "auto", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["audio"]["used"] and report["audio"]["tokens"] == 104  # ceil(4.133 s / 40 ms)
+    assert main(["inspect", speech_clip, "--nframes", "2", "--audio", "on"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("the model hears: 4.13 s of sound from 0.00 s, 104 audio tokens") == 1  # Gemma 4 only

@@ -47,6 +47,8 @@ def _sample(source, family: str, options: dict, explicit_model: bool) -> Sampled
                            f"{asked!r}")
     policy = family_class.policies[asked if asked in family_class.policies else family_class.policy]()
     kept = without_policy(options)
+    if family_class.sound_tokens(0.0) is None:  # no model of the family hears: its sound is not decoded
+        kept.pop("audio", None)
     if not explicit_model and policy.resize_rule is None:
         kept = {key: value for key, value in kept.items() if key not in RESIZE_OPTIONS}
     return load_video(source, policy, **kept)
@@ -70,6 +72,8 @@ def family_report(video: SampledVideo, family: str, model_name: str) -> dict:
         "resized_width": video.resized_width,
         "sample_fps": video.sample_fps,
         "num_visual_tokens": family_class.visual_tokens(video, model_name),
+        "audio": ({**video.soundtrack.summary(), "tokens": family_class.sound_tokens(video.soundtrack.seconds)}
+                  if video.soundtrack is not None else {"used": False}),
         "backend": video.backend,
         "decode_seconds": round(video.decode_seconds, 4),
         "notes": notes,
@@ -92,6 +96,9 @@ def _format(report: dict) -> str:
     ]
     if report["frame_labels"]:
         lines.append(f"  the model reads: {' '.join(report['frame_labels'])}")
+    if report["audio"]["used"]:
+        lines.append(f"  the model hears: {report['audio']['seconds']:.2f} s of sound from "
+                     f"{report['audio']['start']:.2f} s, {report['audio']['tokens']} audio tokens")
     lines += [f"  note: {note}" for note in report["notes"]]
     return "\n".join(lines)
 

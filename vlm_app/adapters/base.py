@@ -326,6 +326,12 @@ class Adapter:
         """The answer text of generated ids, special tokens dropped."""
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
+    @classmethod
+    def sound_tokens(cls, seconds: float) -> int | None:
+        """Tokens the family's models spend on `seconds` of sound, at their published settings (`inspect`); None
+        for a family none of whose models hear."""
+        return None
+
     def split_reasoning(self, text: str) -> tuple[str, str | None]:
         """(answer, reasoning) of a generated text; families whose models think aloud override this."""
         return text, None

@@ -43,6 +43,7 @@ DEFAULT_SOFT_TOKENS = 70
 DEFAULT_FRAMES = 32
 NO_METADATA_FPS = 24.0  # the processor's rate for frames without metadata (a frame list)
 FRAME_TEXT_TOKENS = 5  # "MM:SS" and the begin/end-of-image tokens around each frame
+HUB_AUDIO_MS_PER_TOKEN, HUB_AUDIO_SEQ_LENGTH = 40, 750  # processor_config.json of E2B/E4B
 AUDIO_FEATURE_BYTES = 128 * 4 + 1  # one 10 ms frame of float32 mel features and its mask
 
 
@@ -224,6 +225,11 @@ class Gemma4Adapter(Adapter):
         if not self.hears:
             return super().load_audio(source, limits)
         return load_audio(source, limits, max_seconds=self.audio_seconds)
+
+    @classmethod
+    def sound_tokens(cls, seconds: float) -> int:
+        """At the hub files' settings: one token per 40 ms, at most 750 (30 s)."""
+        return min(math.ceil(seconds * 1000 / HUB_AUDIO_MS_PER_TOKEN), HUB_AUDIO_SEQ_LENGTH)
 
     def audio_tokens(self, seconds: float) -> int:
         """Tokens of `seconds` of audio (one per `audio_ms_per_token`, at most `audio_seq_length`)."""
