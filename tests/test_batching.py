@@ -126,27 +126,30 @@ def test_stop_strings_cut_their_own_row(adapters, clips):
 
 
 def test_other_sampling_settings_run_alone(adapters, clips):
-    """A seeded sampled request is answered as it is alone (a batch would change its draws); the greedy ones
-    batch together."""
-    from vlm_app.batching import execute_batch, groups
+    """A seeded sampled request is answered as it is alone (a batch would change its draws); requests with other
+    settings or decoding controls do not share a batch."""
+    from vlm_app.batching import execute_batch, settings_key
     from vlm_app.service import execute
 
+    assert settings_key({"temperature": 0.0, "seed": 3}) == settings_key({}) == settings_key({"do_sample": False})
+    assert settings_key({"temperature": 0.7}) == settings_key({"temperature": 0.7, "top_p": 1.0})
+    assert settings_key({"temperature": 0.7}) not in (settings_key({"temperature": 0.9}), settings_key({}))
+    for alone in ({"temperature": 0.9, "seed": 7}, {"logprobs": True}, {"json_schema": {"type": "object"}},
+                  {"frequency_penalty": 0.5}, {"repetition_penalty": 1.2}):
+        assert settings_key(alone) is None
     adapter = adapters("smolvlm2")
     batch = requests(clips)
     batch[1].generation.update(temperature=0.9, seed=7)
-    assert groups(batch, max_batch=8) == [[0, 2], [1]]
-    assert groups(requests(clips, temperature=0.7), 8) == [[0, 1, 2]]
-    assert groups(requests(clips, logprobs=True), 8) == [[0], [1], [2]]
     records = execute_batch(adapter, batch, max_batch=8)
     assert records[1]["answer"] == execute(adapter, requests(clips, temperature=0.9, seed=7)[1])["answer"]
     assert records[1]["generation"]["seed"] == 7
 
 
 def test_the_pre_flight_counts_every_row_and_splits_a_batch_that_does_not_fit(adapters, clips):
-    from vlm_app.batching import batch_estimate, prepared_runs, split_by_memory
+    from vlm_app.batching import batch_estimate, prepared_run, split_by_memory
 
     adapter = adapters("smolvlm2")
-    runs = prepared_runs(adapter, requests(clips))
+    runs = [prepared_run(adapter, request) for request in requests(clips)]
     shapes = [adapter.prepared_shape(run.prepared, NEW_TOKENS) for run in runs]
     one = adapter.memory_estimate(shapes[1])
     two = batch_estimate(adapter, [shapes[1], shapes[1]])
@@ -160,9 +163,14 @@ def test_the_pre_flight_counts_every_row_and_splits_a_batch_that_does_not_fit(ad
         run.limit = (batch_estimate(adapter, shapes[:2]).total + three) // 2
     assert split_by_memory(adapter, runs, [0, 1, 2], max_batch=8) == [[0, 1], [2]]
     assert split_by_memory(adapter, runs, [0, 1, 2], max_batch=1) == [[0], [1], [2]]
+    largest = max(shapes, key=lambda shape: shape.media_bytes)  # counted for the request prepared meanwhile
+    for run in runs:
+        run.limit = batch_estimate(adapter, shapes, ahead=largest).total - 1
+    assert split_by_memory(adapter, runs, [0, 1, 2], max_batch=8) == [[0, 1, 2]]
+    assert split_by_memory(adapter, runs, [0, 1, 2], max_batch=8, one_ahead=True) == [[0, 1], [2]]
     for run in runs:
         run.limit = None
-    assert split_by_memory(adapter, runs, [0, 1, 2], max_batch=8) == [[0, 1, 2]]
+    assert split_by_memory(adapter, runs, [0, 1, 2], max_batch=8, one_ahead=True) == [[0, 1, 2]]
 
 
 def test_an_input_without_a_batching_rule_is_refused():
@@ -172,3 +180,51 @@ def test_an_input_without_a_batching_rule_is_refused():
 
     with pytest.raises(ValueError, match="no batching rule for model input"):
         collate_rows([{"input_ids": torch.ones(1, 3, dtype=torch.long), "extra": torch.ones(1)}], {"input_ids": 0})
+
+
+# ---- the front doors ------------------------------------------------------------------------------------------
+
+def _records(path) -> dict:
+    import json
+
+    return {record["source"]: record for record in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.mark.parametrize("family", ["smolvlm2", "qwen3_vl"])
+def test_describe_folder_in_batches_equals_one_by_one(adapters, clips, tmp_path, family, capsys):
+    """`describe DIR --batch-size 3`: the records of a folder with videos of three lengths (and a broken file)
+    equal those of batch size 1; the run stays resumable."""
+    import shutil
+
+    from vlm_app.cli import main
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for clip in clips:
+        shutil.copy(clip, folder / clip.name)
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    model = adapters(family).info.model_id
+    common = ["describe", str(folder), "--model", model, "--device", "cpu", "--max-new-tokens", str(NEW_TOKENS)]
+    assert main([*common, "--out", str(tmp_path / "one.jsonl")]) == 0
+    assert main([*common, "--out", str(tmp_path / "three.jsonl"), "--batch-size", "3"]) == 0
+    assert "described 3 video(s), 1 failed" in capsys.readouterr().err
+    one, three = _records(tmp_path / "one.jsonl"), _records(tmp_path / "three.jsonl")
+    assert set(one) == set(three) and len(one) == 4
+    for source, record in one.items():
+        assert {name: three[source][name] for name in ("error", *SAME_FIELDS)} == \
+            {name: record[name] for name in ("error", *SAME_FIELDS)}
+    assert main([*common, "--out", str(tmp_path / "three.jsonl"), "--batch-size", "3", "--resume"]) == 0
+    assert "described 0 video(s)" in capsys.readouterr().err
+
+
+def test_batch_size_flag_errors(clips, tmp_path, capsys):
+    from vlm_app.cli import main
+
+    for flags in (["--batch-size", "0"], ["--batch-size", "2.5"]):
+        with pytest.raises(SystemExit):
+            main(["describe", str(clips[0]), "--model", "smolvlm2-256m", *flags])
+        assert "whole number of at least 1" in capsys.readouterr().err
+    assert main(["describe", str(clips[0]), "--model", "smolvlm2-256m", "--batch-size", "2"]) != 0
+    assert "--batch-size batches the videos of a folder" in capsys.readouterr().err
+    assert main(["describe", str(clips[0].parent), "--model", "smolvlm2-256m", "--batch-size", "2", "--chapters"]) != 0
+    assert "not --chapters" in capsys.readouterr().err

@@ -258,99 +258,123 @@ def fitting_batches(items: list, shape_of: Callable, fits: Callable[[list], bool
 
 # ---- the request layer in batches ----------------------------------------------------------------------------
 
-def groups(requests: Iterable, max_batch: int) -> list[list[int]]:
-    """Indices of `requests` (service.Request) in groups that may share a batch, in order of first arrival;
-    a request that must run alone is a group of its own."""
-    keyed: dict = {}
-    alone: list[list[int]] = []
-    for index, request in enumerate(requests):
-        key = settings_key(request.generation) if max_batch > 1 else None
-        (alone.append([index]) if key is None else keyed.setdefault(key, []).append(index))
-    return sorted(list(keyed.values()) + alone, key=lambda group: group[0])
-
-
-def execute_batch(adapter, requests: list, cancels: list[threading.Event | None] | None = None,
+def execute_batch(adapter, requests: Iterable, cancels: list[threading.Event | None] | None = None,
                   max_batch: int = 8, on_record: Callable[[int, dict], None] | None = None,
                   on_text: Callable[[int, str], None] | None = None) -> list[dict]:
-    """The records of `requests` (`service.Request`s for one model), as `service.execute` would make them one by
-    one, but generated in batches of at most `max_batch` that fit the memory limit. `on_record(index, record)`
-    as each record is done, `on_text(index, piece)` as answers stream."""
-    runs = prepared_runs(adapter, requests, cancels)
+    """The records of `requests` (`service.Request`s for one model), as `service.execute` makes them one by one,
+    generated in batches of at most `max_batch` consecutive requests whose sampling settings match
+    (`settings_key`) and that fit the memory limit together. While a batch generates, the next request is prepared
+    (one ahead: its media decoded, resized and processed), and the batch's pre-flight counts it.
+    `on_record(index, record)` as each record is done, `on_text(index, piece)` as answers stream."""
+    requests = list(requests)
+    cancels = list(cancels or [None] * len(requests))
     records: list[dict | None] = [None] * len(requests)
+    position = 0  # the next request to prepare
+    lock = threading.Lock()  # rows finish in their own threads: `on_record` sees one record at a time
 
     def done(index: int, record: dict) -> None:
-        records[index] = record
-        if on_record is not None:
-            on_record(index, record)
+        with lock:
+            records[index] = record
+            if on_record is not None:
+                on_record(index, record)
 
-    for group in groups(requests, max_batch):
-        ready = [index for index in group if runs[index].error is None]
-        for index in group:
-            if runs[index].error is not None:
-                done(index, runs[index].record)
-        for batch in split_by_memory(adapter, [runs[index] for index in ready], ready, max_batch):
-            run_rows(adapter, [runs[index] for index in batch], batch, done, on_text)
+    def prepare_next() -> tuple | None:
+        nonlocal position
+        if position == len(requests):
+            return None
+        position += 1
+        return position - 1, prepared_run(adapter, requests[position - 1], cancels[position - 1])
+
+    ahead = prepare_next()
+    while ahead is not None:
+        batch, ahead = _next_batch(ahead, prepare_next, max_batch, done)
+        runs = dict(batch)
+        one_ahead = ahead is not None or position < len(requests)
+        for part in split_by_memory(adapter, list(runs.values()), list(runs), max_batch, one_ahead):
+            finish = start_rows(adapter, [runs[index] for index in part], part, done, on_text)
+            if ahead is None:
+                ahead = prepare_next()  # while the model generates
+            finish()
     return records
 
 
-def prepared_runs(adapter, requests: list, cancels=None) -> list:
-    """A prepared `service.Run` per request; a user mistake in one becomes its error (its record says so)."""
+def _next_batch(first: tuple, prepare_next: Callable[[], tuple | None], max_batch: int,
+                done: Callable[[int, dict], None]) -> tuple[list[tuple], tuple | None]:
+    """(the prepared (index, run) pairs of the next batch, starting with `first`; the prepared pair that starts
+    the batch after it, or None). A run whose preparation failed is done at once (its record has the error)."""
+    batch: list[tuple] = []
+    key = None
+    item = first
+    while item is not None:
+        index, run = item
+        if run.error is not None:
+            done(index, run.record)
+        else:
+            own = settings_key(run.request.generation) if max_batch > 1 else None
+            if batch and (own is None or own != key):
+                return batch, item
+            batch.append(item)
+            key = own
+            if own is None or len(batch) == max_batch:
+                return batch, None
+        item = prepare_next()
+    return batch, None
+
+
+def prepared_run(adapter, request, cancel: threading.Event | None = None):
+    """A prepared `service.Run`; a user mistake becomes its error (its record says so)."""
     from vlm_app.errors import VlmAppError
     from vlm_app.service import Run
 
-    runs = []
-    for request, cancel in zip(requests, cancels or [None] * len(requests)):
-        run = Run(adapter, request, cancel)
-        try:
-            run.prepare()
-        except VlmAppError as error:
-            run.error = error
-        runs.append(run)
-    return runs
+    run = Run(adapter, request, cancel)
+    try:
+        run.prepare()
+    except VlmAppError as error:
+        run.error = error
+    return run
 
 
-def split_by_memory(adapter, runs: list, indices: list[int], max_batch: int,
-                    ahead: RequestShape | None = None) -> list[list[int]]:
-    """`indices` (of prepared `runs`, in the same order) cut into batches whose `batch_estimate` stays under
-    the runs' memory limit (none: only `max_batch` cuts)."""
+def split_by_memory(adapter, runs: list, indices: list, max_batch: int, one_ahead: bool = False) -> list[list]:
+    """`indices` (of prepared `runs`, in the same order) cut into batches whose `batch_estimate` stays under the
+    runs' memory limit (none: only `max_batch` cuts). `one_ahead`: a request is prepared while each batch
+    generates; its media count as much as the batch's largest."""
     limit = min((run.limit for run in runs if run.limit is not None), default=None)
     shapes = {index: adapter.prepared_shape(run.prepared, run.request.max_new_tokens)
               for index, run in zip(indices, runs)}
+    ahead = max(shapes.values(), key=lambda shape: shape.media_bytes) if one_ahead and shapes else None
     fits = (lambda batch: True) if limit is None else (
         lambda batch: batch_estimate(adapter, batch, ahead).total <= limit)
     return fitting_batches(indices, shapes.__getitem__, fits, max_batch)
 
 
-def run_rows(adapter, runs: list, indices: list[int], done: Callable[[int, dict], None],
-             on_text: Callable[[int, str], None] | None = None) -> None:
-    """Generate prepared runs as one batch; each run reads its own row (stop strings, cancel) in its own thread,
-    and `done(index, record)` is called as each finishes."""
-    if len(runs) == 1:  # alone: the run's own stream, every generation option honoured
-        record = runs[0].execute(_bound(on_text, indices[0]))
-        return done(indices[0], record)
-    options = runs[0].request.generate_options()
-    sampling = {key: options[key] for key in SAMPLING_KEYS if key in options}
-    streams = stream_batch(adapter, [run.prepared for run in runs], [run.request.max_new_tokens for run in runs],
-                           [run.cancel for run in runs], **sampling)
+def start_rows(adapter, runs: list, indices: list, done: Callable[[int, dict], None],
+               on_text: Callable[[int, str], None] | None = None) -> Callable[[], None]:
+    """Start generating prepared runs as one batch (a lone run: its own stream, every generation option
+    honoured). Each run reads its own row (stop strings, cancel) in its own thread and `done(index, record)` is
+    called as each finishes. Returns the function that waits for them all (and raises a bug of any)."""
+    if len(runs) > 1:
+        options = runs[0].request.generate_options()
+        sampling = {key: options[key] for key in SAMPLING_KEYS if key in options}
+        streams = stream_batch(adapter, [run.prepared for run in runs], [run.request.max_new_tokens for run in runs],
+                               [run.cancel for run in runs], **sampling)
+        for run, stream in zip(runs, streams):
+            run.stream = stream
     failures: list[BaseException] = []
 
-    def answer(run, index: int) -> None:
+    def answer(run, index) -> None:
         try:
-            done(index, run.execute(_bound(on_text, index)))
+            done(index, run.execute(None if on_text is None else lambda piece: on_text(index, piece)))
         except BaseException as error:  # a bug: raised once every row has finished
             failures.append(error)
 
-    threads = []
-    for run, stream, index in zip(runs, streams, indices):
-        run.stream = stream
-        threads.append(threading.Thread(target=answer, args=(run, index), daemon=True))
-        threads[-1].start()
+    threads = [threading.Thread(target=answer, args=(run, index), daemon=True) for run, index in zip(runs, indices)]
     for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+        thread.start()
 
+    def finish() -> None:
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
 
-def _bound(on_text, index: int):
-    return None if on_text is None else (lambda piece: on_text(index, piece))
-
+    return finish

@@ -39,6 +39,13 @@ def positive(text: str) -> float:
     return number
 
 
+def batch_count(text: str) -> int:
+    """A batch size: a whole number of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """Video sampling overrides, named after qwen-vl-utils' options. Unset means the model's policy decides."""
     group = parser.add_argument_group("video sampling (defaults come from the model's policy)")
@@ -308,6 +315,9 @@ def _add_describe(sub) -> None:
                         help="for an image source: draw the answer's grounding boxes (DeepSeek-VL2) onto it")
     parser.add_argument("--max-duration", type=float, default=None, metavar="SECONDS",
                         help="longest video one request takes (default 4 h; longer ones go in --chapters, up to 24 h)")
+    parser.add_argument("--batch-size", type=batch_count, default=1, metavar="N",
+                        help="a folder or list: generate up to N videos' answers in one batch (same answers as one "
+                             "by one when greedy; the memory limit may make batches smaller; default 1)")
     _add_chapter_options(parser)
     _add_ray_options(parser)
     parser.set_defaults(handler=_run_describe)

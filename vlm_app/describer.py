@@ -115,13 +115,14 @@ def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, pr
                     sampling: dict | None = None, generation: dict | None = None, resume: bool = False,
                     retry_failed: bool = False, emit: Callable[[dict], None] | None = None,
                     progress: bool = True, memory: dict | None = None, chapters: dict | None = None,
-                    limits=None) -> list[dict]:
+                    limits=None, batch_size: int = 1) -> list[dict]:
     """Describe every video of a folder or list file, appending one JSON line per video to `out_path` as it
     finishes. `adapter`: the model, or a `runtime.ModelChoice`, loaded once the outputs are open and the resumed
     records checked, so that a bad `out_path` or a resume with other settings fails before a model loads for
     nothing. `resume` and `retry_failed` follow the one resume rule of `vlm_app.results`; the records a resumed run
     keeps must have been made with its model and options (`results.check_resumed`). `memory`:
-    the request's max_memory and fit (`service.Request`)."""
+    the request's max_memory and fit (`service.Request`). Without chapters, up to `batch_size` videos generate
+    in one batch, and the next video is decoded while the model generates (`vlm_app.batching.execute_batch`)."""
     from tqdm import tqdm
 
     videos = collection_sources(folder)
@@ -135,16 +136,28 @@ def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, pr
     records = []
     todo = [video for video in videos if same_source(video) not in skip]
     adapter = _loaded(adapter) if todo else adapter  # a resumed run with nothing left to do loads no model
+    bar = tqdm(total=len(todo), desc="describe", unit="video", disable=not progress, file=sys.stderr)
+
+    def finished(index: int, record: dict) -> None:
+        records.append(record)
+        if results is not None:
+            results.add(record)
+        if emit is not None:
+            emit(record)
+        bar.update()
+
     try:
-        for video in tqdm(todo, desc="describe", unit="video", disable=not progress, file=sys.stderr):
-            record = describe_video(adapter, video, prompt, sampling, generation, chapters, segments, limits,
-                                    progress, memory=memory)
-            records.append(record)
-            if results is not None:
-                results.add(record)
-            if emit is not None:
-                emit(record)
+        if chapters is None:
+            from vlm_app.batching import execute_batch
+
+            execute_batch(adapter, [one_turn(prompt, video, sampling, generation, limits, **(memory or {}))
+                                    for video in todo], max_batch=batch_size, on_record=finished)
+        else:
+            for index, video in enumerate(todo):
+                finished(index, describe_video(adapter, video, prompt, sampling, generation, chapters, segments,
+                                               limits, progress, memory=memory))
     finally:
+        bar.close()
         for output in (results, segments):
             if output is not None:
                 output.close()
@@ -260,6 +273,9 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
     resume = args.resume or args.retry_failed
     if resume and not args.out:
         raise OptionsError("--resume and --retry-failed need --out results.jsonl (the file to resume)")
+    if args.batch_size > 1 and (chapters is not None or not is_folder):
+        raise OptionsError("--batch-size batches the videos of a folder or list file, each described in one request "
+                           "(not --chapters, not a single video)")
     if is_folder and args.dump_features:
         raise OptionsError("--dump-features works on one video, not a folder")
     if args.boxes_out and (is_folder or not is_image(source)):
@@ -268,7 +284,8 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
         emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
         records = describe_folder(ModelChoice(args.model, model_options), source, args.out, prompt,
                                   sampling, generation, resume=resume, retry_failed=args.retry_failed, emit=emit,
-                                  memory=memory_options(args), chapters=chapters, limits=limits)
+                                  memory=memory_options(args), chapters=chapters, limits=limits,
+                                  batch_size=args.batch_size)
         failed = [record for record in records if record["error"]]
         print(f"described {len(records) - len(failed)} video(s), {len(failed)} failed"
               + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
