@@ -425,3 +425,16 @@ def test_inspect_prints_the_audio_tokens(speech_clip, capsys):
     assert main(["inspect", speech_clip, "--nframes", "2", "--audio", "on"]) == 0
     text = capsys.readouterr().out
     assert text.count("the model hears: 4.13 s of sound from 0.00 s, 104 audio tokens") == 1  # Gemma 4 only
+
+
+def test_hidden_states_mark_the_audio_tokens(gemma4_checkpoints, speech_clip, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "features.safetensors"
+    assert main(["describe", speech_clip, "--model", str(gemma4_checkpoints["gemma4"]), "--nframes", "2",
+                 "--audio", "on", "--dump-features", str(out), "--json", *FAST]) == 0
+    tensors = load_file(str(out))
+    ids, audio = tensors["input_ids"], tensors["audio_positions"]
+    assert len(audio) == 104 and set(ids[audio].tolist()) == {int(ids[audio[0]])}
+    assert not set(audio.tolist()) & set(tensors["visual_map.positions"].tolist())
+    assert tensors["hidden_states"].shape[1] == len(ids)

@@ -206,8 +206,9 @@ def describe_video(adapter, source, prompt: str, sampling: dict | None, generati
 
 def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str | Path,
                   max_new_tokens: int | None = None) -> Path:
-    """Save every layer's hidden states (layers+1, L, D; embeddings first), the input ids, the visual-token map
-    and the visual tokens' last-layer states to a .safetensors file, with the record's provenance as metadata.
+    """Save every layer's hidden states (layers+1, L, D; embeddings first), the input ids, the visual-token map,
+    the visual tokens' last-layer states and where the audio tokens are (a model that hears) to a .safetensors
+    file, with the record's provenance as metadata.
     `max_new_tokens`: the answer budget the described record was prepared with (so the same frames are shown)."""
     from safetensors.torch import save_file
 
@@ -234,6 +235,7 @@ def _features(adapter, source: Any, prompt: str, sampling: dict, max_new_tokens:
     tensors = {"hidden_states": torch.stack([h[0] for h in output.hidden_states]).float().cpu(),
                "input_ids": prepared.inputs["input_ids"][0].cpu(),
                "visual_hidden": output.visual_hidden(-1).float().cpu(),
+               "audio_positions": adapter.audio_positions(prepared).cpu(),
                **{f"visual_map.{name}": value for name, value in prepared.visual_map.tensors().items()}}
     return tensors, video
 

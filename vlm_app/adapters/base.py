@@ -326,6 +326,10 @@ class Adapter:
         """The answer text of generated ids, special tokens dropped."""
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
+    def audio_positions(self, prepared: Prepared) -> torch.Tensor:
+        """Where the prompt's audio tokens are (indices into `input_ids[0]`); none for a model that does not hear."""
+        return torch.zeros(0, dtype=torch.long)
+
     @classmethod
     def sound_tokens(cls, seconds: float) -> int | None:
         """Tokens the family's models spend on `seconds` of sound, at their published settings (`inspect`); None

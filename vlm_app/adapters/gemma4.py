@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from vlm_app.adapters.base import Adapter, VisualMap, timed_video_metadata
 from vlm_app.errors import OptionsError
 from vlm_app.media.audio import SAMPLING_RATE as SOUND_RATE
@@ -225,6 +227,9 @@ class Gemma4Adapter(Adapter):
         if not self.hears:
             return super().load_audio(source, limits)
         return load_audio(source, limits, max_seconds=self.audio_seconds)
+
+    def audio_positions(self, prepared) -> torch.Tensor:
+        return (prepared.inputs["input_ids"][0] == self.config.audio_token_id).nonzero().flatten()
 
     @classmethod
     def sound_tokens(cls, seconds: float) -> int:
