@@ -15,6 +15,7 @@ def run_serve_command(args) -> int:
 
     from vlm_app.adapters.registry import resolve
     from vlm_app.describer import memory_options
+    from vlm_app.lora import make_offer
     from vlm_app.media.limits import Limits
     from vlm_app.security import check_exposure
     from vlm_app.served import served_models
@@ -25,10 +26,11 @@ def run_serve_command(args) -> int:
     served = served_models(args.models)  # NAME=SOURCE: clients see NAME, never a local path
     for source in served.values():
         resolve(source)
+    offer = make_offer(list(served.values()), args.lora)
     limits = Limits.for_remote_clients(allowed_dirs=args.allow_dir, allowed_hosts=args.allow_host,
                                        max_file_bytes=int(args.max_media_mb * MIB))
-    config = ServerConfig(models=list(served), sources=served, api_key=args.api_key, limits=limits,
-                          max_body_bytes=int(args.max_body_mb * MIB), body_seconds=args.body_timeout,
+    config = ServerConfig(models=[*served, *offer.loras], sources=served, offer=offer, api_key=args.api_key,
+                          limits=limits, max_body_bytes=int(args.max_body_mb * MIB), body_seconds=args.body_timeout,
                           max_queue=args.max_queue, keepalive_seconds=args.keepalive,
                           load_options={"device": args.device, "dtype": args.dtype},
                           memory_budget_bytes=None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30),

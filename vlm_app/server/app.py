@@ -53,6 +53,9 @@ class ServerConfig:
     max_memory: int | str | None = None  # every request's memory limit (`service.Request`); clients cannot change it
     fit: bool = True
     keepalive_seconds: float = 15.0    # a quiet stream sends an SSE comment this often
+    max_batch: int = 1                 # answers generated together (`vlm_app.batching.Gatherer`); 1: one job at a time
+    batch_wait_ms: float = 10.0        # how long a batch's first request waits for others to join it
+    offer: Any = None                  # `vlm_app.lora.Offer`: which models are LoRA adapters, on which base
 
 
 class Jobs:
@@ -103,11 +106,17 @@ def _sse(payload: dict | str) -> str:
 
 class Server:
     def __init__(self, config: ServerConfig):
+        from vlm_app.batching import Gatherer
         from vlm_app.runtime import ModelCache
 
+        from vlm_app.lora import Offer
+
         self.config = config
+        self.offer = config.offer or Offer(tuple(config.models))
         self.cache = ModelCache(config.memory_budget_bytes)
-        self.jobs = Jobs(config.max_queue)
+        # batched: a batch's answers, and one request ahead preparing its media while they generate
+        self.jobs = Jobs(config.max_queue, config.max_batch + 1 if config.max_batch > 1 else 1)
+        self.gatherer = Gatherer(config.max_batch, config.batch_wait_ms / 1000) if config.max_batch > 1 else None
         self.started = int(time.time())
         self._key = config.api_key.encode() if config.api_key else None
 
@@ -166,8 +175,13 @@ class Server:
             if cancel.is_set():
                 log.info("request on %s: the client left while it waited; not run", call.model)
                 raise ApiError(400, "the client disconnected while waiting for the model", None, "client_disconnected")
-            adapter = self.cache.get(self.config.sources.get(call.model, call.model), **self.config.load_options)
-            put("done", (_chapters if call.chapters is not None else _answer)(adapter, call, cancel, put))
+            source = self.config.sources.get(call.model, call.model)
+            adapter = self.offer.adapter(self.cache, source, **self.config.load_options)  # LoRA switched in
+            if call.chapters is not None:
+                with self.gatherer.alone() if self.gatherer is not None else nullcontext():
+                    put("done", _chapters(adapter, call, cancel, put))
+            else:
+                put("done", _answer(adapter, call, cancel, put, self.gatherer))
         except VlmAppError as error:
             if isinstance(error, OutOfMemory):  # not the client's mistake alone: the operator should see it too
                 log.warning("request on %s: %s", call.model, error)
@@ -236,10 +250,20 @@ class Server:
     def models(self, request: Request) -> dict:
         self.check_key(request)
         return {"object": "list", "data": [{"id": name, "object": "model", "created": self.started,
-                                            "owned_by": "vlm_app"} for name in self.config.models]}
+                                            "owned_by": "vlm_app", **self._lineage(name)}
+                                           for name in self.config.models]}
+
+    def _lineage(self, name: str) -> dict:
+        """vLLM's fields of a LoRA adapter's entry: the base model it runs on."""
+        if name not in self.offer.loras:
+            return {}
+        base = self.offer.base_of(name)
+        return {"parent": next((served for served, source in self.config.sources.items() if source == base), base)}
 
 
-def _answer(adapter, call, cancel: threading.Event, put) -> dict:
+def _answer(adapter, call, cancel: threading.Event, put, gatherer=None) -> dict:
+    """With a `gatherer`, the answer is generated in a batch with other requests' (its own row: its own stream,
+    stop strings and cancel)."""
     run = Run(adapter, call.request, cancel)
     run.prepare()
     put("ready")

@@ -241,9 +241,9 @@ def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: fl
                allow_hosts: tuple[str, ...] = (),
                votes_path: str = "vlm_app_votes.jsonl", device: str = "auto", dtype: str = "auto",
                memory_budget_gb: float | None = None, max_memory: int | str | None = None,
-               fit: bool = True) -> tuple[gr.Blocks, Backend]:
+               fit: bool = True, loras: list[str] | None = None) -> tuple[gr.Blocks, Backend]:
     """The app and its backend, queued (one model job at a time), not yet launched. `max_memory` and `fit`: every
-    request's memory limit (`service.Request`)."""
+    request's memory limit (`service.Request`); `loras`: `--lora NAME=PATH` values, adapters on offer as models."""
     from vlm_app.adapters.registry import resolve
     from vlm_app.served import served_models
 
@@ -253,7 +253,7 @@ def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: fl
                           max_chapters_duration_s=max_chapters_duration_s, upload_dir=get_upload_folder(),
                           allowed_dirs=tuple(allow_dirs), allowed_hosts=tuple(allow_hosts))
     backend = Backend(models, policy, votes_path, device=device, dtype=dtype, memory_budget_gb=memory_budget_gb,
-                      max_memory=max_memory, fit=fit)
+                      max_memory=max_memory, fit=fit, loras=loras)
     demo = build_app(backend)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return demo, backend
@@ -334,7 +334,8 @@ def serve(args) -> int:
                                max_duration_s=args.max_duration,
                                max_chapters_duration_s=args.max_chapters_duration, allow_dirs=tuple(args.allow_dir),
                                allow_hosts=tuple(args.allow_host), votes_path=args.votes, device=args.device,
-                               dtype=args.dtype, memory_budget_gb=args.memory_budget_gb, **memory_options(args))
+                               dtype=args.dtype, memory_budget_gb=args.memory_budget_gb, loras=args.lora,
+                               **memory_options(args))
     try:
         demo.launch(**launch_options(backend, args.host, args.port, args.share, auth))
     finally:

@@ -1,6 +1,7 @@
-"""State the web app shares across browser sessions: the models on offer, the loaded-model cache (through
-`vlm_app.runtime`), one cancel flag per session, the upload policy, the memory limit of every request
-(`--max-memory`, `--no-fit`: the operator's, no client changes it) and a scratch folder per session.
+"""State the web app shares across browser sessions: the models on offer (LoRA adapters among them, each on its
+base: `vlm_app.lora.Offer`), the loaded-model cache (through `vlm_app.runtime`), one cancel flag per session, the
+upload policy, the memory limit of every request (`--max-memory`, `--no-fit`: the operator's, no client changes it)
+and a scratch folder per session.
 
 Session ids come from the client (Gradio's session hash), so they only look things up: a session's scratch
 folder gets a random name chosen here, and only models on offer ever load.
@@ -27,13 +28,15 @@ MIB = 2**20
 class Backend:
     def __init__(self, models: list[str], policy: UploadPolicy, votes_path: str, device: str = "auto",
                  dtype: str = "auto", memory_budget_gb: float | None = None, max_memory: int | str | None = None,
-                 fit: bool = True):
+                 fit: bool = True, loras: list[str] | None = None):
+        from vlm_app.lora import make_offer
         from vlm_app.memory import parse_max_memory
         from vlm_app.runtime import ModelCache
 
         served = served_models(list(models))  # `--models NAME=PATH`: the picker shows NAME, as `serve` serves it
         self.names = {source: name for name, source in served.items()}
-        self.models = list(served.values())
+        self.offer = make_offer(list(served.values()), loras)  # loras: `--lora NAME=PATH` values
+        self.models = self.offer.names
         self.workdir = Path(tempfile.mkdtemp(prefix="vlm_app_ui_"))
         # fetched URLs and exports live in the scratch folder, which is readable like the upload folder
         self.policy = replace(policy, allowed_dirs=(*policy.allowed_dirs, str(self.workdir)))
@@ -54,18 +57,19 @@ class Backend:
 
     def adapter(self, name: str):
         """The loaded adapter for `name` (one of the models on offer), loading it (and evicting others under the
-        budget) when needed."""
-        return self.cache.get(offered_model(name, self.models), **self.load_options)
+        budget) when needed; a LoRA adapter's is its base's, answering with it."""
+        return self.offer.adapter(self.cache, offered_model(name, self.models), **self.load_options)
 
     def unload(self, name: str) -> None:
-        self.cache.unload(offered_model(name, self.models))
+        """Unload `name`'s model (a LoRA adapter's base, with every adapter on it)."""
+        self.cache.unload(self.offer.base_of(offered_model(name, self.models)))
 
     def models_table(self) -> list[list]:
         """One row per model on offer: name, state, family, device, memory in MiB."""
         loaded = {entry["name"]: entry for entry in self.cache.loaded()}
         rows = []
         for name in self.models:
-            entry = loaded.get(name)
+            entry = loaded.get(self.offer.base_of(name))
             if entry is None:
                 rows.append([self.label(name), "not loaded", "", "", 0.0])
             else:
