@@ -53,8 +53,6 @@ class ServerConfig:
     max_memory: int | str | None = None  # every request's memory limit (`service.Request`); clients cannot change it
     fit: bool = True
     keepalive_seconds: float = 15.0    # a quiet stream sends an SSE comment this often
-    max_batch: int = 1                 # answers generated together (`vlm_app.batching.Gatherer`); 1: one job at a time
-    batch_wait_ms: float = 10.0        # how long a batch's first request waits for others to join it
     offer: Any = None                  # `vlm_app.lora.Offer`: which models are LoRA adapters, on which base
 
 
@@ -106,7 +104,6 @@ def _sse(payload: dict | str) -> str:
 
 class Server:
     def __init__(self, config: ServerConfig):
-        from vlm_app.batching import Gatherer
         from vlm_app.runtime import ModelCache
 
         from vlm_app.lora import Offer
@@ -114,9 +111,7 @@ class Server:
         self.config = config
         self.offer = config.offer or Offer(tuple(config.models))
         self.cache = ModelCache(config.memory_budget_bytes)
-        # batched: a batch's answers, and one request ahead preparing its media while they generate
-        self.jobs = Jobs(config.max_queue, config.max_batch + 1 if config.max_batch > 1 else 1)
-        self.gatherer = Gatherer(config.max_batch, config.batch_wait_ms / 1000) if config.max_batch > 1 else None
+        self.jobs = Jobs(config.max_queue)
         self.started = int(time.time())
         self._key = config.api_key.encode() if config.api_key else None
 
@@ -177,11 +172,7 @@ class Server:
                 raise ApiError(400, "the client disconnected while waiting for the model", None, "client_disconnected")
             source = self.config.sources.get(call.model, call.model)
             adapter = self.offer.adapter(self.cache, source, **self.config.load_options)  # LoRA switched in
-            if call.chapters is not None:
-                with self.gatherer.alone() if self.gatherer is not None else nullcontext():
-                    put("done", _chapters(adapter, call, cancel, put))
-            else:
-                put("done", _answer(adapter, call, cancel, put, self.gatherer))
+            put("done", (_chapters if call.chapters is not None else _answer)(adapter, call, cancel, put))
         except VlmAppError as error:
             if isinstance(error, OutOfMemory):  # not the client's mistake alone: the operator should see it too
                 log.warning("request on %s: %s", call.model, error)
@@ -261,9 +252,7 @@ class Server:
         return {"parent": next((served for served, source in self.config.sources.items() if source == base), base)}
 
 
-def _answer(adapter, call, cancel: threading.Event, put, gatherer=None) -> dict:
-    """With a `gatherer`, the answer is generated in a batch with other requests' (its own row: its own stream,
-    stop strings and cancel)."""
+def _answer(adapter, call, cancel: threading.Event, put) -> dict:
     run = Run(adapter, call.request, cancel)
     run.prepare()
     put("ready")
