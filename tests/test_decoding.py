@@ -82,7 +82,9 @@ def test_penalties_equal_the_hand_computation(smol_adapter, options, hand):
     prepared = smol_adapter.prepare(QUESTION)
     generation = smol_adapter.generate(prepared, max_new_tokens=8, logprobs=True, top_logprobs=5, **options)
     prompt = prepared.inputs["input_ids"][0].tolist()
-    special = set(smol_adapter.tokenizer.all_special_ids)
+    tokenizer = smol_adapter.tokenizer
+    special = set(tokenizer.all_special_ids) | {index for index, token in tokenizer.added_tokens_decoder.items()
+                                                 if token.special}
     entries = iter(generation.logprobs)
     changed = 0
     for step, token in enumerate(generation.token_ids):
@@ -91,7 +93,7 @@ def test_penalties_equal_the_hand_computation(smol_adapter, options, hand):
         assert token == int(penalized.argmax()), f"step {step}: greedy decoding did not follow the penalties"
         expected = torch.log_softmax(penalized, -1)
         changed += torch.topk(penalized, 5).indices.tolist() != torch.topk(logits, 5).indices.tolist()
-        if token in special:  # the end token: not part of the answer, so not in its log-probabilities
+        if token in special:  # the end token and the like: not in the answer's text, nor in its log-probabilities
             continue
         entry = next(entries)
         assert entry["logprob"] == pytest.approx(float(expected[token]), abs=1e-3)

@@ -90,7 +90,8 @@ def test_a_refused_field_at_the_value_that_asks_nothing_passes(api_server, name,
      "response_format.json_schema.schema"),
     ("top_logprobs", 21, "top_logprobs"), ("frequency_penalty", 2.5, "frequency_penalty"),
     ("presence_penalty", "high", "presence_penalty"), ("repetition_penalty", 0, "repetition_penalty"),
-    ("logprobs", "yes", "logprobs"), ("stream_options", {"continuous_usage_stats": True}, "stream_options.continuous_usage_stats")])
+    ("logprobs", "yes", "logprobs"),
+    ("stream_options", {"continuous_usage_stats": True}, "stream_options.continuous_usage_stats")])
 def test_bad_values_of_honoured_fields_are_400s(api_server, name, value, param):
     response = post(api_server, request(api_server, name, value))
     assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text

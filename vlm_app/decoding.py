@@ -141,7 +141,8 @@ class LogprobRecorder:
 
     def __init__(self, tokenizer, top: int, token_bytes):
         self.tokenizer, self.top, self.token_bytes = tokenizer, top, token_bytes
-        self.special = set(tokenizer.all_special_ids)
+        self.special = set(tokenizer.all_special_ids) | {index for index, token in
+                                                         tokenizer.added_tokens_decoder.items() if token.special}
         self.entries: list[dict] = []
         self._pending: torch.Tensor | None = None
 

@@ -293,7 +293,8 @@ def _generation(body: dict) -> dict:
                   "top_p": _number(body, "top_p", 1e-6, 1), "seed": _number(body, "seed", -2**63, 2**63 - 1, True),
                   "stop": stop, "frequency_penalty": _number(body, "frequency_penalty", -2, 2),
                   "presence_penalty": _number(body, "presence_penalty", -2, 2),
-                  "repetition_penalty": _number(body, "repetition_penalty", 0.01, 10), "json_schema": _json_schema(body),
+                  "repetition_penalty": _number(body, "repetition_penalty", 0.01, 10),
+                  "json_schema": _json_schema(body),
                   **_logprobs(body)}
     return {key: value for key, value in generation.items() if value is not None}
 
