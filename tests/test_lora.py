@@ -90,6 +90,17 @@ def test_tiny_lora_is_deterministic_and_refuses_a_folder_of_other_files(tiny_lor
     assert "--lora" in error and "holds other files" in error
 
 
+def test_python_api_loads_an_adapter_merged_or_not(tiny_loras, lora_clip):
+    from vlm_app import describe, load
+
+    tiny = tiny_loras["smolvlm2"]
+    records = [describe(lora_clip, model=load(str(tiny.checkpoint), device="cpu", lora_adapter=str(tiny.lora),
+                                               merge=merge), generation={"max_new_tokens": 10}, nframes=4)
+               for merge in (False, True)]
+    assert records[0]["answer"] == records[1]["answer"]
+    assert [record["model_info"]["lora_adapter"]["merged"] for record in records] == [False, True]
+
+
 # ---- every wrong adapter, its own message ----------------------------------------------------------------------
 def _describe_error(cli_error, clip, model, lora) -> str:
     return cli_error("describe", clip, "--model", model, "--adapter", lora, *FAST)
