@@ -438,3 +438,42 @@ def test_hidden_states_mark_the_audio_tokens(gemma4_checkpoints, speech_clip, tm
     assert len(audio) == 104 and set(ids[audio].tolist()) == {int(ids[audio[0]])}
     assert not set(audio.tolist()) & set(tensors["visual_map.positions"].tolist())
     assert tensors["hidden_states"].shape[1] == len(ids)
+
+
+# ---- the checkpoints and names -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("repo", ["google__gemma-4-E2B-it", "google__gemma-4-E4B-it"])
+def test_tiny_processor_settings_are_the_hub_files(gemma4_checkpoints, repo):
+    """The tiny checkpoints' processor_config.json holds the hash-verified hub files' settings
+    (tests/fixtures/real_checkpoint_files)."""
+    from real_files_fixtures import REAL_FILES
+
+    hub = json.loads((REAL_FILES / repo / "processor_config.json").read_text())
+    ours = json.loads((gemma4_checkpoints["gemma4"] / "processor_config.json").read_text())
+    for key in ("audio_ms_per_token", "audio_seq_length", "image_seq_length", "processor_class"):
+        assert ours[key] == hub[key], key
+    for part, keys in (("video_processor", ("num_frames", "max_soft_tokens", "patch_size", "pooling_kernel_size",
+                                            "do_sample_frames", "do_normalize", "image_mean", "image_std",
+                                            "resample", "rescale_factor", "return_metadata")),
+                       ("image_processor", ("max_soft_tokens", "patch_size", "pooling_kernel_size", "do_normalize",
+                                            "image_mean", "image_std", "resample", "rescale_factor")),
+                       ("feature_extractor", ("feature_size", "sampling_rate", "frame_length", "hop_length",
+                                              "fft_length", "min_frequency", "max_frequency", "mel_floor",
+                                              "preemphasis", "dither", "input_scale_factor"))):
+        for key in keys:
+            assert ours[part][key] == hub[part][key], (part, key)
+
+
+@pytest.mark.parametrize("model_type", ["gemma4", "gemma4_unified"])
+def test_every_gemma4_model_type_is_this_family(tmp_path, model_type):
+    from vlm_app.adapters.registry import family_of
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    assert family_of(str(tmp_path)) == "gemma4"
+
+
+@pytest.mark.parametrize("name", ["gemma4-e2b", "gemma4-31b", "google/gemma-4-E4B-it", "google/gemma-4-12B-it"])
+def test_short_names_and_hub_ids_find_the_family(name):
+    from vlm_app.adapters.registry import family_of
+
+    assert family_of(name) == "gemma4"
