@@ -25,3 +25,14 @@ def test_operator_limits_must_be_positive_numbers(tiny_checkpoints, capsys, comm
         main([command, "--models", str(tiny_checkpoints["smolvlm2"]), flag, value])
     assert exited.value.code == 2
     assert f"argument {flag}: must be a number above 0, got '{value}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["serve", "ui"])
+def test_served_names_must_be_names_and_distinct(tiny_checkpoints, tmp_path, capsys, command):
+    model = str(tiny_checkpoints["smolvlm2"])
+    assert main([command, "--models", f"bad name={model}"]) == EXIT_USER_ERROR
+    assert "give NAME=PATH_OR_HUB_ID" in capsys.readouterr().err
+    twin = tmp_path / tiny_checkpoints["smolvlm2"].name  # another folder of the same name
+    twin.mkdir()
+    assert main([command, "--models", model, str(twin)]) == EXIT_USER_ERROR
+    assert f"two models would be served as {twin.name!r}" in capsys.readouterr().err
