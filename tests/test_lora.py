@@ -101,6 +101,23 @@ def test_python_api_loads_an_adapter_merged_or_not(tiny_loras, lora_clip):
     assert [record["model_info"]["lora_adapter"]["merged"] for record in records] == [False, True]
 
 
+def test_an_adapter_by_hub_id_is_recorded_with_its_revision(tiny_loras, lora_clip, describe_json, tmp_path,
+                                                              monkeypatch):
+    from huggingface_hub import constants
+
+    tiny, commit = tiny_loras["qwen2_5_vl"], "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-lora"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny.lora, repo / "snapshots" / commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    record = describe_json(lora_clip, tiny.checkpoint, "--adapter", "someone/tiny-lora")
+    info = record["model_info"]["lora_adapter"]
+    assert info["source"] == "someone/tiny-lora" and info["revision"] == commit
+    assert record["answer"] == describe_json(lora_clip, tiny.checkpoint, "--adapter", tiny.lora)["answer"]
+
+
 # ---- every wrong adapter, its own message ----------------------------------------------------------------------
 def _describe_error(cli_error, clip, model, lora) -> str:
     return cli_error("describe", clip, "--model", model, "--adapter", lora, *FAST)
