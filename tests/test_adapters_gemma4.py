@@ -477,3 +477,16 @@ def test_short_names_and_hub_ids_find_the_family(name):
     from vlm_app.adapters.registry import family_of
 
     assert family_of(name) == "gemma4"
+
+
+def test_variable_rate_clip_is_labelled_with_presentation_times(gemma4):
+    """tree.avi's frames are not evenly spaced: index / fps is no time there, so the labels are the frames' own."""
+    from test_media_real_clips import real_clip
+
+    prepared = gemma4.prepare(video_messages(str(real_clip("tree_cinepak_avi")), nframes=6))
+    video = prepared.media[0]
+    assert video.metadata.is_vfr
+    labels = [f"{minutes}:{seconds}" for minutes, seconds in
+              LABEL.findall(gemma4.processor.decode(prepared.inputs["input_ids"][0]))]
+    assert labels == [f"{int(t // 60):02d}:{int(t % 60):02d}" for t in video.timestamps]
+    assert len(set(labels)) > 1
