@@ -228,3 +228,76 @@ def test_batch_size_flag_errors(clips, tmp_path, capsys):
     assert "--batch-size batches the videos of a folder" in capsys.readouterr().err
     assert main(["describe", str(clips[0].parent), "--model", "smolvlm2-256m", "--batch-size", "2", "--chapters"]) != 0
     assert "not --chapters" in capsys.readouterr().err
+
+
+def _chat(clip, prompt: str, max_tokens: int, stream: bool) -> dict:
+    return {"max_tokens": max_tokens, "temperature": 0, "stream": stream,
+            "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"file://{clip}"}},
+                                                      {"type": "text", "text": prompt}]}]}
+
+
+def _streamed_text(http, url: str, body: dict, leave_after_first: bool = False) -> str:
+    import json
+
+    text = ""
+    with http.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            delta = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            text += delta
+            if delta and leave_after_first:
+                return text  # closing the response disconnects: the server cancels this request
+    return text
+
+
+def test_serve_gathers_concurrent_streams_into_one_batch(adapters, clips, tmp_path):
+    """`serve --max-batch 4`: four concurrent streaming requests generate in one batch; one client leaves after
+    its first piece (its row is cancelled), the others get the answers each gets alone."""
+    import os
+    import sys
+    import threading
+
+    import httpx
+
+    from ui_fixtures import _free_port, running_server
+
+    model = adapters("smolvlm2").info.model_id
+    port = _free_port()
+    log = tmp_path / "server.log"
+    command = [sys.executable, "-m", "vlm_app", "serve", "--models", model, "--port", str(port), "--device", "cpu",
+               "--allow-dir", str(clips[0].parent), "--max-batch", "4", "--batch-wait-ms", "1500"]
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    prompts = ("Describe this video.", "What moves, and where does it go?", "Name the colours.")
+    with running_server(command, {**os.environ, "HF_HUB_OFFLINE": "1"}, log, f"http://127.0.0.1:{port}/health"):
+        with httpx.Client(timeout=120) as http:
+            model = http.get(f"http://127.0.0.1:{port}/v1/models").json()["data"][0]["id"]  # as served
+            bodies = [{**_chat(clip, prompt, NEW_TOKENS, False), "model": model}
+                      for clip, prompt in zip(clips, prompts)]
+            alone = [http.post(url, json=body).json()["choices"][0]["message"]["content"] for body in bodies]
+        answers: dict = {}
+
+        def client(index: int) -> None:
+            with httpx.Client(timeout=120) as http:
+                if index == 3:  # a long answer, left after its first piece
+                    body = {**_chat(clips[1], prompts[0], 200, True), "model": model}
+                    answers[index] = _streamed_text(http, url, body, leave_after_first=True)
+                else:
+                    answers[index] = _streamed_text(http, url, {**bodies[index], "stream": True})
+
+        threads = [threading.Thread(target=client, args=(index,)) for index in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        text = log.read_text()
+        for _ in range(50):  # the cancelled row's record is logged once the model noticed
+            if "finish=cancelled" in text:
+                break
+            threading.Event().wait(0.1)
+            text = log.read_text()
+    assert [answers[index] for index in range(3)] == alone
+    assert answers[3]
+    assert "4 requests generate in one batch" in text
+    assert "finish=cancelled" in text

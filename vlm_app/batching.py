@@ -17,6 +17,7 @@ pre-flight (`batch_estimate`: every row counted at the batch's padded length).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -30,6 +31,7 @@ from vlm_app.adapters.base import Generation, Prepared, Stream, Timings
 from vlm_app.decoding import Decoding
 from vlm_app.memory import MemoryEstimate, RequestShape
 
+log = logging.getLogger("vlm_app.batching")
 SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "seed")
 ALONE_KEYS = ("repetition_penalty", "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs",
               "json_schema")  # decoding controls (`vlm_app.decoding`) work per call: such a request runs alone
@@ -169,15 +171,17 @@ class RowStream(Stream):
 
 def stream_batch(adapter, prepared: list[Prepared], max_new_tokens: int | list[int] = 256,
                  cancels: list[threading.Event | None] | None = None, do_sample: bool | None = None,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> list[RowStream]:
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 ended: threading.Event | None = None) -> list[RowStream]:
     """Start one `generate` over all `prepared` (a background thread) and return one `RowStream` per row.
     `max_new_tokens`: one budget for all or one per row; `cancels`: one event per row (None: its own). The
-    sampling settings are the batch's: a seeded sampled row gets other draws than it would alone."""
+    sampling settings are the batch's: a seeded sampled row gets other draws than it would alone. `ended` is set
+    once `generate` has returned."""
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prepared)
     cancels = cancels or [None] * len(prepared)
     rows = [_Row(item, budget, cancel or threading.Event()) for item, budget, cancel in zip(prepared, budgets, cancels)]
     options = adapter._generate_options(max(budgets), do_sample, temperature, top_p, seed, {})
-    threading.Thread(target=_generate_rows, args=(adapter, rows, options), daemon=True).start()
+    threading.Thread(target=_generate_rows, args=(adapter, rows, options, ended), daemon=True).start()
     return [RowStream(adapter, row) for row in rows]
 
 
@@ -192,7 +196,7 @@ def generate_batch(adapter, prepared: list[Prepared], max_new_tokens: int | list
 
 
 @torch.inference_mode()
-def _generate_rows(adapter, rows: list[_Row], options: dict) -> None:
+def _generate_rows(adapter, rows: list[_Row], options: dict, ended: threading.Event | None) -> None:
     seed = options.pop("_seed", None)
     if seed is not None:
         torch.manual_seed(seed)
@@ -212,6 +216,8 @@ def _generate_rows(adapter, rows: list[_Row], options: dict) -> None:
     for row in rows:
         if not row.finished.is_set():
             stops.finish(row, error)
+    if ended is not None:
+        ended.set()
 
 
 # ---- which requests share a batch, and how many fit ----------------------------------------------------------
@@ -353,10 +359,8 @@ def start_rows(adapter, runs: list, indices: list, done: Callable[[int, dict], N
     honoured). Each run reads its own row (stop strings, cancel) in its own thread and `done(index, record)` is
     called as each finishes. Returns the function that waits for them all (and raises a bug of any)."""
     if len(runs) > 1:
-        options = runs[0].request.generate_options()
-        sampling = {key: options[key] for key in SAMPLING_KEYS if key in options}
         streams = stream_batch(adapter, [run.prepared for run in runs], [run.request.max_new_tokens for run in runs],
-                               [run.cancel for run in runs], **sampling)
+                               [run.cancel for run in runs], **_sampling(runs[0]))
         for run, stream in zip(runs, streams):
             run.stream = stream
     failures: list[BaseException] = []
@@ -378,3 +382,98 @@ def start_rows(adapter, runs: list, indices: list, done: Callable[[int, dict], N
             raise failures[0]
 
     return finish
+
+
+class Gatherer:
+    """Requests prepared in many threads (a server's), generated together: each thread prepares its `service.Run`,
+    then iterates it inside `with gatherer.turn(run, model):`. One batch generates at a time; the first run to
+    wait for the next one leads it, waiting up to `wait_s` for more runs of the same model and sampling settings
+    (up to `max_batch`, as many as the memory pre-flight allows); a run that must run alone gets a batch of its
+    own (its own stream), and so does `alone()` (work that generates by itself, e.g. a chapters job). Cancel stays
+    per run: a run whose client left leaves its batch within one token."""
+
+    def __init__(self, max_batch: int, wait_s: float):
+        self.max_batch, self.wait_s = max_batch, wait_s
+        self._changed = threading.Condition()
+        self._waiting: list[tuple] = []  # (turn, model, settings key or None: alone), in arrival order
+        self._chosen: set = set()  # the waiting turns the batch now starting has taken
+        self._members = 0  # turns of the generating batch not yet left
+        self._ended: threading.Event | None = None  # set when the generating batch's `generate` returns
+
+    def turn(self, run, model: str) -> "_Turn":
+        return _Turn(self, run, model)
+
+    def alone(self) -> "_Turn":
+        return _Turn(self, None, None)
+
+    def _enter(self, turn: "_Turn") -> None:
+        key = settings_key(turn.run.request.generation) if turn.run is not None else None
+        with self._changed:
+            self._waiting.append((turn, turn.model, key))
+            self._changed.notify_all()
+            while turn not in self._chosen:
+                if self._members == 0 and self._waiting[0][0] is turn:
+                    self._lead(turn, key)
+                else:
+                    self._changed.wait()
+            self._chosen.discard(turn)
+
+    def _lead(self, leader: "_Turn", key) -> None:
+        """Called holding the lock by the first waiting turn while nothing generates: gather, then start."""
+        deadline = time.monotonic() + self.wait_s
+        while key is not None and len(self._peers(leader.model, key)) < self.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._changed.wait(left)
+        batch = [leader]
+        if key is not None:
+            peers = self._peers(leader.model, key)[:self.max_batch]
+            runs = [turn.run for turn in peers]
+            batch = [peers[index] for index in split_by_memory(leader.run.adapter, runs, list(range(len(runs))),
+                                                               self.max_batch)[0]]
+        self._waiting = [entry for entry in self._waiting if entry[0] not in batch]
+        self._members, self._ended = len(batch), None
+        if len(batch) > 1:
+            runs = [turn.run for turn in batch]
+            log.info("%s: %d requests generate in one batch", leader.model, len(runs))
+            self._ended = threading.Event()
+            streams = stream_batch(leader.run.adapter, [run.prepared for run in runs],
+                                   [run.request.max_new_tokens for run in runs], [run.cancel for run in runs],
+                                   ended=self._ended, **_sampling(runs[0]))
+            for run, stream in zip(runs, streams):
+                run.stream = stream
+        self._chosen.update(batch)
+        self._changed.notify_all()
+
+    def _peers(self, model: str, key) -> list:
+        return [turn for turn, its_model, its_key in self._waiting if its_model == model and its_key == key]
+
+    def _leave(self) -> None:
+        with self._changed:
+            self._members -= 1
+            if self._members == 0 and self._ended is not None:
+                self._ended.wait()  # the batch's generate has returned: the next may start
+            self._changed.notify_all()
+
+
+class _Turn:
+    """One run's (or a lone job's) place in a `Gatherer`: entering waits for its batch, leaving frees it."""
+
+    def __init__(self, gatherer: Gatherer, run, model: str | None):
+        self.gatherer, self.run, self.model = gatherer, run, model
+
+    def __enter__(self):
+        self.gatherer._enter(self)
+        return self.run
+
+    def __exit__(self, *exc) -> None:
+        if self.run is not None and self.run.stream is not None:
+            self.run.cancel.set()  # a row its reader left (an error, a disconnect) leaves the batch
+            self.run.stream.close()
+        self.gatherer._leave()
+
+
+def _sampling(run) -> dict:
+    options = run.request.generate_options()
+    return {key: options[key] for key in SAMPLING_KEYS if key in options}

@@ -46,6 +46,17 @@ def batch_count(text: str) -> int:
     return int(text)
 
 
+def non_negative(text: str) -> float:
+    """A wait: a finite number of at least 0."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, got {text!r}")
+    return number
+
+
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """Video sampling overrides, named after qwen-vl-utils' options. Unset means the model's policy decides."""
     group = parser.add_argument_group("video sampling (defaults come from the model's policy)")
@@ -199,6 +210,12 @@ def _add_serve(sub) -> None:
     parser.add_argument("--body-timeout", type=positive, default=10.0, help="seconds a request body may take to arrive")
     _add_lora_option(parser)
     parser.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the model (then 429)")
+    parser.add_argument("--max-batch", type=batch_count, default=1, metavar="N",
+                        help="generate up to N concurrent requests for the same model in one batch (each still "
+                             "streams and cancels on its own; the memory limit may make batches smaller; default 1: "
+                             "one request at a time)")
+    parser.add_argument("--batch-wait-ms", type=non_negative, default=10.0, metavar="MS",
+                        help="with --max-batch: how long a batch's first request waits for others (default 10)")
     parser.add_argument("--keepalive", type=positive, default=15.0, metavar="SECONDS",
                         help="a stream with nothing new for this long gets an SSE comment line, so proxies keep it "
                              "open and a client that left is noticed (default 15)")

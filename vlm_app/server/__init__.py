@@ -31,7 +31,8 @@ def run_serve_command(args) -> int:
                                        max_file_bytes=int(args.max_media_mb * MIB))
     config = ServerConfig(models=[*served, *offer.loras], sources=served, offer=offer, api_key=args.api_key,
                           limits=limits, max_body_bytes=int(args.max_body_mb * MIB), body_seconds=args.body_timeout,
-                          max_queue=args.max_queue, keepalive_seconds=args.keepalive,
+                          max_queue=args.max_queue, keepalive_seconds=args.keepalive, max_batch=args.max_batch,
+                          batch_wait_ms=args.batch_wait_ms,
                           load_options={"device": args.device, "dtype": args.dtype},
                           memory_budget_bytes=None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30),
                           **memory_options(args))

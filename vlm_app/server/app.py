@@ -21,6 +21,7 @@ import json
 import logging
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -53,15 +54,18 @@ class ServerConfig:
     max_memory: int | str | None = None  # every request's memory limit (`service.Request`); clients cannot change it
     fit: bool = True
     keepalive_seconds: float = 15.0    # a quiet stream sends an SSE comment this often
+    max_batch: int = 1                 # answers generated together (`vlm_app.batching.Gatherer`); 1: one job at a time
+    batch_wait_ms: float = 10.0        # how long a batch's first request waits for others to join it
     offer: Any = None                  # `vlm_app.lora.Offer`: which models are LoRA adapters, on which base
 
 
 class Jobs:
-    """One model job at a time; at most `max_queue` waiting for it, more are refused with 429."""
+    """`slots` model jobs at a time (one, unless answers are batched); at most `max_queue` waiting for a slot, more
+    are refused with 429."""
 
-    def __init__(self, max_queue: int):
+    def __init__(self, max_queue: int, slots: int = 1):
         self.max_queue = max_queue
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Semaphore(slots)
         self._waiting = 0
 
     async def enter(self) -> None:
@@ -104,6 +108,7 @@ def _sse(payload: dict | str) -> str:
 
 class Server:
     def __init__(self, config: ServerConfig):
+        from vlm_app.batching import Gatherer
         from vlm_app.runtime import ModelCache
 
         from vlm_app.lora import Offer
@@ -111,7 +116,9 @@ class Server:
         self.config = config
         self.offer = config.offer or Offer(tuple(config.models))
         self.cache = ModelCache(config.memory_budget_bytes)
-        self.jobs = Jobs(config.max_queue)
+        # batched: a batch's answers, and one request ahead preparing its media while they generate
+        self.jobs = Jobs(config.max_queue, config.max_batch + 1 if config.max_batch > 1 else 1)
+        self.gatherer = Gatherer(config.max_batch, config.batch_wait_ms / 1000) if config.max_batch > 1 else None
         self.started = int(time.time())
         self._key = config.api_key.encode() if config.api_key else None
 
@@ -172,7 +179,11 @@ class Server:
                 raise ApiError(400, "the client disconnected while waiting for the model", None, "client_disconnected")
             source = self.config.sources.get(call.model, call.model)
             adapter = self.offer.adapter(self.cache, source, **self.config.load_options)  # LoRA switched in
-            put("done", (_chapters if call.chapters is not None else _answer)(adapter, call, cancel, put))
+            if call.chapters is not None:
+                with self.gatherer.alone() if self.gatherer is not None else nullcontext():
+                    put("done", _chapters(adapter, call, cancel, put))
+            else:
+                put("done", _answer(adapter, call, cancel, put, self.gatherer))
         except VlmAppError as error:
             if isinstance(error, OutOfMemory):  # not the client's mistake alone: the operator should see it too
                 log.warning("request on %s: %s", call.model, error)
@@ -252,14 +263,17 @@ class Server:
         return {"parent": next((served for served, source in self.config.sources.items() if source == base), base)}
 
 
-def _answer(adapter, call, cancel: threading.Event, put) -> dict:
+def _answer(adapter, call, cancel: threading.Event, put, gatherer=None) -> dict:
+    """With a `gatherer`, the answer is generated in a batch with other requests' (its own row: its own stream,
+    stop strings and cancel)."""
     run = Run(adapter, call.request, cancel)
     run.prepare()
     put("ready")
-    answer = ""
-    for piece in run:  # each piece with the log-probabilities of its tokens, when asked
-        answer += piece
-        put("text", (piece, run.logprobs_upto(answer)))
+    with gatherer.turn(run, call.model) if gatherer is not None else nullcontext():
+        answer = ""
+        for piece in run:  # each piece with the log-probabilities of its tokens, when asked
+            answer += piece
+            put("text", (piece, run.logprobs_upto(answer)))
     record = run.record
     log.info("%s finish=%s new_tokens=%d", call.model, record["finish_reason"], record["timings"]["new_tokens"])
     return record
