@@ -490,3 +490,29 @@ def test_variable_rate_clip_is_labelled_with_presentation_times(gemma4):
               LABEL.findall(gemma4.processor.decode(prepared.inputs["input_ids"][0]))]
     assert labels == [f"{int(t // 60):02d}:{int(t % 60):02d}" for t in video.timestamps]
     assert len(set(labels)) > 1
+
+
+def test_the_web_apps_stats_say_what_it_heard(gemma4_checkpoints, speech_clip, tmp_path):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from vlm_app.ui.answer import SETTING_NAMES
+    from vlm_app.ui.backend import Backend
+    from vlm_app.ui.chat import ChatHandlers
+    from vlm_app.ui.limits import UploadPolicy
+
+    policy = UploadPolicy(max_file_mb=1, max_duration_s=6, upload_dir=str(Path(speech_clip).parent))
+    backend = Backend([str(gemma4_checkpoints["gemma4"])], policy, str(tmp_path / "votes.jsonl"), device="cpu")
+    try:
+        history = [{"role": "user", "content": [{"type": "file", "file": {"path": speech_clip}},
+                                                {"type": "text", "text": "What is said?"}]}]
+        settings = {"max_frames": 2, "max_new_tokens": 3, "temperature": 0.0, "top_p": 1.0, "seed": 0,
+                    "system_prompt": ""}
+        values = [settings.get(name) for name in SETTING_NAMES]
+        outputs = list(ChatHandlers(backend).respond(SimpleNamespace(session_hash="g4"), history, backend.models[0],
+                                                     True, *values))
+        shown, gallery, stats = outputs[-1][:3]
+        assert shown[-1]["role"] == "assistant" and len(gallery) == 2
+        assert "| sound heard (s) | 4.133 |" in stats
+    finally:
+        backend.close()

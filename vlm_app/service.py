@@ -498,16 +498,21 @@ def _check_answer_budget(adapter, max_new_tokens: int) -> None:
 
 
 def stats(record: dict) -> dict:
-    """The record's costs as one flat dict (the web app's and the server's stats): what was shown, then
+    """The record's costs as one flat dict (the web app's and the server's stats): what was shown (and heard: the
+    seconds of sound a model that hears got, None when none), then
     `timings` under its own names, the estimated peak beside the measured one, and the record's notes (what the
     memory fit and the media pipeline changed). A chapters record's frames are those of all its segments."""
     counts = record["num_tokens"] or {}
     frames = (len(record["frames_indices"]) if "chapters" in record else
-              sum(len(item["frames_indices"]) if item["type"] == "video" else 1 for item in record["media"]))
+              sum(len(item["frames_indices"]) if item["type"] == "video" else int(item["type"] == "image")
+                  for item in record["media"]))
+    sounds = [item.get("audio", item) for item in record["media"] if item["type"] in ("video", "audio")]
+    heard = [sound["seconds"] for sound in sounds if sound.get("used")]
     from vlm_app.lora import lora_label
 
     return {"model": record["model"], "family": record["model_info"]["family"],
             "lora": lora_label(record["model_info"].get("lora_adapter")), "frames": frames,
             "visual_tokens": counts.get("visual", 0), "text_tokens": counts.get("text", 0),
+            "heard_s": round(sum(heard), 3) if heard else None,
             **(record["timings"] or {}), "memory_estimate_bytes": record["memory_estimate_bytes"],
             "cancelled": record["cancelled"], "notes": list(record["notes"])}

@@ -249,7 +249,7 @@ def stats_markdown(stats: dict[str, Any]) -> str:
     """The stats record as a compact two-column table, then its notes (what the memory fit and the media pipeline
     changed) as a list."""
     labels = {"lora": "LoRA adapter", "frames": "frames shown", "visual_tokens": "visual tokens",
-              "text_tokens": "text tokens", "preprocess_s": "preprocessing (s)", "prefill_s": "time to first token (s)",
+              "text_tokens": "text tokens", "heard_s": "sound heard (s)", "preprocess_s": "preprocessing (s)", "prefill_s": "time to first token (s)",
               "tokens_per_s": "tokens/s", "new_tokens": "new tokens", "memory_estimate_bytes": "estimated peak (MiB)",
               "peak_memory_bytes": "peak memory (MiB)", "cancelled": "stopped"}
     shown = {**stats, **{key: round(stats[key] / 2**20, 1) for key in ("memory_estimate_bytes", "peak_memory_bytes")
