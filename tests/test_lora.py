@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file, save_file
-
 from lora_fixtures import FAST, families
+from safetensors.torch import load_file, save_file
 
 VISION_PARTS = ("visual", "vision", "projector", "connector", "merger", "embed_vision")
 VISION_SCALE = 8
