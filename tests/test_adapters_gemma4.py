@@ -516,3 +516,21 @@ def test_the_web_apps_stats_say_what_it_heard(gemma4_checkpoints, speech_clip, t
         assert "| sound heard (s) | 4.133 |" in stats
     finally:
         backend.close()
+
+
+def test_ray_hears_each_videos_own_track(ray_local, gemma4_checkpoints, speech_clip, example_clip, tmp_path):
+    """describe --engine ray: the decode workers attach each video's sound as the local engine does."""
+    import shutil
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(speech_clip, folder / "speech.mp4")
+    shutil.copy(example_clip, folder / "silent.mp4")
+    out = tmp_path / "ray.jsonl"
+    assert main(["describe", str(folder), "--engine", "ray", "--model", str(gemma4_checkpoints["gemma4"]),
+                 "--nframes", "2", "--out", str(out), *FAST]) == 0
+    records = {json.loads(line)["source"].rsplit("/", 1)[-1]: json.loads(line) for line in out.read_text().splitlines()}
+    assert records["speech.mp4"]["media"][0]["audio"] == {"used": True, "seconds": pytest.approx(4.133, abs=0.01),
+                                                          "start": 0.0, "tokens": 104}
+    assert records["silent.mp4"]["media"][0]["audio"] == {"used": False}
+    assert any("has no audio track" in note for note in records["silent.mp4"]["notes"])
