@@ -117,6 +117,21 @@ def test_an_adapter_by_hub_id_is_recorded_with_its_revision(tiny_loras, lora_cli
     assert record["answer"] == describe_json(lora_clip, tiny.checkpoint, "--adapter", tiny.lora)["answer"]
 
 
+def test_resume_refuses_records_made_with_another_adapter(tiny_loras, second_qwen_lora, lora_clip, tmp_path,
+                                                          cli_error):
+    from vlm_app.cli import main
+
+    tiny, folder, out = tiny_loras["qwen2_5_vl"], tmp_path / "videos", tmp_path / "out.jsonl"
+    folder.mkdir()
+    shutil.copy(lora_clip, folder / "a.mp4")
+    run = ["describe", str(folder), "--model", str(tiny.checkpoint), "--out", str(out), *FAST]
+    assert main([*run, "--adapter", str(tiny.lora)]) == 0
+    assert main([*run, "--adapter", str(tiny.lora), "--resume"]) == 0  # the same adapter: nothing left to do
+    assert len(out.read_text().splitlines()) == 1
+    error = cli_error(*run, "--adapter", second_qwen_lora, "--resume")
+    assert "other settings" in error and "model_info.lora_adapter" in error
+
+
 # ---- every wrong adapter, its own message ----------------------------------------------------------------------
 def _describe_error(cli_error, clip, model, lora) -> str:
     return cli_error("describe", clip, "--model", model, "--adapter", lora, *FAST)
