@@ -119,14 +119,19 @@ def test_logprobs_in_openai_shape_in_the_python_api(smol_adapter, image):
 
 
 # ---- JSON under a schema ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, make_clip):
+    return make_clip(tmp_path_factory.mktemp("decoding_clip") / "clip.mp4", 1.0, 4, 96, 96)
+
+
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "gemma4", "smolvlm2", "deepseek_vl2"])
-def test_json_schema_answers_always_parse_and_validate_in_every_family(family_checkpoints, family, image):
+def test_json_schema_answers_always_parse_and_validate_in_every_family(family_checkpoints, family, clip):
     from vlm_app import describe, load
 
     adapter = load(str(family_checkpoints[family]), device="cpu")
     for seed in range(3):
         for schema in (EVENTS, {"type": "object"}):  # a schema, and JSON mode (any object)
-            record = describe(str(image), model=adapter, prompt="List the people, objects and events.",
+            record = describe(str(clip), model=adapter, prompt="List the people, objects and events.", nframes=2,
                               generation={"json_schema": schema, "max_new_tokens": 120, "temperature": 1.0,
                                           "seed": seed})
             assert record["error"] is None

@@ -82,12 +82,13 @@ def _refuse_unenforced(schema: Any, where: str) -> None:
 
 @dataclass
 class Vocabulary:
-    """A tokenizer as xgrammar sees it, for one logits width: each token's bytes, the grammar compiler, and the
-    tokens that close a JSON document soonest."""
+    """A tokenizer as xgrammar sees it, for one logits width: each token's bytes, the grammar compiler, the tokens
+    JSON text may hold, and the tokens that close a JSON document soonest."""
 
     info: Any  # xgrammar.TokenizerInfo
     compiler: Any  # xgrammar.GrammarCompiler
     tokens: list[bytes]  # by id
+    usable: Any  # an xgrammar bitmask of the tokens compact JSON may hold (see `usable_tokens`)
     closing: list[int] = field(default_factory=list)  # token ids, in CLOSING_TEXTS order
     quote: int | None = None  # the token '"', which ends a string
 
@@ -108,8 +109,26 @@ def vocabulary(tokenizer, width: int, stop_ids: list[int]) -> Vocabulary:
         tokens = [bytes(token) for token in info.decoded_vocab]
         ids = {token: index for index, token in enumerate(tokens)}
         closing = [ids[text.encode()] for text in CLOSING_TEXTS if text.encode() in ids]
-        built[width] = Vocabulary(info, xgrammar.GrammarCompiler(info), tokens, closing, ids.get(b'"'))
+        built[width] = Vocabulary(info, xgrammar.GrammarCompiler(info), tokens,
+                                  usable_tokens(tokenizer, tokens, width, stop_ids), closing, ids.get(b'"'))
     return built[width]
+
+
+def usable_tokens(tokenizer, tokens: list[bytes], width: int, stop_ids: list[int]):
+    """The bitmask (xgrammar's layout) of the tokens an answer in compact JSON may hold. Left out: special tokens
+    other than the stop tokens (the answer's text drops them, so a string would lose them), and tokens with a byte
+    below 0x20 (compact JSON has none: a string escapes them; xgrammar 0.2.9's masks let such a byte-level token
+    into strings, though its matcher refuses the text)."""
+    import numpy
+    import torch
+
+    special = set(tokenizer.all_special_ids) | {index for index, token in tokenizer.added_tokens_decoder.items()
+                                                if token.special}
+    bits = numpy.full((width + 31) // 32, 0xFFFFFFFF, dtype=numpy.uint32)
+    for index, token in enumerate(tokens):
+        if (index in special and index not in stop_ids) or any(byte < 0x20 for byte in token):
+            bits[index // 32] &= numpy.uint32(~(1 << (index % 32)) & 0xFFFFFFFF)
+    return torch.from_numpy(bits.view(numpy.int32)).unsqueeze(0)
 
 
 def stop_token_ids(adapter) -> list[int]:
@@ -205,6 +224,7 @@ class JsonGrammar:
             self.need = need
             self.closing = need + self.margin >= left
         self.matcher.fill_next_token_bitmask(self.mask, 0)
+        self.mask &= self.vocab.usable
         masked = scores.float().cpu()
         if self.closing:
             token = closing_token(self.mask, self.state, self.vocab)
@@ -220,6 +240,7 @@ class JsonGrammar:
             if matcher.is_terminated():
                 return count - 1
             matcher.fill_next_token_bitmask(mask, 0)
+            mask &= self.vocab.usable
             token = closing_token(mask, state, self.vocab)
             matcher.accept_token(token)
             state.follow(self.vocab.token_bytes(token))
