@@ -534,3 +534,14 @@ def test_ray_hears_each_videos_own_track(ray_local, gemma4_checkpoints, speech_c
                                                           "start": 0.0, "tokens": 104}
     assert records["silent.mp4"]["media"][0]["audio"] == {"used": False}
     assert any("has no audio track" in note for note in records["silent.mp4"]["notes"])
+
+
+def test_the_audio_cap_cannot_be_raised_past_what_one_audio_holds(gemma4, speech_clip):
+    from vlm_app.errors import OptionsError
+
+    with pytest.raises(OptionsError, match="max_audio_seconds 60 is over the 30 s one audio holds"):
+        gemma4.prepare(video_messages(speech_clip, nframes=2, audio="on", max_audio_seconds=60))
+    from vlm_app.errors import LimitError
+
+    with pytest.raises(LimitError, match="lasts 4.0 s, over the 3 s"):  # a lower cap holds as the model's does
+        gemma4.prepare(video_messages(speech_clip, nframes=2, audio="on", max_audio_seconds=3))

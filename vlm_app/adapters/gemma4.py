@@ -248,6 +248,9 @@ class Gemma4Adapter(Adapter):
                 raise OptionsError(f"Gemma 4 sizes each frame by its token budget; {name} does not apply (set "
                                    f"max_pixels = tokens x {POOLING**2 * PATCH**2}, e.g. "
                                    f"{budget_pixels(140)} for 140 tokens)")
+        if self.hears and options.get("max_audio_seconds", 0) > self.audio_seconds:
+            raise OptionsError(f"max_audio_seconds {options['max_audio_seconds']:g} is over the {self.audio_seconds:g} s "
+                               "one audio holds (the processor would cut the rest); use chapters for longer sound")
         return options
 
     def build_inputs(self, messages: list[dict], media: list, max_new_tokens: int | None = None):
