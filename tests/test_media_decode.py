@@ -8,7 +8,7 @@ from test_media_real_clips import real_clip
 
 from vlm_app.media import decode, get_policy, load_video
 
-NATIVE = get_policy("qwen2_5_vl").with_overrides(factor=None)  # frames at encoded size, so their ids can be read
+NATIVE = get_policy("qwen2_5_vl").with_overrides(resize_rule=None)  # frames at encoded size, so their ids can be read
 
 
 def frame_ids(video):
@@ -120,7 +120,7 @@ def test_a_cut_file_is_sampled_over_the_frames_that_decode(tmp_path, frame_cache
     whole = write_video(tmp_path / FASTSTART_SPEC.filename, FASTSTART_SPEC)
     path = write_truncated(tmp_path / "cut.mp4", whole, keep_fraction)
     decodable = sequentially_decodable(path)
-    native = get_policy(policy).with_overrides(factor=None) if policy == "qwen2_5_vl" else policy
+    native = get_policy(policy).with_overrides(resize_rule=None) if policy == "qwen2_5_vl" else policy
     video = load_video(path, native, **options)
     assert len(set(video.frames_indices)) == len(video.frames_indices)  # no frame stands in for another
     assert max(video.frames_indices) <= decodable - 1

@@ -136,7 +136,7 @@ def assert_frames_are_the_indexed_ones(video):
 @pytest.mark.parametrize("backend", ["pyav", "torchcodec"] if "torchcodec" in READERS else ["pyav"])
 @pytest.mark.parametrize("name", SHORT_SPECS + ["h264_24fps_long"])
 def test_sampled_frames_are_the_frames_their_indices_name(media_videos, name, backend):
-    native = get_policy("qwen2_5_vl").with_overrides(factor=None)
+    native = get_policy("qwen2_5_vl").with_overrides(resize_rule=None)
     options = {"video_start": 120.0, "video_end": 140.0} if name == "h264_24fps_long" else {"nframes": 8}
     video = load_video(media_videos[name], native, backend=backend, **options)
     assert_frames_are_the_indexed_ones(video)
@@ -164,7 +164,7 @@ def test_backends_agree_with_pyav_on_cfr_files(media_videos, name, backend):
 
 @pytest.mark.skipif("torchcodec" not in READERS, reason="torchcodec (optional backend) is not installed")
 def test_torchcodec_wrong_frames_are_decoded_again_with_pyav(media_videos):
-    native = get_policy("qwen2_5_vl").with_overrides(factor=None)
+    native = get_policy("qwen2_5_vl").with_overrides(resize_rule=None)
     video = load_video(media_videos["mpeg4_avi_bframes"], native, backend="torchcodec", nframes=8)
     assert video.backend == "torchcodec" and any("decoded sequentially with PyAV" in note for note in video.notes)
     assert_frames_are_the_indexed_ones(video)
@@ -184,7 +184,7 @@ def test_vfr_samples_are_evenly_spaced_in_time(media_videos):
     targets = np.linspace(0, video.metadata.frame_times()[-1], len(video.timestamps))
     assert np.abs(np.array(video.timestamps) - targets).max() <= 0.1  # the longest source frame interval
     assert any("variable frame rate" in note for note in video.notes)
-    native = load_video(media_videos[VFR_SPEC.name], get_policy("qwen2_5_vl").with_overrides(factor=None))
+    native = load_video(media_videos[VFR_SPEC.name], get_policy("qwen2_5_vl").with_overrides(resize_rule=None))
     true_times = np.cumsum((0,) + VFR_SPEC.frame_durations)
     for frame, index, seconds in zip(native.frames, native.frames_indices, native.timestamps):
         assert read_frame_id(frame.permute(1, 2, 0).numpy()) == index

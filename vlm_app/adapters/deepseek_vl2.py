@@ -17,7 +17,6 @@ from vlm_app.errors import LimitError, OptionsError
 from vlm_app.memory import ModelDims, RequestShape, TextDims, VisionDims
 from vlm_app.media.policies import SamplingPolicy
 from vlm_app.messages import normalize
-from vlm_app.models.deepseek_vl2.configuration import MHA_ATTENTION, NOAUX_ROUTER, SOFTMAX_ROUTER
 
 USER, ASSISTANT = "<|User|>", "<|Assistant|>"
 VIEWS_PER_FRAME = 2  # an untiled frame is a global view and one local view, each a 384 x 384 image
@@ -49,17 +48,25 @@ REAL_VISION = dict(model_name="siglip_so400m_patch14_384", image_size=384, patch
 REAL_MLA = dict(kv_lora_rank=512, q_lora_rank=None, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
 REAL_MOE = dict(n_shared_experts=2, num_experts_per_tok=6, first_k_dense_replace=1, moe_layer_freq=1,
                 n_group=1, topk_group=1, max_position_embeddings=4096)
-REAL_SIZES = {
-    "tiny": dict(hidden_size=1280, intermediate_size=6848, moe_intermediate_size=896, num_hidden_layers=12,
-                 num_attention_heads=10, num_key_value_heads=10, n_routed_experts=64, vocab_size=129280,
-                 **MHA_ATTENTION, **SOFTMAX_ROUTER),
-    "small": dict(hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408, num_hidden_layers=27,
-                  num_attention_heads=16, num_key_value_heads=16, n_routed_experts=64, vocab_size=102400,
-                  **REAL_MLA, **SOFTMAX_ROUTER),
-    "base": dict(hidden_size=2560, intermediate_size=12288, moe_intermediate_size=1536, num_hidden_layers=30,
-                 num_attention_heads=32, num_key_value_heads=32, n_routed_experts=72, vocab_size=129280,
-                 **REAL_MLA, **NOAUX_ROUTER),
-}
+REAL_SIZE_NAMES = ("tiny", "small", "base")
+
+
+def real_size_configs() -> dict:
+    """The language configs of the released sizes (built on first use: the attention and router kinds live with
+    the tiny builder)."""
+    from vlm_app.testing.tiny_deepseek_vl2 import MHA_ATTENTION, NOAUX_ROUTER, SOFTMAX_ROUTER
+
+    return {
+        "tiny": dict(hidden_size=1280, intermediate_size=6848, moe_intermediate_size=896, num_hidden_layers=12,
+                     num_attention_heads=10, num_key_value_heads=10, n_routed_experts=64, vocab_size=129280,
+                     **MHA_ATTENTION, **SOFTMAX_ROUTER),
+        "small": dict(hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408, num_hidden_layers=27,
+                      num_attention_heads=16, num_key_value_heads=16, n_routed_experts=64, vocab_size=102400,
+                      **REAL_MLA, **SOFTMAX_ROUTER),
+        "base": dict(hidden_size=2560, intermediate_size=12288, moe_intermediate_size=1536, num_hidden_layers=30,
+                     num_attention_heads=32, num_key_value_heads=32, n_routed_experts=72, vocab_size=129280,
+                     **REAL_MLA, **NOAUX_ROUTER),
+    }
 
 
 def deepseek_max_frames(prompt_tokens: int, max_new_tokens: int, context_tokens: int = CONTEXT_TOKENS,
@@ -88,7 +95,7 @@ class DeepseekVL2Adapter(Adapter):
     policies = {"deepseek_vl2": deepseek_vl2_policy}
     policy = "deepseek_vl2"
     tiny = {"deepseek_vl2": "vlm_app.testing.tiny_deepseek_vl2:build_tiny_deepseek_vl2"}
-    real_sizes = tuple(REAL_SIZES)
+    real_sizes = REAL_SIZE_NAMES
 
     @classmethod
     def visual_tokens(cls, video, model_name: str) -> int:
@@ -290,7 +297,8 @@ class DeepseekVL2Adapter(Adapter):
         from vlm_app.models.deepseek_vl2 import DeepseekVLV2Config, DeepseekVLV2ForCausalLM
         from vlm_app.testing.tiny_deepseek_vl2 import deepseek_vl2_processor
 
-        spec = REAL_SIZES[size] if layers is None else {**REAL_SIZES[size], "num_hidden_layers": layers[1]}
+        spec = real_size_configs()[size]
+        spec = spec if layers is None else {**spec, "num_hidden_layers": layers[1]}
         vision = REAL_VISION if layers is None else {**REAL_VISION, "layers": layers[0]}
         processor = deepseek_vl2_processor()
         tokenizer = processor.tokenizer

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from vlm_app.models.deepseek_vl2.configuration import MHA_ATTENTION, NOAUX_ROUTER, SOFTMAX_ROUTER
 from vlm_app.testing.bpe import train_bpe
 
 SPECIAL_TOKENS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>", "<|ref|>", "<|/ref|>",
@@ -24,6 +23,12 @@ SPECIAL_TOKENS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 PADDED_VOCAB = 1088  # embedding rows: room for the BPE and the specials, a multiple of 64
 
 # The attention and router fields of each released variant (the real-size configs in bench/model.py share them).
+# the language model's attention and router kinds (of the tiny variants and the released sizes)
+MHA_ATTENTION = {"use_mla": False, "kv_lora_rank": None, "q_lora_rank": None, "qk_nope_head_dim": 0,
+                 "qk_rope_head_dim": 0, "v_head_dim": 0}
+SOFTMAX_ROUTER = {"topk_method": "greedy"}
+NOAUX_ROUTER = {"topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
+                "routed_scaling_factor": 2.0}
 _MLA = {"kv_lora_rank": 32, "q_lora_rank": None, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16}
 VARIANTS = {"tiny": {**MHA_ATTENTION, **SOFTMAX_ROUTER}, "small": {**_MLA, **SOFTMAX_ROUTER},
             "base": {**_MLA, **NOAUX_ROUTER}}

@@ -44,13 +44,6 @@ LANGUAGE_DEFAULTS = {
     "attention_bias": False, "attention_dropout": 0.0, "use_mla": True,
 }
 
-# the language model's attention and router kinds of the released sizes
-MHA_ATTENTION = {"use_mla": False, "kv_lora_rank": None, "q_lora_rank": None, "qk_nope_head_dim": 0,
-                 "qk_rope_head_dim": 0, "v_head_dim": 0}
-SOFTMAX_ROUTER = {"topk_method": "greedy"}
-NOAUX_ROUTER = {"topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
-                "routed_scaling_factor": 2.0}
-
 
 def _filled(defaults: dict, given: dict | None) -> dict:
     return {**defaults, **(given or {})}
