@@ -101,3 +101,12 @@ def test_top_logprobs_without_logprobs_is_refused(api_server):
     body = {**request(api_server, "top_logprobs", 2), "logprobs": False}
     response = post(api_server, body)
     assert response.status_code == 400 and response.json()["error"]["param"] == "top_logprobs"
+
+
+@pytest.mark.parametrize("name, value", [("logprobs", True), ("response_format", {"type": "json_object"})])
+def test_chapters_refuse_what_one_answer_would_carry(api_server, name, value):
+    video = {"type": "video_url", "video_url": {"url": (api_server.allowed / "clip.mp4").as_uri()}}
+    body = {"model": api_server.models[0], "messages": [{"role": "user", "content": [video]}], "max_tokens": 2,
+            "vlm_app": {"chapters": {}}, name: value}
+    response = post(api_server, body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == name, response.text

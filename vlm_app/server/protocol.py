@@ -350,6 +350,14 @@ def _check_chapters(messages: list[dict], video_options: dict) -> None:
                   "options, or cut the video first", "vlm_app.chapters")
 
 
+def _check_chapter_generation(body: dict) -> None:
+    """A chapters answer is chapter lines and a summary from many requests: no one JSON document, no one token list."""
+    for name in ("logprobs", "response_format"):
+        if body.get(name) not in (None, False, {"type": "text"}):
+            raise bad(f"{name} is not supported with vlm_app.chapters (its answer comes from one request per part and "
+                      "a summary); ask for the chapters without it", name, "unsupported_field")
+
+
 def parse_chat(body: Any, limits, memory: dict | None = None) -> ChatCall:
     """The checked call of a /v1/chat/completions body; ApiError (400) on any mistake. The model name is
     returned as given: the caller refuses names not on offer. `memory`: the operator's max_memory and fit
@@ -368,6 +376,7 @@ def parse_chat(body: Any, limits, memory: dict | None = None) -> ChatCall:
     messages, generation = _messages(body, image_options), _generation(body)
     if chapters is not None:
         _check_chapters(messages, video_options)
+        _check_chapter_generation(body)
     try:
         request = Request(messages, video_options, generation, limits, **(memory or {}))
     except VlmAppError as error:  # the message schema's own checks (roles, order)
