@@ -545,3 +545,26 @@ def test_the_audio_cap_cannot_be_raised_past_what_one_audio_holds(gemma4, speech
 
     with pytest.raises(LimitError, match="lasts 4.0 s, over the 3 s"):  # a lower cap holds as the model's does
         gemma4.prepare(video_messages(speech_clip, nframes=2, audio="on", max_audio_seconds=3))
+
+
+def test_an_image_equals_the_model_card_call_and_sits_in_the_map(gemma4, example_clip, tmp_path):
+    """Images keep their size here; the processor sizes them (280 tokens) exactly as the model card's call."""
+    from PIL import Image
+
+    image = tmp_path / "red.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(image)
+    messages = [{"role": "user", "content": [{"type": "image", "image": str(image)},
+                                             {"type": "text", "text": "What colour?"}]}]
+    prepared = gemma4.prepare(messages)
+    expected = gemma4.processor.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                    add_generation_prompt=True, return_tensors="pt")
+    for key in ("input_ids", "mm_token_type_ids", "pixel_values", "image_position_ids"):
+        assert torch.equal(prepared.inputs[key], expected[key]), key
+    both = gemma4.prepare([{"role": "user", "content": [{"type": "video", "video": str(example_clip), "nframes": 2},
+                                                        {"type": "image", "image": str(image)},
+                                                        {"type": "text", "text": "Same colour?"}]}])
+    rows = both.visual_map
+    image_rows = rows.media_index == 1
+    assert int(image_rows.sum()) == len(prepared.visual_map) and set(rows.frame_index[image_rows].tolist()) == {-1}
+    assert torch.equal(rows.positions, (both.inputs["input_ids"][0] == gemma4.config.video_token_id).logical_or(
+        both.inputs["input_ids"][0] == gemma4.config.image_token_id).nonzero().flatten())

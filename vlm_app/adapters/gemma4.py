@@ -296,7 +296,7 @@ class Gemma4Adapter(Adapter):
         from vlm_app.media import SampledImage, SampledVideo
 
         spans = []
-        image_counts = iter(inputs.get("num_soft_tokens_per_image", []))  # the processor's, per image
+        image_counts = iter(token_runs(inputs["input_ids"][0], self.config.image_token_id))  # one run per image
         for media_index, item in enumerate(media):
             if isinstance(item, SampledVideo):
                 per_frame = (item.resized_height // SIDE) * (item.resized_width // SIDE)
@@ -305,7 +305,7 @@ class Gemma4Adapter(Adapter):
                               "frame_index": frames, "tile_index": 0,
                               "timestamp": [item.timestamps[f] for f in frames]})
             elif isinstance(item, SampledImage):
-                count = int(next(image_counts))
+                count = next(image_counts)
                 spans.append({"token_id": self.config.image_token_id, "media_index": media_index,
                               "frame_index": [-1] * count, "tile_index": 0, "timestamp": math.nan})
         return VisualMap.from_spans(inputs["input_ids"], spans)
