@@ -30,8 +30,11 @@ def test_video_inputs_equal_qwen_vl_utils_route(qwen_adapter, example_clip):
     messages = video_messages(str(example_clip))
     prepared = qwen_adapter.prepare(messages)
     expected = reference_inputs(qwen_adapter.processor, messages, prepared.prompt)
-    for key in ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+    for key in ("input_ids", "attention_mask", "video_grid_thw", "second_per_grid_ts"):
         assert torch.equal(prepared.inputs[key], expected[key]), key
+    # the compiled exact resize is within one grey level of torchvision's float path (tests/test_resize.py)
+    one_level = 1 / 255 / min(qwen_adapter.processor.video_processor.image_std) + 1e-6
+    assert (prepared.inputs["pixel_values_videos"] - expected["pixel_values_videos"]).abs().max() <= one_level
     assert prepared.inputs["second_per_grid_ts"].item() == pytest.approx(1.0)  # fps 2, two frames per grid
 
 
