@@ -120,7 +120,7 @@ def attach_soundtrack(video, path: str, label: str, options: dict, deadline: flo
                    f"{cap:g} s the model hears at once")
         if mode == "on":
             raise LimitError(f"{message}; give a shorter range (--start/--end, or --chapters with --segment-seconds "
-                             f"{cap:g}), or --audio off")
+                             f"{cap * 2 / 3:g}: a short last piece joins the segment before it), or --audio off")
         video.notes.append(f"{message}: the video was described without its sound (--audio on makes this an error)")
         return
     try:
