@@ -301,3 +301,20 @@ def test_serve_gathers_concurrent_streams_into_one_batch(adapters, clips, tmp_pa
     assert answers[3]
     assert "4 requests generate in one batch" in text
     assert "finish=cancelled" in text
+
+
+def test_ray_replicas_take_batches(ray_local, ray_videos, tiny_checkpoints, tmp_path):
+    """`describe DIR --engine ray --batch-size 3`: the replica generates three videos at a time; the records equal
+    the local engine's one by one (a broken file included)."""
+    from vlm_app.cli import main
+
+    common = ["describe", str(ray_videos), "--model", str(tiny_checkpoints["smolvlm2"]), "--device", "cpu",
+              "--max-new-tokens", str(NEW_TOKENS)]
+    assert main([*common, "--out", str(tmp_path / "local.jsonl")]) == 0
+    assert main([*common, "--out", str(tmp_path / "ray.jsonl"), "--engine", "ray", "--decode-workers", "1",
+                 "--batch-size", "3"]) == 0
+    local, ray = _records(tmp_path / "local.jsonl"), _records(tmp_path / "ray.jsonl")
+    assert set(local) == set(ray) and len(ray) == 7
+    for source, record in local.items():
+        assert {name: ray[source][name] for name in ("error", "source", "generation", *SAME_FIELDS)} == \
+            {name: record[name] for name in ("error", "source", "generation", *SAME_FIELDS)}

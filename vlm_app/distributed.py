@@ -45,6 +45,7 @@ class Job:
     generation: dict = field(default_factory=dict)
     max_memory: int | str | None = "auto"  # the model replicas' memory limit (`service.Request`), fitted when decoding
     fit: bool = True
+    batch_size: int = 1  # videos a replica takes at once, their answers generated in one batch (`vlm_app.batching`)
     model_location: str = ""  # set by the driver: a local folder as an absolute path, else the name
 
     @property
@@ -164,12 +165,7 @@ class Describer:
         self.job, self.board, self.replicas = job, board, None
 
     def __call__(self, row: dict) -> dict:
-        job = self.job
-        if self.board is not None:
-            self.replicas = self.replicas or replicas_memory(self.board)
-        shown = row["video"] if row["error"] is None else row["source"]
-        request = one_turn(job.prompt, shown, job.sampling, job.generation, label=row["source"],
-                           max_memory=self.replicas.limit if self.replicas else job.max_memory, fit=job.fit)
+        request = self._request(row)
         if row["error"] is not None:
             record = build_record(self.adapter, request, error=row["error"])
         else:
@@ -177,6 +173,35 @@ class Describer:
             run.notes += json.loads(row["notes"])  # the decode stage's memory fit, first as on the local engine
             record = run.execute()
         return {"record": json.dumps(record)}
+
+    def _request(self, row: dict):
+        job = self.job
+        if self.board is not None:
+            self.replicas = self.replicas or replicas_memory(self.board)
+        shown = row["video"] if row["error"] is None else row["source"]
+        return one_turn(job.prompt, shown, job.sampling, job.generation, label=row["source"],
+                        max_memory=self.replicas.limit if self.replicas else job.max_memory, fit=job.fit)
+
+
+class BatchDescriber(Describer):
+    """A model replica that takes `job.batch_size` decoded videos at a time and generates their answers in one
+    batch (`vlm_app.batching.execute_batch`); each record is the one `Describer` makes of its video."""
+
+    def __call__(self, batch: dict) -> dict:
+        from vlm_app.batching import execute_batch
+
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        for row in rows:  # a batch's column of no errors may come as NaN
+            row["error"] = row["error"] if isinstance(row["error"], str) else None
+        requests = [self._request(row) for row in rows]
+        records = [build_record(self.adapter, request, error=row["error"]) if row["error"] is not None else None
+                   for row, request in zip(rows, requests)]
+        ready = [index for index, record in enumerate(records) if record is None]
+        answered = execute_batch(self.adapter, [requests[index] for index in ready], max_batch=self.job.batch_size)
+        for index, record in zip(ready, answered):
+            record["notes"] = json.loads(rows[index]["notes"]) + record["notes"]  # the decode stage's fit first
+            records[index] = record
+        return {"record": [json.dumps(record) for record in records]}
 
 
 # ---- the driver --------------------------------------------------------------------------------------------------
@@ -233,9 +258,11 @@ def build_dataset(ray, sources: list[str], job: Job, cluster: Cluster):
     board = ray.remote(num_cpus=0)(MemoryBoard).remote(cluster.model_replicas) if job.fits else None
     dataset = dataset.map(Decoder, fn_constructor_args=(job, board), num_cpus=1,
                           compute=ActorPoolStrategy(size=decode_workers))
-    replicas = ActorPoolStrategy(size=cluster.model_replicas)
-    return dataset.map(Describer, fn_constructor_args=(job, board), num_cpus=1,
-                       num_gpus=cluster.gpus_per_replica or None, compute=replicas)
+    replicas = {"fn_constructor_args": (job, board), "num_cpus": 1, "num_gpus": cluster.gpus_per_replica or None,
+                "compute": ActorPoolStrategy(size=cluster.model_replicas)}
+    if job.batch_size > 1:
+        return dataset.map_batches(BatchDescriber, batch_size=job.batch_size, batch_format="numpy", **replicas)
+    return dataset.map(Describer, **replicas)
 
 
 def _location(source: str) -> str:
@@ -261,7 +288,7 @@ def run_ray_describe_command(args, model_options: dict, sampling: dict, generati
     if args.chapters or args.max_duration is not None:
         raise OptionsError("--chapters and --max-duration work with --engine local, not with --engine ray (yet)")
     job = Job(model=args.model, model_options=model_options, prompt=resolve_prompt(args.prompt, args.template),
-              sampling=sampling, generation=generation, **memory_options(args))
+              sampling=sampling, generation=generation, batch_size=args.batch_size, **memory_options(args))
     cluster = Cluster(address=args.address, decode_workers=args.decode_workers, model_replicas=args.model_replicas,
                       gpus_per_replica=args.gpus_per_replica)
     emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
