@@ -514,6 +514,10 @@ def test_the_web_apps_stats_say_what_it_heard(gemma4_checkpoints, speech_clip, t
         shown, gallery, stats = outputs[-1][:3]
         assert shown[-1]["role"] == "assistant" and len(gallery) == 2
         assert "| sound heard (s) | 4.133 |" in stats
+        muted = [{**settings, "audio": "off"}.get(name) for name in SETTING_NAMES]  # the sidebar's audio toggle
+        outputs = list(ChatHandlers(backend).respond(SimpleNamespace(session_hash="g4"), history, backend.models[0],
+                                                     True, *muted))
+        assert "| sound heard (s) | 4.133 |" not in outputs[-1][2]
     finally:
         backend.close()
 

@@ -241,3 +241,10 @@ def test_the_operators_memory_limit_fits_every_chat_and_compare_request(tiny_che
 def test_ui_command_rejects_a_bad_max_memory(capsys, tiny_checkpoints):
     assert main(["ui", "--models", str(tiny_checkpoints["smolvlm2"]), "--max-memory", "lots"]) == 2
     assert "max memory 'lots' is not a size" in capsys.readouterr().err
+
+
+def test_the_audio_setting_takes_auto_on_or_off():
+    assert settings_from_dict({"audio": "off"}).media_options("video") == {"audio": "off"}
+    assert settings_from_dict({}).media_options("video") == {}  # auto: the default of the models that hear
+    with pytest.raises(OptionsError, match="option audio must be one of auto, on, off, got 'loud'"):
+        settings_from_dict({"audio": "loud"})

@@ -37,12 +37,17 @@ class Settings:
     top_p: float = 1.0
     seed: int | None = None
     system_prompt: str = ""
+    audio: str = "auto"  # a video's soundtrack, for the models that hear: auto (when it has one), on or off
 
-    MEDIA_KEYS = ("fps", "max_frames", "max_pixels", "video_start", "video_end")
+    MEDIA_KEYS = ("fps", "max_frames", "max_pixels", "video_start", "video_end", "audio")
+    AUDIO_CHOICES = ("auto", "on", "off")
 
     def media_options(self, kind: str) -> dict[str, Any]:
         keys = self.MEDIA_KEYS if kind == "video" else ("max_pixels",)
-        return {key: getattr(self, key) for key in keys if getattr(self, key) not in (None, 0, "")}
+        options = {key: getattr(self, key) for key in keys if getattr(self, key) not in (None, 0, "")}
+        if options.get("audio") == "auto":  # the default of the models that hear; the others take no audio option
+            del options["audio"]
+        return options
 
     def generate_options(self) -> dict[str, Any]:
         return {"max_new_tokens": int(self.max_new_tokens), "temperature": float(self.temperature),
@@ -206,6 +211,9 @@ def settings_from_dict(options: dict | None) -> Settings:
     raw["system_prompt"] = raw.get("system_prompt") or ""
     if not isinstance(raw["system_prompt"], str):
         raise OptionsError("option system_prompt must be text")
+    raw["audio"] = raw.get("audio") or "auto"
+    if raw["audio"] not in Settings.AUDIO_CHOICES:
+        raise OptionsError(f"option audio must be one of {', '.join(Settings.AUDIO_CHOICES)}, got {raw['audio']!r}")
     return Settings(**raw)
 
 

@@ -20,7 +20,7 @@ from starlette.responses import PlainTextResponse
 from vlm_app.describer import memory_options, prompt_templates
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.security import check_exposure
-from vlm_app.ui.answer import SETTING_NAMES
+from vlm_app.ui.answer import SETTING_NAMES, Settings
 from vlm_app.ui.backend import Backend
 from vlm_app.ui.chapters import LONGEST_SEGMENT_S, SHORTEST_SEGMENT_S, ChapterHandlers
 from vlm_app.ui.chat import ChatHandlers, seek, toggle_subtitles
@@ -66,7 +66,10 @@ def _settings_controls() -> list[gr.components.Component]:
         top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p")
         seed = gr.Number(label="seed (blank = random)", value=0, precision=0)
         system_prompt = gr.Textbox(label="system prompt", lines=3)
-    controls = [fps, max_frames, max_pixels, start, end, max_new_tokens, temperature, top_p, seed, system_prompt]
+    audio = gr.Radio(list(Settings.AUDIO_CHOICES), value="auto", label="the video's sound (models that hear)",
+                     elem_id="audio")
+    controls = [fps, max_frames, max_pixels, start, end, max_new_tokens, temperature, top_p, seed, system_prompt,
+                audio]
     assert len(controls) == len(SETTING_NAMES)
     return controls
 
