@@ -336,6 +336,18 @@ def test_each_chapters_segment_hears_its_own_range(gemma4_checkpoints, tone_clip
     assert segments[1]["timestamps"][0] >= 20.0  # the frames keep the whole video's time
 
 
+def test_default_chapters_segments_of_a_model_that_hears_each_hear_their_range(gemma4_checkpoints, tone_clip,
+                                                                               tmp_path):
+    """Without --segment-seconds, segments are as long as the sound the model hears at once allows (30 s: 20 s
+    segments, a short last piece joined), so none goes deaf."""
+    out = tmp_path / "chapters.jsonl"
+    assert main(["describe", tone_clip, "--model", str(gemma4_checkpoints["gemma4"]), "--chapters", "--nframes", "2",
+                 "--out", str(out), *FAST]) == 0
+    segments = json.loads(out.read_text().splitlines()[0])["segments"]
+    assert [segment["video_start"] for segment in segments] == [0.0, 20.0]
+    assert all(segment["error"] is None and segment["audio"]["used"] for segment in segments)
+
+
 # ---- audio items and the server ----------------------------------------------------------------------------------
 
 def test_an_audio_file_is_described(gemma4, speech_clip, tmp_path):

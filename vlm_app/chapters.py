@@ -74,11 +74,16 @@ class Segment:
 def segment_seconds(adapter, options: dict) -> float:
     """The default segment length for `adapter` when its videos get the load_video `options` (those of
     `Adapter.video_options`): the family's frames per request at its rate, within 60..240 s (see the module's
-    docstring). A memory limit lowers each segment's frames or pixels within that length (`_Plan`)."""
+    docstring); for a model that hears the soundtrack, short enough that every segment's sound fits what it hears
+    at once (a short last piece joins the segment before it: up to 1.5 segments). A memory limit lowers each
+    segment's frames or pixels within that length (`_Plan`)."""
     policy = adapter.sampling_policy(options)
     fps = options.get("fps") or policy.fps
     frames = options.get("nframes") or options.get("max_frames") or policy.max_frames
-    return min(max(frames / fps, MIN_SEGMENT_SECONDS), MAX_SEGMENT_SECONDS)
+    seconds = min(max(frames / fps, MIN_SEGMENT_SECONDS), MAX_SEGMENT_SECONDS)
+    if options.get("audio", "off") != "off" and options.get("max_audio_seconds"):
+        seconds = min(seconds, options["max_audio_seconds"] / 1.5)
+    return seconds
 
 
 def default_segment_seconds(adapter, prompt: str, sampling: dict, generation: dict, system: str | None = None) -> float:
