@@ -341,7 +341,8 @@ def test_cancel_stops_after_the_segment_being_described(clip, smol):
     import threading
 
     from vlm_app import load
-    from vlm_app.chapters import CANCELLED, describe_chapters
+    from vlm_app.chapters import CANCELLED, DEFAULT_PROMPT, ChapterOptions, describe_chapters
+    from vlm_app.service import one_turn
 
     cancel, seen = threading.Event(), []
 
@@ -349,8 +350,8 @@ def test_cancel_stops_after_the_segment_being_described(clip, smol):
         seen.append(segment)
         cancel.set()  # Stop pressed while the first segment was being described
 
-    record = describe_chapters(load(smol, device="cpu"), clip, generation={"max_new_tokens": 2}, seconds=10,
-                               on_segment=finished, cancel=cancel)
+    record = describe_chapters(load(smol, device="cpu"), one_turn(DEFAULT_PROMPT, clip, {}, {"max_new_tokens": 2}),
+                               ChapterOptions(seconds=10), on_segment=finished, cancel=cancel)
     assert record["cancelled"] is True and record["error"] is None and record["summary"] is None
     assert len(seen) == 1 and [item["error"] for item in record["segments"]] == [None, CANCELLED, CANCELLED]
     assert [chapter["end"] for chapter in record["chapters"]] == [10.0, 20.0, 30.0]
@@ -382,31 +383,34 @@ def test_a_limit_no_segment_fits_fails_before_any_segment_is_described(clip, smo
 
 def test_a_front_door_gets_an_unplannable_video_as_an_error(clip, smol):
     from vlm_app import load
-    from vlm_app.chapters import describe_chapters
+    from vlm_app.chapters import DEFAULT_PROMPT, ChapterOptions, describe_chapters
     from vlm_app.errors import MemoryLimitError, VlmAppError
+    from vlm_app.service import one_turn
 
     adapter, planned = load(smol, device="cpu"), []
     with pytest.raises(MemoryLimitError, match="does not fit in 1 MiB"):
-        describe_chapters(adapter, clip, seconds=10, memory={"max_memory": "1MB"}, raise_unreadable=True,
-                          on_plan=lambda duration, segments: planned.append(duration))
+        describe_chapters(adapter, one_turn(DEFAULT_PROMPT, clip, max_memory="1MB"), ChapterOptions(seconds=10),
+                          raise_unreadable=True, on_plan=lambda duration, segments: planned.append(duration))
     with pytest.raises(VlmAppError):
-        describe_chapters(adapter, clip.with_name("missing.mp4"), raise_unreadable=True)
+        describe_chapters(adapter, one_turn(DEFAULT_PROMPT, clip.with_name("missing.mp4")), raise_unreadable=True)
     assert planned == []  # told of a plan only once every segment is planned
 
 
 def test_the_number_of_segments_is_capped(clip, smol):
     from vlm_app import load
-    from vlm_app.chapters import describe_chapters
+    from vlm_app.chapters import DEFAULT_PROMPT, ChapterOptions, describe_chapters
     from vlm_app.errors import LimitError
     from vlm_app.media import DEFAULT_LIMITS
+    from vlm_app.service import one_turn
 
     adapter, limits = load(smol, device="cpu"), DEFAULT_LIMITS.with_overrides(max_chapters_segments=10)
-    record = describe_chapters(adapter, clip, seconds=1, limits=limits)
+    request = one_turn(DEFAULT_PROMPT, clip, {}, {"max_new_tokens": 1}, limits)
+    record = describe_chapters(adapter, request, ChapterOptions(seconds=1))
     assert "makes 30 requests, over the limit of 10; use longer segments (at least 3 s)" in record["error"]
     assert all(segment["answer"] is None for segment in record["segments"])
     with pytest.raises(LimitError, match="over the limit of 10"):
-        describe_chapters(adapter, clip, seconds=1, limits=limits, raise_unreadable=True)
-    assert describe_chapters(adapter, clip, seconds=3, limits=limits, generation={"max_new_tokens": 1})["error"] is None
+        describe_chapters(adapter, request, ChapterOptions(seconds=1), raise_unreadable=True)
+    assert describe_chapters(adapter, request, ChapterOptions(seconds=3))["error"] is None
 
 
 def test_a_system_prompt_goes_to_every_segment_and_the_summary(clip, smol, monkeypatch):

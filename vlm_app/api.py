@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from vlm_app.adapters.registry import DEFAULT_MODEL
 from vlm_app.describer import DEFAULT_PROMPT, check_source, collection_sources, describe_folder
-from vlm_app.service import check_generation, execute, one_turn
+from vlm_app.messages import conversation
+from vlm_app.service import Request, check_generation, execute, one_turn
 
 
 def load(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", attn: str = "auto",
@@ -58,12 +59,12 @@ def describe_chapters(source, model=DEFAULT_MODEL, prompt: str | None = None, se
     duration) with a `summary` (see `vlm_app.chapters.describe_chapters`, which the CLI's --chapters calls);
     `system`: a system prompt for every request."""
     from vlm_app.chapters import DEFAULT_PROMPT as CHAPTER_PROMPT
+    from vlm_app.chapters import ChapterOptions
     from vlm_app.chapters import describe_chapters as describe_in_chapters
     from vlm_app.runtime import CACHE
 
     check_source(source)
-    check_generation(generation or {})
+    request = Request(conversation(prompt or CHAPTER_PROMPT, video=source, system=system), sampling,
+                      dict(generation or {}), limits, max_memory=max_memory, fit=fit)
     adapter = CACHE.get(model) if isinstance(model, str) else model
-    return describe_in_chapters(adapter, source, prompt or CHAPTER_PROMPT, sampling, generation,
-                                seconds=segment_seconds, overlap=overlap, limits=limits, progress=progress,
-                                memory={"max_memory": max_memory, "fit": fit}, system=system)
+    return describe_in_chapters(adapter, request, ChapterOptions(segment_seconds, overlap), progress=progress)

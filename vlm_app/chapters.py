@@ -1,7 +1,7 @@
 """Hour-long videos as chapters: the video split into consecutive segments, each described by its own request
 through `vlm_app.service`, merged into chapters that cover it from 0 to its duration, and a summary.
 
-    record = describe_chapters(adapter, "talk.mp4")    # record["chapters"]: [{start, end, text}], record["summary"]
+    record = describe_chapters(adapter, one_turn(DEFAULT_PROMPT, "talk.mp4"))  # record["chapters"], ["summary"]
 
 Segments. A segment is [start, end) of the video; neighbours meet without gaps. `overlap` seconds widen each
 segment's sampled window past its end (never past the video's), so neighbours share that much video; its chapter
@@ -41,7 +41,7 @@ from typing import Callable
 from vlm_app.errors import LimitError, OptionsError, VlmAppError
 from vlm_app.media.limits import DEFAULT_LIMITS
 from vlm_app.media.options import is_number, without_policy
-from vlm_app.messages import conversation
+from vlm_app.messages import conversation, media_items
 from vlm_app.service import (DEFAULT_MAX_NEW_TOKENS, Request, build_record, execute, is_image, memory_fit,
                              model_memory)
 from vlm_app.subtitles import Cue, clock, to_srt, to_vtt
@@ -255,36 +255,48 @@ class _Plan:
         return without_policy(fitted)
 
 
-def describe_chapters(adapter, source, prompt: str = DEFAULT_PROMPT, sampling: dict | None = None,
-                      generation: dict | None = None, seconds: float | None = None, overlap: float = 0.0,
-                      limits=None, done: dict[str, dict] | None = None,
-                      on_segment: Callable[[dict], None] | None = None, progress: bool = False,
-                      memory: dict | None = None, cancel: threading.Event | None = None,
-                      on_plan: Callable[[float, list[Segment]], None] | None = None,
-                      raise_unreadable: bool = False, system: str | None = None) -> dict:
-    """The chapters record of a video: the usual record fields (`answer` is the summary) plus `duration`,
-    `chapters` ([{start, end, text}] in order, from 0 to the duration without gaps), `summary`, `segments` (each
-    segment's bounds, prompt, frames, timestamps, tokens, timings, error, and `media_s`: the seconds the shared
-    decode pass spent on it, the probe in the first) and `chapter_options`.
+@dataclass(frozen=True)
+class ChapterOptions:
+    """How a chapters run splits its video: `seconds` per segment (None: `segment_seconds`), `overlap` seconds each
+    segment's window reaches into the next."""
 
-    `seconds`: the segment length (default: `segment_seconds`); `overlap`: seconds each segment's window reaches
-    into the next; `done`: finished segment records of an earlier run by `segment_key` (not described again);
-    `on_segment`: called with each newly finished segment record (a resumable run writes it down at once);
-    `progress`: a bar of segments on stderr; `memory`: each request's max_memory and fit (`service.Request`: once
-    the probe has planned the segments, each one's pixels, then frames, are lowered to the limit as its own request
-    would lower them, and its notes say so; the segment decoded ahead is not in the estimate); `cancel`: once set,
-    the segment being described stops within a token and no later segment is decoded (they and the summary are left
-    out; the record says `cancelled`); `on_plan`: called (from the decode thread) with the duration and the segments
-    once the probe has read the video, before any segment is described; `raise_unreadable`: a video that cannot be
-    read at all (not fetched or opened, not probed, over a limit, not even its least sample within the memory limit)
-    raises its error instead of becoming the record's (a front door answering one request); `system`: a system
-    prompt for every request, the segments' and the summary's. A failed segment leaves
-    its chapter's text empty and sets the record's `error`; the rest goes on."""
+    seconds: float | None = None
+    overlap: float = 0.0
+
+
+def describe_chapters(adapter, request: Request, options: ChapterOptions = ChapterOptions(), *,
+                      done: dict[str, dict] | None = None, on_segment: Callable[[dict], None] | None = None,
+                      progress: bool = False, cancel: threading.Event | None = None,
+                      on_plan: Callable[[float, list[Segment]], None] | None = None,
+                      raise_unreadable: bool = False) -> dict:
+    """The chapters record of the one video of `request`: the usual record fields (`answer` is the summary) plus
+    `duration`, `chapters` ([{start, end, text}] in order, from 0 to the duration without gaps), `summary`,
+    `segments` (each segment's bounds, prompt, frames, timestamps, tokens, timings, error, and `media_s`: the seconds
+    the shared decode pass spent on it, the probe in the first) and `chapter_options`.
+
+    Each segment is the request's question (its prompt, system prompt, sampling `media`, `generation` and `limits`)
+    about one time range; its `max_memory` and `fit` hold for every segment (once the probe has planned the
+    segments, each one's pixels, then frames, are lowered to the limit as its own request would lower them, and its
+    notes say so; the segment decoded ahead is not in the estimate). `done`: finished segment records of an earlier
+    run by `segment_key` (not described again); `on_segment`: called with each newly finished segment record (a
+    resumable run writes it down at once); `progress`: a bar of segments on stderr; `cancel`: once set, the segment
+    being described stops within a token and no later segment is decoded (they and the summary are left out; the
+    record says `cancelled`); `on_plan`: called (from the decode thread) with the duration and the segments once the
+    probe has read the video, before any segment is described; `raise_unreadable`: a video that cannot be read at
+    all (not fetched or opened, not probed, over a limit, not even its least sample within the memory limit) raises
+    its error instead of becoming the record's (a front door answering one request). A failed segment leaves its
+    chapter's text empty and sets the record's `error`; the rest goes on."""
+    items = media_items(request.messages)
+    source = items[0][items[0]["type"]] if len(items) == 1 else None
+    prompt, system = request.prompt() or DEFAULT_PROMPT, request.system()
+    sampling, generation, limits = request.media, request.generation, request.limits
+    memory = {"max_memory": request.max_memory, "fit": request.fit}
+    seconds, overlap = options.seconds, options.overlap
     from tqdm import tqdm
 
     from vlm_app.media.video import load_video_segments
 
-    sampling, generation, done = dict(sampling or {}), dict(generation or {}), done or {}
+    sampling, generation, done = dict(sampling), dict(generation), done or {}
     cancel = cancel or threading.Event()
     _check_request(source, sampling, seconds, overlap)
     if seconds is None:
@@ -334,7 +346,7 @@ def _describe_segment(adapter, plan: _Plan, segment: Segment, video, cancel: thr
 
 
 def _check_request(source, sampling: dict, seconds: float | None, overlap: float) -> None:
-    if is_image(source) or isinstance(source, (list, tuple)):
+    if source is None or is_image(source) or isinstance(source, (list, tuple)):
         raise OptionsError("chapters split a video in time; give a video file or URL, not an image or frame list")
     given = [name for name in ("video_start", "video_end") if sampling.get(name) is not None]
     if given:

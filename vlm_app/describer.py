@@ -189,7 +189,7 @@ def describe_video(adapter, source, prompt: str, sampling: dict | None, generati
     reused, new ones written there as they finish). `memory`: the requests' max_memory and fit."""
     if chapters is None:
         return execute(adapter, one_turn(prompt, source, sampling, generation, limits, **(memory or {})))
-    from vlm_app.chapters import describe_chapters
+    from vlm_app.chapters import ChapterOptions, describe_chapters
 
     done = {key: {name: value for name, value in record.items() if name != "source"}
             for key, record in (segments.kept if segments is not None else {}).items()}
@@ -200,8 +200,9 @@ def describe_video(adapter, source, prompt: str, sampling: dict | None, generati
         if on_segment is not None:
             on_segment(segment)
 
-    return describe_chapters(adapter, source, prompt, sampling, generation, limits=limits, done=done,
-                             on_segment=finished, progress=progress, memory=memory, **chapters)
+    request = one_turn(prompt, source, sampling, generation, limits, **(memory or {}))
+    return describe_chapters(adapter, request, ChapterOptions(**chapters), done=done, on_segment=finished,
+                             progress=progress)
 
 
 def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str | Path,

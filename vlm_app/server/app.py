@@ -282,15 +282,12 @@ def _answer(adapter, call, cancel: threading.Event, put, gatherer=None) -> dict:
 def _chapters(adapter, call, cancel: threading.Event, put) -> dict:
     """The request's video in chapters: "ready" once the probe has read it (an unreadable video is the request's
     error), each chapter's line as its segment finishes, then the summary."""
-    from vlm_app.chapters import DEFAULT_PROMPT, describe_chapters, segment_line
+    from vlm_app.chapters import ChapterOptions, describe_chapters, segment_line
 
-    request = call.request
-    record = describe_chapters(adapter, request.label(), request.prompt() or DEFAULT_PROMPT, request.media,
-                               request.generation, limits=request.limits,
-                               memory={"max_memory": request.max_memory, "fit": request.fit}, cancel=cancel,
+    record = describe_chapters(adapter, call.request, ChapterOptions(**call.chapters), cancel=cancel,
                                on_plan=lambda duration, segments: put("ready"),
                                on_segment=lambda segment: put("text", (segment_line(segment) + "\n", None)),
-                               raise_unreadable=True, system=request.system(), **call.chapters)
+                               raise_unreadable=True)
     if record["summary"] is not None:
         put("text", (f"\nSummary: {record['summary']}", None))
     described = sum(segment["error"] is None and not segment["cancelled"] for segment in record["segments"])

@@ -17,11 +17,12 @@ from typing import Iterator
 
 import gradio as gr
 
-from vlm_app.chapters import (DEFAULT_PROMPT, EXPORTS, MIN_SEGMENT_SECONDS, chapter_cues, describe_chapters,
-                              segment_line, split_video, write_chapters)
+from vlm_app.chapters import (DEFAULT_PROMPT, EXPORTS, MIN_SEGMENT_SECONDS, ChapterOptions, chapter_cues,
+                              describe_chapters, segment_line, split_video, write_chapters)
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.media.limits import DEFAULT_LIMITS
-from vlm_app.service import stats as service_stats
+from vlm_app.messages import conversation
+from vlm_app.service import Request, stats as service_stats
 from vlm_app.subtitles import clock
 from vlm_app.ui import timeline
 from vlm_app.ui.answer import (Settings, history_text, last_user, media_kind, options_object, settings_from,
@@ -81,11 +82,11 @@ def chapter_stream(backend, video: str | None, model: str, prompt: str, settings
 
     def work() -> None:
         try:
-            record = describe_chapters(backend.adapter(model), video, prompt, settings.media_options("video"),
-                                       settings.generate_options(), seconds, overlap, limits=backend.policy.limits,
-                                       on_segment=lambda segment: updates.put(("segment", segment)),
-                                       memory=backend.memory, cancel=cancel,
-                                       system=settings.system_prompt.strip() or None)
+            messages = conversation(prompt, video=video, system=settings.system_prompt.strip() or None)
+            request = Request(messages, settings.media_options("video"), settings.generate_options(),
+                              backend.policy.limits, **backend.memory)
+            record = describe_chapters(backend.adapter(model), request, ChapterOptions(seconds, overlap),
+                                       on_segment=lambda segment: updates.put(("segment", segment)), cancel=cancel)
             updates.put(("record", record))
         except VlmAppError as error:
             updates.put(("error", str(error)))
