@@ -11,7 +11,7 @@ import pytest
 
 from vlm_app import distributed
 from vlm_app.cli import main
-from vlm_app.describer import DEFAULT_PROMPT
+from vlm_app.prompts import DEFAULT_PROMPT
 from vlm_app.memory import AUTO_RAM_FRACTION, AVAILABLE_MEMORY_VARIABLE
 from vlm_app.service import execute, one_turn
 from vlm_app.messages import conversation

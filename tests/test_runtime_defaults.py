@@ -11,7 +11,7 @@ import types
 import pytest
 import torch
 
-from vlm_app import runtime
+from vlm_app import hub, runtime
 from vlm_app.cli import main
 from vlm_app.errors import ModelLoadError, OptionsError
 
@@ -116,11 +116,11 @@ def test_a_lora_adapter_may_be_a_hub_id_found_offline(tmp_path, monkeypatch):
     cache, snapshot = _hub_cache_with(tmp_path, "someone/qwen-lora", {"adapter_config.json": "{}"})
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert runtime.locate_lora("someone/qwen-lora") == (str(snapshot), snapshot.name)  # the folder and its commit
+    assert hub.locate_lora("someone/qwen-lora") == (str(snapshot), snapshot.name)  # the folder and its commit
     with pytest.raises(ModelLoadError, match="someone/missing-lora .* HF_HUB_OFFLINE is set"):
-        runtime.locate_lora("someone/missing-lora")
+        hub.locate_lora("someone/missing-lora")
     with pytest.raises(ModelLoadError, match="neither a folder nor a hub id"):
-        runtime.locate_lora("./no/such/lora")
+        hub.locate_lora("./no/such/lora")
 
 
 @pytest.fixture

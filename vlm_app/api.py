@@ -16,7 +16,8 @@ adapter calls, `with vlm_app.service.MemoryGuard("the forward pass", adapter.dev
 from __future__ import annotations
 
 from vlm_app.adapters.registry import DEFAULT_MODEL
-from vlm_app.describer import DEFAULT_PROMPT, check_source, collection_sources, describe_folder
+from vlm_app.folders import FolderRun, check_source, collection_sources, describe_folder
+from vlm_app.prompts import DEFAULT_PROMPT
 from vlm_app.messages import conversation
 from vlm_app.service import Request, check_generation, execute, one_turn
 
@@ -47,8 +48,8 @@ def describe(source, model=DEFAULT_MODEL, prompt: str = DEFAULT_PROMPT, out: str
     adapter = CACHE.get(model) if isinstance(model, str) else model
     memory = {"max_memory": max_memory, "fit": fit}
     if is_folder:
-        return describe_folder(adapter, source, out, prompt, sampling, generation, resume=resume, progress=False,
-                               memory=memory)
+        question = one_turn(prompt, source, sampling, generation, **memory)
+        return describe_folder(adapter, source, question, FolderRun(out, resume, progress=False))
     return execute(adapter, one_turn(prompt, source, sampling, generation, **memory))
 
 

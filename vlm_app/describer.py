@@ -10,200 +10,17 @@ timestamps actually shown, token counts and timings, and the answer's grounding 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import urlparse
+from typing import Any
 
 from vlm_app.errors import OptionsError, VlmAppError
+from vlm_app.folders import (FolderRun, check_source, collection_sources, describe_folder, describe_video,
+                             segment_results)
 from vlm_app.grounding import draw_boxes, parse_grounding
-from vlm_app.results import JsonlResults, check_resumed, same_source, segments_path
+from vlm_app.prompts import resolve_prompt
+from vlm_app.results import JsonlResults, check_resumed, same_source
 from vlm_app.service import IMAGE_SUFFIXES, MemoryGuard, check_generation, compare, execute, is_image, one_turn
-
-DEFAULT_PROMPT = "Describe this video."
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp",
-                  ".ogv", ".m2ts", ".mts"}
-LIST_SUFFIXES = (".txt", ".lst", ".list")  # one video path or URL per line
-
-
-def prompt_templates() -> dict[str, Path]:
-    return {path.stem: path for path in sorted(PROMPTS_DIR.glob("*.txt"))}
-
-
-def resolve_prompt(prompt: str | None = None, template: str | None = None) -> str:
-    """The prompt text from --prompt and/or --template (a name in prompts/ or a file). A template with a
-    {question} slot takes --prompt as the question."""
-    if template is None:
-        return prompt or DEFAULT_PROMPT
-    templates = prompt_templates()
-    path = templates.get(template) or Path(template)
-    if not path.is_file():
-        raise OptionsError(f"unknown prompt template {template!r}; use one of {', '.join(templates)} or a file path")
-    text = path.read_text().strip()
-    if "{question}" in text:
-        if not prompt:
-            raise OptionsError(f"template {template!r} needs a question: pass it with --prompt")
-        return text.replace("{question}", prompt)
-    if prompt:
-        raise OptionsError(f"template {template!r} has no {{question}} slot; pass --prompt or --template, not both")
-    return text
-
-
-def check_source(source: Any) -> None:
-    """Fail in milliseconds, before any model loads, on a source that cannot work: a missing, empty or
-    oversized local file, an unsupported URL scheme, something that is no source at all. http(s) and data: sources
-    are left to the media pipeline (checking them here would mean fetching them twice), and so are media already in
-    memory (frames, an image, a sampled video)."""
-    from PIL import Image
-
-    from vlm_app.media import DEFAULT_LIMITS, SampledVideo
-    from vlm_app.media.sources import local_file
-
-    if isinstance(source, (list, tuple, Image.Image, SampledVideo)):
-        return
-    if isinstance(source, (str, os.PathLike)) and urlparse(os.fspath(source)).scheme in ("http", "https", "data"):
-        return
-    with local_file(source, DEFAULT_LIMITS):  # which names what is wrong with any other source
-        pass
-
-
-def find_videos(folder: str | Path) -> list[Path]:
-    """Video files under `folder` (recursive, into linked folders too, each folder once, so a link loop ends), by
-    extension, in a stable order. Hidden names are skipped: `.DS_Store`, macOS's `._clip.mp4` (AppleDouble
-    metadata, not video) and dot folders such as `.Trashes`."""
-    videos, seen = [], set()
-    for root, folders, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        folders[:] = [] if real in seen else [name for name in folders if not name.startswith(".")]
-        if real in seen:
-            continue
-        seen.add(real)
-        videos += [Path(root, name) for name in files if not name.startswith(".")
-                   and Path(name).suffix.lower() in VIDEO_SUFFIXES and os.path.isfile(os.path.join(root, name))]
-    return sorted(videos)
-
-
-def collection_sources(source: Any) -> list[str] | None:
-    """The videos a folder (recursive) or a list file (one path or URL per line; blank lines and # comments
-    skipped; relative paths from the current folder) names, each once, for every engine; None when `source` is a
-    single video or image."""
-    if not isinstance(source, (str, Path)) or not str(source).strip():  # "" is no folder (Path("") is ".")
-        return None
-    path = Path(source)
-    if path.is_dir():
-        videos = [str(video) for video in find_videos(path)]
-        if not videos:
-            raise OptionsError(f"no video files in {path} (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
-        return videos
-    if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-        # utf-8-sig: Windows editors start the file with a byte order mark; surrogateescape: a file name that is
-        # not UTF-8 is still the name on disk
-        lines = [line.strip() for line in path.read_bytes().decode("utf-8-sig", "surrogateescape").splitlines()]
-        sources: dict[str, str] = {}
-        for line in lines:
-            if line and not line.startswith("#"):
-                sources.setdefault(same_source(line), line)  # a video listed twice is described once
-        if not sources:
-            raise OptionsError(f"{path} lists no videos (one path or URL per line)")
-        return list(sources.values())
-    return None
-
-
-def describe_folder(adapter, folder: str | Path, out_path: str | Path | None, prompt: str = DEFAULT_PROMPT,
-                    sampling: dict | None = None, generation: dict | None = None, resume: bool = False,
-                    retry_failed: bool = False, emit: Callable[[dict], None] | None = None,
-                    progress: bool = True, memory: dict | None = None, chapters: dict | None = None,
-                    limits=None, batch_size: int = 1) -> list[dict]:
-    """Describe every video of a folder or list file, appending one JSON line per video to `out_path` as it
-    finishes. `adapter`: the model, or a `runtime.ModelChoice`, loaded once the outputs are open and the resumed
-    records checked, so that a bad `out_path` or a resume with other settings fails before a model loads for
-    nothing. `resume` and `retry_failed` follow the one resume rule of `vlm_app.results`; the records a resumed run
-    keeps must have been made with its model and options (`results.check_resumed`). `memory`:
-    the request's max_memory and fit (`service.Request`). Without chapters, up to `batch_size` videos generate
-    in one batch, and the next video is decoded while the model generates (`vlm_app.batching.execute_batch`)."""
-    from tqdm import tqdm
-
-    videos = collection_sources(folder)
-    if videos is None:
-        raise OptionsError(f"{folder} is neither a folder nor a list file ({', '.join(LIST_SUFFIXES)})")
-    results = JsonlResults(out_path, inputs=[folder, *videos]) if out_path else None
-    skip = results.start(resume, retry_failed) if results is not None else set()
-    segments = _segment_results(out_path, chapters, resume, retry_failed, [folder, *videos])
-    if results is not None:
-        check_resumed(results, videos, adapter, prompt, sampling, generation, chapters)
-    records = []
-    todo = [video for video in videos if same_source(video) not in skip]
-    adapter = _loaded(adapter) if todo else adapter  # a resumed run with nothing left to do loads no model
-    bar = tqdm(total=len(todo), desc="describe", unit="video", disable=not progress, file=sys.stderr)
-
-    def finished(index: int, record: dict) -> None:
-        records.append(record)
-        if results is not None:
-            results.add(record)
-        if emit is not None:
-            emit(record)
-        bar.update()
-
-    try:
-        if chapters is None:
-            from vlm_app.batching import execute_batch
-
-            execute_batch(adapter, [one_turn(prompt, video, sampling, generation, limits, **(memory or {}))
-                                    for video in todo], max_batch=batch_size, on_record=finished)
-        else:
-            for index, video in enumerate(todo):
-                finished(index, describe_video(adapter, video, prompt, sampling, generation, chapters, segments,
-                                               limits, progress, memory=memory))
-    finally:
-        bar.close()
-        for output in (results, segments):
-            if output is not None:
-                output.close()
-    return records
-
-
-def _loaded(adapter):
-    """`adapter` itself, or the model a `runtime.ModelChoice` names, loaded."""
-    from vlm_app.runtime import ModelChoice
-
-    return adapter.load() if isinstance(adapter, ModelChoice) else adapter
-
-
-def _segment_results(out_path, chapters: dict | None, resume: bool, retry_failed: bool,
-                     inputs: list) -> JsonlResults | None:
-    """The sidecar of finished segments of a chapters run with an output (started as the output is)."""
-    if chapters is None or not out_path:
-        return None
-    segments = JsonlResults(segments_path(out_path), key="key", inputs=inputs)
-    segments.start(resume, retry_failed)
-    return segments
-
-
-def describe_video(adapter, source, prompt: str, sampling: dict | None, generation: dict | None,
-                   chapters: dict | None = None, segments: JsonlResults | None = None, limits=None,
-                   progress: bool = False, on_segment: Callable[[dict], None] | None = None,
-                   memory: dict | None = None) -> dict:
-    """One video's record: one request, or with `chapters` one per segment (finished segments in `segments` are
-    reused, new ones written there as they finish). `memory`: the requests' max_memory and fit."""
-    if chapters is None:
-        return execute(adapter, one_turn(prompt, source, sampling, generation, limits, **(memory or {})))
-    from vlm_app.chapters import ChapterOptions, describe_chapters
-
-    done = {key: {name: value for name, value in record.items() if name != "source"}
-            for key, record in (segments.kept if segments is not None else {}).items()}
-
-    def finished(segment: dict) -> None:
-        if segments is not None:
-            segments.add({"source": str(source), **segment})
-        if on_segment is not None:
-            on_segment(segment)
-
-    request = one_turn(prompt, source, sampling, generation, limits, **(memory or {}))
-    return describe_chapters(adapter, request, ChapterOptions(**chapters), done=done, on_segment=finished,
-                             progress=progress)
-
 
 def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str | Path,
                   max_new_tokens: int | None = None) -> Path:
@@ -285,10 +102,9 @@ def run_describe_command(args, model_options: dict, sampling: dict, generation: 
         raise OptionsError(f"--boxes-out draws on an image; give an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if is_folder:
         emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
-        records = describe_folder(ModelChoice(args.model, model_options), source, args.out, prompt,
-                                  sampling, generation, resume=resume, retry_failed=args.retry_failed, emit=emit,
-                                  memory=memory_options(args), chapters=chapters, limits=limits,
-                                  batch_size=args.batch_size)
+        question = one_turn(prompt, source, sampling, generation, limits, **memory_options(args))
+        run = FolderRun(args.out, resume, args.retry_failed, emit, chapters=chapters, batch_size=args.batch_size)
+        records = describe_folder(ModelChoice(args.model, model_options), source, question, run)
         failed = [record for record in records if record["error"]]
         print(f"described {len(records) - len(failed)} video(s), {len(failed)} failed"
               + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
@@ -347,11 +163,11 @@ def _describe_chapters_one(args, adapter, prompt: str, sampling: dict, generatio
     """One video in chapters: each chapter printed as it finishes (or the record with --json), then the exports."""
     from vlm_app.chapters import segment_line, write_chapters
 
-    segments = _segment_results(args.out, chapters, resume, args.retry_failed, [args.source])
+    segments = segment_results(FolderRun(args.out, resume, args.retry_failed, chapters=chapters), [args.source])
     show = None if args.json else (lambda segment: print(segment_line(segment), flush=True))
+    request = one_turn(prompt, args.source, sampling, generation, limits, **memory_options(args))
     try:
-        record = describe_video(adapter, args.source, prompt, sampling, generation, chapters, segments, limits,
-                                progress=True, on_segment=show, memory=memory_options(args))
+        record = describe_video(adapter, request, chapters, segments, progress=True, on_segment=show)
     finally:
         if segments is not None:
             segments.close()

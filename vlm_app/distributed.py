@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from vlm_app.describer import collection_sources
+from vlm_app.folders import collection_sources
 from vlm_app.errors import OptionsError, SourceError, VlmAppError
 from vlm_app.results import JsonlResults, check_resumed, same_source, sources_to_skip
 from vlm_app.service import MemoryGuard, Run, build_record, memory_fit, model_memory, one_turn
@@ -123,7 +123,7 @@ class Decoder:
 
     def __init__(self, job: Job, board=None):
         from vlm_app.adapters import registry
-        from vlm_app.runtime import locate
+        from vlm_app.hub import locate
 
         ref = registry.resolve(job.model_location)
         path, _ = locate(ref, job.model_options.get("revision"))
@@ -278,7 +278,8 @@ def default_decode_workers(ray, cluster: Cluster) -> int:
 
 def run_ray_describe_command(args, model_options: dict, sampling: dict, generation: dict) -> int:
     """`describe SOURCE --engine ray --out FILE`: the CLI front of `describe_on_ray`."""
-    from vlm_app.describer import memory_options, resolve_prompt
+    from vlm_app.describer import memory_options
+    from vlm_app.prompts import resolve_prompt
 
     import_ray()
     if not args.out:

@@ -73,7 +73,7 @@ def lora_label(info: dict | None) -> str | None:
 
 def read_lora(source: str, name: str | None = None) -> LoraFiles:
     """The adapter at `source` (a folder, or a hub id found like a model), its files checked."""
-    from vlm_app.runtime import locate_lora
+    from vlm_app.hub import locate_lora
 
     folder, revision = locate_lora(source)
     config_file = Path(folder) / ADAPTER_CONFIG

@@ -21,7 +21,7 @@ import re
 import sys
 import threading
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -91,6 +91,20 @@ class Request:
         """The keywords for `adapter.stream` (stop strings are applied here, not by the model)."""
         options = {key: value for key, value in self.generation.items() if key != "stop" and value is not None}
         return {**options, "max_new_tokens": self.max_new_tokens}
+
+    def about(self, source: Any) -> "Request":
+        """The same question about another video, image or sound file (a folder run asks it of each video)."""
+        kind = "audio" if is_audio(source) else "image" if is_image(source) else "video"
+
+        def item_about(item: dict) -> dict:
+            if item["type"] not in ("video", "image", "audio"):
+                return item
+            options = {key: value for key, value in item.items() if key not in ("type", item["type"])}
+            return {"type": kind, kind: source, **(options if item["type"] == kind else {})}
+
+        messages = [{**message, "content": [item_about(item) for item in message["content"]]}
+                    for message in self.messages]
+        return replace(self, messages=messages, source=None)
 
     def label(self) -> str | None:
         if self.source is not None:

@@ -431,7 +431,7 @@ class Adapter:
                    limits=None, fit=None) -> list:
         """Sample every image/video item with this family's policy (`video_options`); already sampled items pass
         through unchanged."""
-        from vlm_app.media import SampledImage, SampledVideo, load_image, load_video
+        from vlm_app.media import SampledImage, SampledVideo, load_image
         from vlm_app.media.audio import Soundtrack
         from vlm_app.media.video import FRAME_LIST_IGNORED
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vlm_app.describer import DEFAULT_PROMPT
+from vlm_app.prompts import DEFAULT_PROMPT
 from vlm_app.messages import conversation
 from vlm_app.service import execute, one_turn
 from vlm_app.testing.videos import make_textured_clip

@@ -17,7 +17,8 @@ from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 
-from vlm_app.describer import memory_options, prompt_templates
+from vlm_app.describer import memory_options
+from vlm_app.prompts import prompt_templates
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.security import check_exposure
 from vlm_app.ui.answer import SETTING_NAMES, Settings
