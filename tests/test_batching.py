@@ -318,3 +318,20 @@ def test_ray_replicas_take_batches(ray_local, ray_videos, tiny_checkpoints, tmp_
     for source, record in local.items():
         assert {name: ray[source][name] for name in ("error", "source", "generation", *SAME_FIELDS)} == \
             {name: record[name] for name in ("error", "source", "generation", *SAME_FIELDS)}
+
+
+def test_bench_batch_reports_every_batch_size(adapters, capsys):
+    """`bench batch`, shrunk to a tiny model and two short clips: a row per batch size with its rate against the
+    first (no speed is asserted: that is the benchmark's job)."""
+    import re
+
+    from vlm_app.cli import main
+
+    model = adapters("smolvlm2").info.model_id
+    assert main(["bench", "batch", "--model", model, "--videos", "3", "--seconds", "2", "--max-new-tokens", "4",
+                 "--batch-sizes", "1,3"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\s+(\d)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+[0-9.]+ [KMG]iB\s+[0-9.]+ [KMG]iB\s+([0-9.]+)x$",
+                      out, re.MULTILINE)
+    assert [row[0] for row in rows] == ["1", "3"] and rows[0][4] == "1.00"
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)

@@ -1,4 +1,4 @@
-"""`bench batch` through the CLI, shrunk to two clips: both paths run and report throughput."""
+"""`bench batch --ray` through the CLI, shrunk to two clips: both paths run and report throughput."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from vlm_app.cli import main
 
 
 def test_bench_batch_reports_both_paths(ray_local, capsys):
-    assert main(["bench", "batch", "--videos", "2", "--seconds", "1", "--max-new-tokens", "4"]) == 0
+    assert main(["bench", "batch", "--ray", "--videos", "2", "--seconds", "1", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     sequential = re.search(r"sequential: .* -> ([0-9.]+) videos/s", out)
     ray = re.search(r"ray \(local, .* -> ([0-9.]+) videos/s end to end", out)

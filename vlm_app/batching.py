@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
@@ -358,9 +359,10 @@ def start_rows(adapter, runs: list, indices: list, done: Callable[[int, dict], N
     """Start generating prepared runs as one batch (a lone run: its own stream, every generation option
     honoured). Each run reads its own row (stop strings, cancel) in its own thread and `done(index, record)` is
     called as each finishes. Returns the function that waits for them all (and raises a bug of any)."""
+    ended = threading.Event()  # set once the batch's generate has returned
     if len(runs) > 1:
         streams = stream_batch(adapter, [run.prepared for run in runs], [run.request.max_new_tokens for run in runs],
-                               [run.cancel for run in runs], **_sampling(runs[0]))
+                               [run.cancel for run in runs], ended=ended, **_sampling(runs[0]))
         for run, stream in zip(runs, streams):
             run.stream = stream
     failures: list[BaseException] = []
@@ -378,6 +380,8 @@ def start_rows(adapter, runs: list, indices: list, done: Callable[[int, dict], N
     def finish() -> None:
         for thread in threads:
             thread.join()
+        if len(runs) > 1:
+            ended.wait()
         if failures:
             raise failures[0]
 
@@ -399,6 +403,19 @@ class Gatherer:
         self._chosen: set = set()  # the waiting turns the batch now starting has taken
         self._members = 0  # turns of the generating batch not yet left
         self._ended: threading.Event | None = None  # set when the generating batch's `generate` returns
+        self._coming: dict[str, int] = {}  # model -> requests preparing their inputs, soon to wait here
+
+    @contextmanager
+    def preparing(self, model: str):
+        """Around a request's `prepare`: a batch's leader waits for it (as long as it prepares) to join."""
+        with self._changed:
+            self._coming[model] = self._coming.get(model, 0) + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._coming[model] -= 1
+                self._changed.notify_all()
 
     def turn(self, run, model: str) -> "_Turn":
         return _Turn(self, run, model)
@@ -419,13 +436,14 @@ class Gatherer:
             self._chosen.discard(turn)
 
     def _lead(self, leader: "_Turn", key) -> None:
-        """Called holding the lock by the first waiting turn while nothing generates: gather, then start."""
+        """Called holding the lock by the first waiting turn while nothing generates: gather (for `wait_s`, and
+        while requests for its model are still preparing), then start."""
         deadline = time.monotonic() + self.wait_s
         while key is not None and len(self._peers(leader.model, key)) < self.max_batch:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 and not self._coming.get(leader.model):
                 break
-            self._changed.wait(left)
+            self._changed.wait(left if left > 0 else None)
         batch = [leader]
         if key is not None:
             peers = self._peers(leader.model, key)[:self.max_batch]

@@ -214,8 +214,9 @@ def _add_serve(sub) -> None:
                         help="generate up to N concurrent requests for the same model in one batch (each still "
                              "streams and cancels on its own; the memory limit may make batches smaller; default 1: "
                              "one request at a time)")
-    parser.add_argument("--batch-wait-ms", type=non_negative, default=10.0, metavar="MS",
-                        help="with --max-batch: how long a batch's first request waits for others (default 10)")
+    parser.add_argument("--batch-wait-ms", type=non_negative, default=0.0, metavar="MS",
+                        help="with --max-batch: how long a batch's first request waits for others to arrive (default "
+                             "0; it always waits for those already preparing their media)")
     parser.add_argument("--keepalive", type=positive, default=15.0, metavar="SECONDS",
                         help="a stream with nothing new for this long gets an SSE comment line, so proxies keep it "
                              "open and a client that left is noticed (default 15)")
@@ -484,18 +485,29 @@ def _run_bench_model(args: argparse.Namespace) -> int:
 
 
 def _add_bench_batch(benches) -> None:
-    parser = benches.add_parser("batch", help="describe a folder sequentially vs on a local Ray (throughput)")
-    parser.add_argument("--videos", type=int, default=12, help="generated clips to describe")
-    parser.add_argument("--seconds", type=int, default=4, help="length of each clip")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--model", default=None, help="checkpoint (default: a tiny SmolVLM2 built on the spot)")
+    parser = benches.add_parser("batch", help="a folder at batch sizes 1/4/8 (throughput, memory); --ray: "
+                                              "sequential vs a local Ray")
+    parser.add_argument("--videos", type=int, default=None, help="generated clips to describe (default 16; --ray 12)")
+    parser.add_argument("--seconds", type=int, default=None, help="length of each clip (default 30; --ray 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="(default 128; --ray 16)")
+    parser.add_argument("--batch-sizes", action=ListFlag, default=None, metavar="N",
+                        help="batch sizes to compare, the first is the reference (default 1,4,8)")
+    parser.add_argument("--size", default="256m", help="real-size random-weight SmolVLM2 to build (default 256m)")
+    parser.add_argument("--model", default=None, help="checkpoint (default: real-size random-weight SmolVLM2; "
+                                                      "--ray: a tiny SmolVLM2 built on the spot)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--ray", action="store_true", help="the older comparison: sequential vs a local Ray")
     parser.set_defaults(handler=_run_bench_batch)
 
 
 def _run_bench_batch(args: argparse.Namespace) -> int:
-    from vlm_app.bench.batch import run_batch_benchmark
+    from vlm_app.bench.batch import run_batch_benchmark, run_batching_benchmark
 
-    return run_batch_benchmark(args.videos, args.seconds, args.max_new_tokens, args.model)
+    if args.ray:
+        return run_batch_benchmark(args.videos or 12, args.seconds or 4, args.max_new_tokens or 16, args.model)
+    sizes = tuple(batch_count(size) for size in args.batch_sizes or ("1", "4", "8"))
+    return run_batching_benchmark(args.videos or 16, args.seconds or 30, args.max_new_tokens or 128, sizes,
+                                  args.model, args.size, args.threads)
 
 
 def _add_bench_serve(benches) -> None:
@@ -504,6 +516,8 @@ def _add_bench_serve(benches) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=15, help="interleaved server/direct pairs at concurrency 1")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, in the server and here")
+    parser.add_argument("--max-batch", type=batch_count, default=8,
+                        help="the batched server's --max-batch, compared with one job at a time (default 8)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=_run_bench_serve)
 
@@ -511,7 +525,8 @@ def _add_bench_serve(benches) -> None:
 def _run_bench_serve(args: argparse.Namespace) -> int:
     from vlm_app.bench.serve import run_serve_benchmark
 
-    return run_serve_benchmark(args.model, args.max_new_tokens, args.repeats, args.threads, args.json)
+    return run_serve_benchmark(args.model, args.max_new_tokens, args.repeats, args.threads, args.json,
+                               args.max_batch)
 
 
 def _add_bench_memory(benches) -> None:

@@ -85,3 +85,73 @@ def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+# ---- batched generation (`bench batch`) ----------------------------------------------------------------------
+
+def run_batching_benchmark(videos: int = 16, seconds: int = 30, max_new_tokens: int = 128,
+                           batch_sizes: tuple[int, ...] = (1, 4, 8), model: str | None = None, size: str = "256m",
+                           threads: int | None = None) -> int:
+    """A folder's worth of requests (`videos` textured clips of `seconds`) through `batching.execute_batch` at each
+    batch size, on the same model in this process: videos per minute, answer tokens per second, the measured peak
+    (RSS on CPU) and the batch pre-flight's estimate, and each rate against batch size 1 measured in the same run.
+    Default model: real-size random-weight SmolVLM2 (`size`) on CPU; random weights never end an answer early
+    (the end-of-answer token is switched off), so every answer is `max_new_tokens` long at every batch size."""
+    import shutil
+
+    import torch
+
+    from vlm_app import memory
+    from vlm_app.batching import batch_estimate, execute_batch, prepared_run
+    from vlm_app.memory import format_bytes
+
+    if threads:
+        torch.set_num_threads(threads)
+    adapter = _bench_adapter(model, size)
+    adapter.model.generation_config.eos_token_id = None  # every answer runs to max_new_tokens
+    with tempfile.TemporaryDirectory(prefix="vlm_app_bench_batching_") as scratch:
+        first = make_textured_clip(Path(scratch) / "clip00.mp4", seconds, 8, 640, 360, preset="ultrafast")
+        clips = [first] + [shutil.copy(first, Path(scratch) / f"clip{number:02d}.mp4") for number in range(1, videos)]
+        generation = {"max_new_tokens": max_new_tokens, "temperature": 0.0}
+        requests = lambda: [one_turn(DEFAULT_PROMPT, str(clip), {}, generation, max_memory=None)  # noqa: E731
+                            for clip in clips]
+        execute_batch(adapter, requests()[:1], max_batch=1)  # warm-up (first-call costs)
+        one = prepared_run(adapter, requests()[0])  # every clip is the same: one shape stands for each row
+        shape = adapter.prepared_shape(one.prepared, max_new_tokens)
+        print(f"bench batch: {videos} textured clips of {seconds} s (640x360), model {adapter.info.model_id}, "
+              f"{max_new_tokens} new tokens each, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs "
+              "(shared with whatever else runs on this machine)")
+        print(f"{'batch':>5} {'videos/min':>11} {'tokens/s':>9} {'wall s':>8} {'peak RSS':>10} {'estimate':>10} "
+              f"{'vs batch 1':>10}")
+        baseline = None
+        for batch_size in batch_sizes:
+            memory.reset_peak("cpu")
+            started = time.perf_counter()
+            records = execute_batch(adapter, requests(), max_batch=batch_size)
+            wall = time.perf_counter() - started
+            peak = memory.peak_bytes("cpu")
+            estimate = batch_estimate(adapter, [shape] * batch_size, ahead=shape).total
+            tokens = sum(record["timings"]["new_tokens"] for record in records if record["timings"])
+            rate = videos / wall * 60
+            baseline = baseline or rate
+            print(f"{batch_size:>5} {rate:>11.2f} {tokens / wall:>9.1f} {wall:>8.1f} {format_bytes(peak):>10} "
+                  f"{format_bytes(estimate):>10} {rate / baseline:>9.2f}x")
+    return 0
+
+
+def _bench_adapter(model: str | None, size: str):
+    """A checkpoint on CPU, or real-size random-weight SmolVLM2 of `size` (`Adapter.real_size`)."""
+    import torch
+
+    from vlm_app.bench.model import real_model
+    from vlm_app.runtime import ModelInfo, load_adapter
+
+    if model is not None:
+        return load_adapter(model, device="cpu")
+    model_class, config, processor, family_adapter = real_model("smolvlm2", size)
+    torch.manual_seed(0)
+    built = model_class._from_config(config, dtype=torch.float32).eval()
+    info = ModelInfo(model_id=f"smolvlm2-{size} (random weights)", path="", family="smolvlm2", device="cpu",
+                     dtype="float32")
+    return family_adapter(built, processor, info)
+

@@ -55,7 +55,7 @@ class ServerConfig:
     fit: bool = True
     keepalive_seconds: float = 15.0    # a quiet stream sends an SSE comment this often
     max_batch: int = 1                 # answers generated together (`vlm_app.batching.Gatherer`); 1: one job at a time
-    batch_wait_ms: float = 10.0        # how long a batch's first request waits for others to join it
+    batch_wait_ms: float = 0.0         # how long a batch's first request waits for others to arrive
     offer: Any = None                  # `vlm_app.lora.Offer`: which models are LoRA adapters, on which base
 
 
@@ -267,7 +267,8 @@ def _answer(adapter, call, cancel: threading.Event, put, gatherer=None) -> dict:
     """With a `gatherer`, the answer is generated in a batch with other requests' (its own row: its own stream,
     stop strings and cancel)."""
     run = Run(adapter, call.request, cancel)
-    run.prepare()
+    with gatherer.preparing(call.model) if gatherer is not None else nullcontext():
+        run.prepare()
     put("ready")
     with gatherer.turn(run, call.model) if gatherer is not None else nullcontext():
         answer = ""
