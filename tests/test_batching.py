@@ -335,3 +335,13 @@ def test_bench_batch_reports_every_batch_size(adapters, capsys):
                       out, re.MULTILINE)
     assert [row[0] for row in rows] == ["1", "3"] and rows[0][4] == "1.00"
     assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)
+
+
+def test_serve_refuses_max_batch_with_lora_adapters(tiny_loras, capsys):
+    """A batch generates on one active LoRA adapter while the server switches adapters per job: refused at start."""
+    from vlm_app.cli import main
+
+    tiny = tiny_loras["smolvlm2"]
+    assert main(["serve", "--models", str(tiny.checkpoint), "--lora", f"tuned={tiny.lora}", "--max-batch", "2",
+                 "--device", "cpu"]) != 0
+    assert "--max-batch does not go with --lora yet" in capsys.readouterr().err

@@ -115,6 +115,8 @@ class Server:
 
         self.config = config
         self.offer = config.offer or Offer(tuple(config.models))
+        if config.max_batch > 1 and self.offer.loras:  # a batch runs on one active adapter; switching is per job
+            raise OptionsError("--max-batch does not go with --lora yet; serve LoRA adapters with --max-batch 1")
         self.cache = ModelCache(config.memory_budget_bytes)
         # batched: a batch's answers, and one request ahead preparing its media while they generate
         self.jobs = Jobs(config.max_queue, config.max_batch + 1 if config.max_batch > 1 else 1)
