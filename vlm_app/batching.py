@@ -448,8 +448,9 @@ class Gatherer:
         if key is not None:
             peers = self._peers(leader.model, key)[:self.max_batch]
             runs = [turn.run for turn in peers]
-            batch = [peers[index] for index in split_by_memory(leader.run.adapter, runs, list(range(len(runs))),
-                                                               self.max_batch)[0]]
+            parts = split_by_memory(leader.run.adapter, runs, list(range(len(runs))), self.max_batch,
+                                    one_ahead=True)  # a request prepares while the batch generates
+            batch = [peers[index] for index in parts[0]]
         self._waiting = [entry for entry in self._waiting if entry[0] not in batch]
         self._members, self._ended = len(batch), None
         if len(batch) > 1:
