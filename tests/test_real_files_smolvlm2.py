@@ -25,7 +25,7 @@ def real_smol(real_smolvlm2_dirs):
 def test_sampling_and_sizes_come_from_the_real_files(real_smol, size, example_clip):
     adapter = real_smol[size]
     edge, seq_len = REAL[size]
-    assert adapter.sampling_defaults() == {"fps": 1, "max_frames": 64}
+    assert adapter.sampling_defaults("smolvlm2") == {"fps": 1, "max_frames": 64}
     assert adapter.processor.image_seq_len == seq_len
     prepared = adapter.prepare(video_messages(str(example_clip)))
     frames = len(prepared.media[0].frames_indices)
@@ -42,7 +42,7 @@ def test_video_sampling_is_read_from_the_checkpoint(tmp_path, make_clip):
     adapter = load(str(build_from_files("smolvlm2", files, tmp_path / "checkpoint")), device="cpu")
     clip = make_clip(tmp_path / "long.mp4", 20.0, 4, 64, 48)
     shown = adapter.load_media(video_messages(str(clip)), {})[0]
-    assert len(shown.frames_indices) == 6 and adapter.sampling_defaults() == {"fps": 2, "max_frames": 6}
+    assert len(shown.frames_indices) == 6 and adapter.sampling_defaults("smolvlm2") == {"fps": 2, "max_frames": 6}
 
 
 def test_the_real_template_has_no_video_branch_and_videos_still_get_their_frames(real_smol, real_smolvlm2_dirs,

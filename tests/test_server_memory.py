@@ -50,9 +50,12 @@ def limited_client(tmp_path_factory, tiny_checkpoints, memory_clip, unconstraine
 def test_every_request_is_fitted_under_the_operators_limit(limited_client, tiny_checkpoints, memory_clip,
                                                            unconstrained):
     client, limit = limited_client
-    response = client.chat.completions.create(model=str(tiny_checkpoints["smolvlm2"]), max_tokens=MAX_TOKENS,
-                                              messages=video_message(memory_clip),
-                                              extra_body={"max_memory": 2**40})  # no body field reaches the limit
+    with pytest.raises(openai.BadRequestError) as raised:  # no body field reaches the operator's limit
+        client.chat.completions.create(model="smolvlm2", max_tokens=MAX_TOKENS, messages=video_message(memory_clip),
+                                       extra_body={"max_memory": 2**40})
+    assert raised.value.body["param"] == "max_memory"
+    response = client.chat.completions.create(model="smolvlm2", max_tokens=MAX_TOKENS,
+                                              messages=video_message(memory_clip))
     shown = response.model_extra["vlm_app"]
     assert response.choices[0].message.content
     assert 0 < len(shown["frames_indices"]) < len(unconstrained["frames_indices"]) == 8
@@ -63,8 +66,7 @@ def test_every_request_is_fitted_under_the_operators_limit(limited_client, tiny_
 def test_a_request_that_cannot_fit_is_an_error_object(limited_client, tiny_checkpoints, memory_clip):
     client, _ = limited_client
     with pytest.raises(openai.BadRequestError) as raised:  # a 4096-token answer's KV cache alone is over the limit
-        client.chat.completions.create(model=str(tiny_checkpoints["smolvlm2"]), max_tokens=4096,
-                                       messages=video_message(memory_clip))
+        client.chat.completions.create(model="smolvlm2", max_tokens=4096, messages=video_message(memory_clip))
     body = raised.value.body
     assert raised.value.status_code == 400 and body["code"] == "memory_limit" and body["param"] == "messages"
     assert "does not fit in" in body["message"] and "raise --max-memory" in body["message"]
@@ -72,10 +74,9 @@ def test_a_request_that_cannot_fit_is_an_error_object(limited_client, tiny_check
 
 def test_chapters_run_under_the_operators_limit(limited_client, tiny_checkpoints, memory_clip):
     client, limit = limited_client
-    response = client.chat.completions.create(model=str(tiny_checkpoints["smolvlm2"]), max_tokens=MAX_TOKENS,
+    response = client.chat.completions.create(model="smolvlm2", max_tokens=MAX_TOKENS,
                                               messages=video_message(memory_clip),
-                                              extra_body={"vlm_app": {"chapters": {"segment_seconds": 4}},
-                                                          "max_memory": 2**40})
+                                              extra_body={"vlm_app": {"chapters": {"segment_seconds": 4}}})
     shown = response.model_extra["vlm_app"]
     assert [chapter["end"] for chapter in shown["chapters"]] == [4, 8] and shown["error"] is None
     assert shown["max_memory_bytes"] == limit and 0 < shown["memory_estimate_bytes"]

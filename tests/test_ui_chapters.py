@@ -15,14 +15,14 @@ import pytest
 
 from vlm_app.chapters import CANCELLED, DEFAULT_PROMPT
 from vlm_app.errors import OptionsError
-from vlm_app.ui.answer import ERROR_TITLE
+from vlm_app.ui.answer import ERROR_TITLE, SETTING_NAMES
 from vlm_app.ui.backend import Backend
 from vlm_app.media.limits import DEFAULT_LIMITS
 from vlm_app.ui.chapters import ChapterHandlers, chapter_bounds
 from vlm_app.ui.chat import ChatHandlers, seek
 from vlm_app.ui.limits import UploadPolicy
 
-SETTINGS = [None, None, None, None, None, 3, 0.0, 1.0, 0, ""]  # the sidebar: 3 new tokens per request
+SETTINGS = [None, None, None, None, None, 3, 0.0, 1.0, 0, "", "auto"]  # the sidebar: 3 new tokens per request
 RANGES = [(0.0, 4.0), (4.0, 8.0), (8.0, 10.0)]  # the 10 s clip in 4 s segments (the last 2 s piece stays its own)
 
 
@@ -102,7 +102,7 @@ def test_the_system_prompt_reaches_every_segment(backend, ui_long_clip, gradio_t
         return int(re.search(r"\| text tokens \| (\d+) \|", stats).group(1))
 
     told = settings()
-    told[-1] = "Answer in five words."
+    told[SETTING_NAMES.index("system_prompt")] = "Answer in five words."
     assert text_tokens(told) > text_tokens(settings())
 
 

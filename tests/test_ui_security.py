@@ -397,7 +397,7 @@ def upload(url: str, path: Path) -> dict:
     return {"path": stored, "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
 
 
-COMPARE_SETTINGS = [None, None, None, None, None, 2, 0.0, 1.0, 0, ""]  # SETTING_NAMES order; 2 new tokens
+COMPARE_SETTINGS = [None, None, None, None, None, 2, 0.0, 1.0, 0, "", "auto"]  # SETTING_NAMES order; 2 new tokens
 
 
 def test_only_finished_blind_comparisons_take_a_vote(ui_server, ui_clip, ui_long_clip):
