@@ -331,10 +331,13 @@ def test_bench_batch_reports_every_batch_size(adapters, capsys):
     assert main(["bench", "batch", "--model", model, "--videos", "3", "--seconds", "2", "--max-new-tokens", "4",
                  "--batch-sizes", "1,3"]) == 0
     out = capsys.readouterr().out
-    rows = re.findall(r"^\s+(\d)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+[0-9.]+ [KMG]iB\s+[0-9.]+ [KMG]iB\s+([0-9.]+)x$",
-                      out, re.MULTILINE)
-    assert [row[0] for row in rows] == ["1", "3"] and rows[0][4] == "1.00"
+    rows = re.findall(r"^\s+(\d)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+[0-9.]+ [KMG]iB\s+[0-9.]+ [KMG]iB"
+                      r"\s+([0-9.]+)x\s+([0-9.]+)x$", out, re.MULTILINE)
+    assert [row[0] for row in rows] == ["1", "3"] and rows[0][4] == "1.00" and rows[0][5] == "1.00"
     assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)
+    assert 1.0 < float(rows[1][5]) < 3.0  # Amdahl's bound: decoding shared by 3 rows, prefill not
+    phases = re.search(r"preprocessing ([0-9.e-]+) s .*prefill ([0-9.e-]+) s, decoding ([0-9.e-]+) s", out)
+    assert phases and float(phases[2]) > 0 and float(phases[3]) > 0
 
 
 def test_serve_refuses_max_batch_with_lora_adapters(tiny_loras, capsys):

@@ -122,8 +122,8 @@ def run_batching_benchmark(videos: int = 16, seconds: int = 30, max_new_tokens: 
               f"{max_new_tokens} new tokens each, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs "
               "(shared with whatever else runs on this machine)")
         print(f"{'batch':>5} {'videos/min':>11} {'tokens/s':>9} {'wall s':>8} {'peak RSS':>10} {'estimate':>10} "
-              f"{'vs batch 1':>10}")
-        baseline = None
+              f"{'vs batch 1':>10} {'ceiling':>8}")
+        baseline = phases = None
         for batch_size in batch_sizes:
             memory.reset_peak("cpu")
             started = time.perf_counter()
@@ -134,9 +134,26 @@ def run_batching_benchmark(videos: int = 16, seconds: int = 30, max_new_tokens: 
             tokens = sum(record["timings"]["new_tokens"] for record in records if record["timings"])
             rate = videos / wall * 60
             baseline = baseline or rate
+            phases = phases or _phases(records, batch_size)
             print(f"{batch_size:>5} {rate:>11.2f} {tokens / wall:>9.1f} {wall:>8.1f} {format_bytes(peak):>10} "
-                  f"{format_bytes(estimate):>10} {rate / baseline:>9.2f}x")
+                  f"{format_bytes(estimate):>10} {rate / baseline:>9.2f}x {_ceiling(phases, batch_size):>7.2f}x")
+        print(f"the reference's time per video: preprocessing {phases['preprocess_s']:.3g} s (overlapped with the "
+              f"model), vision encoder and prompt prefill {phases['prefill_s']:.3g} s, decoding {phases['decode_s']:.3g} s."
+              " ceiling: the ratio if a batch of N decoded for the price of one and prefilled each row as before "
+              "(prefill is compute-bound on a CPU: a batch does not make it cheaper)")
     return 0
+
+
+def _phases(records: list[dict], batch_size: int) -> dict:
+    """Seconds per video of the reference run (`batch_size` videos shared each prefill and decode)."""
+    timed = [record["timings"] for record in records if record["timings"]]
+    return {name: sum(timing[name] for timing in timed) / len(timed) / (1 if name == "preprocess_s" else batch_size)
+            for name in ("preprocess_s", "prefill_s", "decode_s")}
+
+
+def _ceiling(phases: dict, batch_size: int) -> float:
+    """Amdahl's bound on videos per minute against the reference, with preprocessing hidden behind the model."""
+    return (phases["prefill_s"] + phases["decode_s"]) / (phases["prefill_s"] + phases["decode_s"] / batch_size)
 
 
 def _bench_adapter(model: str | None, size: str):
