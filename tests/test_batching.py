@@ -39,11 +39,12 @@ def adapters(tmp_path_factory) -> dict:
 
 
 def requests(clips, **generation) -> list:
+    from vlm_app.memory import MemoryLimit
     from vlm_app.service import Request
 
     prompts = ("Describe this video.", "What moves, and where does it go?", "Name the colours.")
     return [Request(video_messages(str(clip), prompt), generation={"max_new_tokens": NEW_TOKENS, **generation},
-                    max_memory=None) for clip, prompt in zip(clips, prompts)]
+                    memory=MemoryLimit(None)) for clip, prompt in zip(clips, prompts)]
 
 
 SAME_FIELDS = ("answer", "num_tokens", "num_visual_tokens", "frames_indices", "timestamps", "media", "finish_reason",

@@ -385,11 +385,13 @@ def test_a_front_door_gets_an_unplannable_video_as_an_error(clip, smol):
     from vlm_app import load
     from vlm_app.chapters import DEFAULT_PROMPT, ChapterOptions, describe_chapters
     from vlm_app.errors import MemoryLimitError, VlmAppError
+    from vlm_app.memory import MemoryLimit
     from vlm_app.service import one_turn
 
     adapter, planned = load(smol, device="cpu"), []
+    limited = one_turn(DEFAULT_PROMPT, clip, memory=MemoryLimit("1MB"))
     with pytest.raises(MemoryLimitError, match="does not fit in 1 MiB"):
-        describe_chapters(adapter, one_turn(DEFAULT_PROMPT, clip, max_memory="1MB"), ChapterOptions(seconds=10),
+        describe_chapters(adapter, limited, ChapterOptions(seconds=10),
                           raise_unreadable=True, on_plan=lambda duration, segments: planned.append(duration))
     with pytest.raises(VlmAppError):
         describe_chapters(adapter, one_turn(DEFAULT_PROMPT, clip.with_name("missing.mp4")), raise_unreadable=True)

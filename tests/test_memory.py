@@ -12,6 +12,7 @@ import pytest
 from vlm_app import memory
 from vlm_app.cli import main
 from vlm_app.errors import OptionsError
+from vlm_app.memory import MemoryLimit
 from vlm_app.service import Run, execute, one_turn
 
 FAST = ["--max-new-tokens", "4", "--device", "cpu"]
@@ -163,7 +164,7 @@ def test_auto_resolves_to_this_machine_and_none_means_no_limit(smol_adapter, exa
     record = Run(smol_adapter, one_turn("Describe.", str(example_clip), {}, {"max_new_tokens": 2})).execute()
     assert record["max_memory_bytes"] > record["memory_estimate"]["weights"] and record["error"] is None
     unlimited = execute(smol_adapter, one_turn("Describe.", str(example_clip), {}, {"max_new_tokens": 2},
-                                               max_memory=None))
+                                               memory=MemoryLimit(None)))
     assert unlimited["max_memory_bytes"] is None and unlimited["frames_indices"] == record["frames_indices"]
 
 
@@ -188,6 +189,15 @@ def test_max_memory_sizes(text, expected):
 def test_bad_max_memory_is_a_clear_error(text):
     with pytest.raises(OptionsError, match="is not a size"):
         memory.parse_max_memory(text)
+
+
+def test_a_memory_limit_is_one_typed_value():
+    """Requests, the server, the web app and Ray carry the limit as a `MemoryLimit`, its size parsed once."""
+    assert MemoryLimit("12GB").max_memory == 12 * 2**30 and MemoryLimit("12GB").fits
+    assert not MemoryLimit(None).fits and not MemoryLimit("auto", fit=False).fits
+    assert one_turn("Describe.", "clip.mp4").memory == MemoryLimit("auto")
+    with pytest.raises(OptionsError, match="max memory 'lots' is not a size"):
+        MemoryLimit("lots")
 
 
 def test_bad_max_memory_on_the_command_line(tiny_checkpoints, example_clip, capsys):

@@ -212,8 +212,8 @@ def test_ray_stages_record_the_oom(tiny_checkpoints, smol_adapter, clip, monkeyp
     (`service.execute`)."""
     from vlm_app.distributed import Decoder, Describer, Job
 
-    job = Job(model=str(tiny_checkpoints["smolvlm2"]), model_options={"device": "cpu"},
-              generation={"max_new_tokens": 4}).located()
+    question = one_turn("Describe.", str(clip), generation={"max_new_tokens": 4})
+    job = Job(model=str(tiny_checkpoints["smolvlm2"]), question=question, model_options={"device": "cpu"}).located()
     fail_load_video(monkeypatch, "bad.mp4")
     decoded = Decoder(job)({"source": "bad.mp4", "location": str(clip.parent / "bad.mp4")})
     assert decoded["video"] is None and decoded["error"].startswith("out of memory in RAM while decoding the video")

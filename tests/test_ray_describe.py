@@ -295,9 +295,10 @@ def test_decode_workers_sample_with_the_answer_budget(tiny_deepseek_dirs, deepse
     adapter = DeepseekVL2Adapter.load(checkpoint, device="cpu", dtype="float32")
     counts = []
     for max_new_tokens in (16, 1500):
-        job = distributed.Job(model=checkpoint, generation={"max_new_tokens": max_new_tokens}).located()
+        question = one_turn(DEFAULT_PROMPT, "clip", generation={"max_new_tokens": max_new_tokens})
+        job = distributed.Job(model=checkpoint, question=question).located()
         row = distributed.Decoder(job)({"source": "clip", "location": str(deepseek_long_video)})
-        prepared = adapter.prepare(conversation(job.prompt, video=str(deepseek_long_video)),
+        prepared = adapter.prepare(conversation(DEFAULT_PROMPT, video=str(deepseek_long_video)),
                                    max_new_tokens=max_new_tokens)
         assert row["error"] is None
         assert row["video"].frames_indices == prepared.media[0].frames_indices

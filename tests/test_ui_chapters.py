@@ -15,6 +15,7 @@ import pytest
 
 from vlm_app.chapters import CANCELLED, DEFAULT_PROMPT
 from vlm_app.errors import OptionsError
+from vlm_app.memory import MemoryLimit
 from vlm_app.ui.answer import ERROR_TITLE, SETTING_NAMES
 from vlm_app.ui.backend import Backend
 from vlm_app.media.limits import DEFAULT_LIMITS
@@ -200,7 +201,7 @@ def test_the_operators_memory_limit_reaches_every_segment(backend, ui_long_clip,
     """Each segment is fitted to the operator's limit when it is planned; one that not even a frame fits fails
     with the numbers (no client option changes it)."""
     limited = Backend(backend.models, backend.policy, str(tmp_path / "votes.jsonl"), device="cpu",
-                      max_memory=2**20)
+                      memory=MemoryLimit(2**20))
     try:
         shown, *_ = chapters_run(limited, [user(ui_long_clip)])[-1]
         assert "3 of 3 segments failed" in shown[-1]["content"]

@@ -13,6 +13,7 @@ from PIL import Image
 
 from vlm_app.cli import main
 from vlm_app.errors import LimitError, OptionsError, SourceError
+from vlm_app.memory import MemoryLimit
 from vlm_app.ui.answer import ERROR_TITLE, Settings, settings_from_dict, to_messages
 from vlm_app.ui.backend import Backend
 from vlm_app.ui.chat import ChatHandlers, answer_files, grounded_image, seek, timeline_outputs
@@ -218,7 +219,7 @@ def test_the_operators_memory_limit_fits_every_chat_and_compare_request(tiny_che
     unconstrained = execute(free.adapter(models[0]), ui_request(history, settings_from(values), free))
     free.close()
     limited = Backend(models, policy, str(tmp_path / "votes.jsonl"), device="cpu",
-                      max_memory=midway_limit(unconstrained))
+                      memory=MemoryLimit(midway_limit(unconstrained)))
     try:
         *_, (shown, gallery, stats, *_) = ChatHandlers(limited).respond(request(), history, models[0], True, *values)
         assert shown[-1]["content"].strip() and 0 < len(gallery) < len(unconstrained["frames_indices"]) == 8
@@ -228,7 +229,7 @@ def test_the_operators_memory_limit_fits_every_chat_and_compare_request(tiny_che
         message = {"text": "Describe.", "files": [str(memory_clip)]}
         *_, records = CompareHandlers(limited).api_compare(message, models, {"max_new_tokens": 6}, request("s3"))
         assert records[0]["stats"]["frames"] == len(gallery) and "memory fit" in records[0]["stats"]["notes"][0]
-        assert records[0]["stats"]["memory_estimate_bytes"] <= limited.memory["max_memory"]
+        assert records[0]["stats"]["memory_estimate_bytes"] <= limited.memory.max_memory
         assert "does not fit in" in records[1]["error"] and "raise --max-memory" in records[1]["error"]
         # clients cannot change the limit: it is no setting
         *_, (answer, details) = ChatHandlers(limited).api_chat(message, [], models[0], {"max_memory": "1TB"},

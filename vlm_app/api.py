@@ -18,6 +18,7 @@ from __future__ import annotations
 from vlm_app.adapters.registry import DEFAULT_MODEL
 from vlm_app.folders import FolderRun, check_source, collection_sources, describe_folder
 from vlm_app.prompts import DEFAULT_PROMPT
+from vlm_app.memory import MemoryLimit
 from vlm_app.messages import conversation
 from vlm_app.service import Request, check_generation, execute, one_turn
 
@@ -46,11 +47,10 @@ def describe(source, model=DEFAULT_MODEL, prompt: str = DEFAULT_PROMPT, out: str
         check_source(source)  # before a model is loaded for nothing
     check_generation(generation or {})
     adapter = CACHE.get(model) if isinstance(model, str) else model
-    memory = {"max_memory": max_memory, "fit": fit}
+    question = one_turn(prompt, source, sampling, generation, memory=MemoryLimit(max_memory, fit))
     if is_folder:
-        question = one_turn(prompt, source, sampling, generation, **memory)
         return describe_folder(adapter, source, question, FolderRun(out, resume, progress=False))
-    return execute(adapter, one_turn(prompt, source, sampling, generation, **memory))
+    return execute(adapter, question)
 
 
 def describe_chapters(source, model=DEFAULT_MODEL, prompt: str | None = None, segment_seconds: float | None = None,
@@ -66,6 +66,6 @@ def describe_chapters(source, model=DEFAULT_MODEL, prompt: str | None = None, se
 
     check_source(source)
     request = Request(conversation(prompt or CHAPTER_PROMPT, video=source, system=system), sampling,
-                      dict(generation or {}), limits, max_memory=max_memory, fit=fit)
+                      dict(generation or {}), limits, memory=MemoryLimit(max_memory, fit))
     adapter = CACHE.get(model) if isinstance(model, str) else model
     return describe_in_chapters(adapter, request, ChapterOptions(segment_seconds, overlap), progress=progress)

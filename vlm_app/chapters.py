@@ -42,6 +42,7 @@ from vlm_app.errors import LimitError, OptionsError, VlmAppError
 from vlm_app.media.limits import DEFAULT_LIMITS
 from vlm_app.media.options import is_number, without_policy
 from vlm_app.messages import conversation, media_items
+from vlm_app.memory import MemoryLimit
 from vlm_app.service import (DEFAULT_MAX_NEW_TOKENS, Request, build_record, execute, is_image, memory_fit,
                              model_memory)
 from vlm_app.subtitles import Cue, clock, to_srt, to_vtt
@@ -208,7 +209,7 @@ class _Plan:
                  on_plan):
         self.adapter, self.source, self.prompt, self.system = adapter, source, prompt, system
         self.sampling, self.generation, self.seconds, self.overlap = sampling, generation, seconds, overlap
-        self.limits, self.memory, self.done, self.on_plan = limits, memory or {}, done, on_plan
+        self.limits, self.memory, self.done, self.on_plan = limits, memory, done, on_plan
         self.duration, self.segments, self.todo, self.notes = None, [], [], {}
         self.model_memory = None  # the model's figures and the run's limit, once the video is probed
         self.ready = False  # every segment planned: the video was read and its segments fit the memory limit
@@ -224,7 +225,7 @@ class _Plan:
         """The segment's request, under the limit resolved once for the run (the one its frames were fitted to)."""
         messages = segment_messages(self.prompt, segment, self.duration, video, self.system)
         return Request(messages, self.media(segment), self.generation, self.limits, str(self.source),
-                       max_memory=self.model_memory.limit, fit=self.memory.get("fit", True))
+                       MemoryLimit(self.model_memory.limit, self.memory.fit))
 
     def __call__(self, metadata) -> list[dict]:
         self.duration = metadata.duration
@@ -237,7 +238,7 @@ class _Plan:
                              f"over the limit of {cap}; use longer segments (at least "
                              f"{math.ceil(metadata.duration / cap)} s) or raise Limits.max_chapters_segments")
         self.todo = [segment for segment in self.segments if self.key(segment) not in self.done]
-        self.model_memory = model_memory(self.adapter, self.memory.get("max_memory", Request.max_memory))
+        self.model_memory = model_memory(self.adapter, self.memory.max_memory)
         options = [self._options(segment, metadata) for segment in self.todo]
         self.ready = True
         self.on_plan(len(self.segments), len(self.segments) - len(self.todo))
@@ -275,7 +276,7 @@ def describe_chapters(adapter, request: Request, options: ChapterOptions = Chapt
     the shared decode pass spent on it, the probe in the first) and `chapter_options`.
 
     Each segment is the request's question (its prompt, system prompt, sampling `media`, `generation` and `limits`)
-    about one time range; its `max_memory` and `fit` hold for every segment (once the probe has planned the
+    about one time range; its `memory` limit holds for every segment (once the probe has planned the
     segments, each one's pixels, then frames, are lowered to the limit as its own request would lower them, and its
     notes say so; the segment decoded ahead is not in the estimate). `done`: finished segment records of an earlier
     run by `segment_key` (not described again); `on_segment`: called with each newly finished segment record (a
@@ -290,7 +291,6 @@ def describe_chapters(adapter, request: Request, options: ChapterOptions = Chapt
     source = items[0][items[0]["type"]] if len(items) == 1 else None
     prompt, system = request.prompt() or DEFAULT_PROMPT, request.system()
     sampling, generation, limits = request.media, request.generation, request.limits
-    memory = {"max_memory": request.max_memory, "fit": request.fit}
     seconds, overlap = options.seconds, options.overlap
     from tqdm import tqdm
 
@@ -310,7 +310,7 @@ def describe_chapters(adapter, request: Request, options: ChapterOptions = Chapt
         if on_plan is not None:
             on_plan(plan.duration, plan.segments)
 
-    plan = _Plan(adapter, source, prompt, system, sampling, generation, seconds, overlap, limits, memory, done,
+    plan = _Plan(adapter, source, prompt, system, sampling, generation, seconds, overlap, limits, request.memory, done,
                  planned)
     described, media_error = {}, None
     try:

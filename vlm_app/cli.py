@@ -104,6 +104,13 @@ def sampling_options(args: argparse.Namespace) -> dict:
     return {key: getattr(args, key) for key in SAMPLING_KEYS if getattr(args, key, None) is not None}
 
 
+def memory_limit(args: argparse.Namespace):
+    """--max-memory (unset: auto) and --no-fit as a `memory.MemoryLimit`."""
+    from vlm_app.memory import MemoryLimit
+
+    return MemoryLimit(args.max_memory or "auto", not args.no_fit)
+
+
 def _add_inspect(sub) -> None:
     parser = sub.add_parser("inspect", help="show what a model would be shown from a video (no weights loaded)")
     parser.add_argument("video", help="path, file:// or http(s):// URL")
@@ -115,9 +122,9 @@ def _add_inspect(sub) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from vlm_app.inspect import run_inspect_command
+    from vlm_app.inspect import run_inspect
 
-    return run_inspect_command(args, sampling_options(args))
+    return run_inspect(args.video, args.model, sampling_options(args), args.contact_sheet, args.json)
 
 
 def _add_bench(sub) -> None:
@@ -184,9 +191,15 @@ def _add_ui(sub) -> None:
 
 
 def _run_ui(args: argparse.Namespace) -> int:
-    from vlm_app.ui.app import serve
+    from vlm_app.adapters.registry import DEFAULT_MODEL
+    from vlm_app.ui.app import auth_pairs, serve
 
-    return serve(args)
+    return serve(args.models or [DEFAULT_MODEL], args.host, args.port, share=args.share,
+                 auth=auth_pairs(args.auth, args.auth_file), insecure_no_auth=args.insecure_no_auth,
+                 max_upload_mb=args.max_upload_mb, max_duration_s=args.max_duration,
+                 max_chapters_duration_s=args.max_chapters_duration, allow_dirs=tuple(args.allow_dir),
+                 allow_hosts=tuple(args.allow_host), votes_path=args.votes, device=args.device, dtype=args.dtype,
+                 memory_budget_gb=args.memory_budget_gb, loras=args.lora, memory=memory_limit(args))
 
 
 def _add_serve(sub) -> None:
@@ -229,9 +242,19 @@ def _add_serve(sub) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from vlm_app.server import run_serve_command
+    from vlm_app.media.limits import Limits
+    from vlm_app.server import serve, server_config
 
-    return run_serve_command(args)
+    mib = 2**20
+    limits = Limits.for_remote_clients(allowed_dirs=args.allow_dir, allowed_hosts=args.allow_host,
+                                       max_file_bytes=int(args.max_media_mb * mib))
+    budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30)
+    config = server_config(args.models, args.lora, api_key=args.api_key, limits=limits,
+                           max_body_bytes=int(args.max_body_mb * mib), body_seconds=args.body_timeout,
+                           max_queue=args.max_queue, keepalive_seconds=args.keepalive, max_batch=args.max_batch,
+                           batch_wait_ms=args.batch_wait_ms, load_options={"device": args.device, "dtype": args.dtype},
+                           memory_budget_bytes=budget, memory=memory_limit(args))
+    return serve(config, args.host, args.port, insecure_no_auth=args.insecure_no_auth)
 
 
 def _add_model_options(parser: argparse.ArgumentParser, many: bool = False) -> None:
@@ -369,13 +392,59 @@ def _add_ray_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_describe(args: argparse.Namespace) -> int:
+    from vlm_app.describer import Output, run_describe, run_on_ray
+    from vlm_app.runtime import ModelChoice
+
+    chapters = _chapter_options(args)
+    output = Output(args.out, args.resume, args.retry_failed, args.json, args.stream, args.dump_features,
+                    args.boxes_out, tuple(args.chapters_out or ()))
+    model = ModelChoice(args.model, model_options(args))
+    question = _describe_question(args, chapters is not None)
     if args.engine == "ray":
-        from vlm_app.distributed import run_ray_describe_command
+        if chapters is not None or args.max_duration is not None:
+            raise OptionsError("--chapters and --max-duration work with --engine local, not with --engine ray (yet)")
+        from vlm_app.distributed import Cluster
 
-        return run_ray_describe_command(args, model_options(args), sampling_options(args), generation_options(args))
-    from vlm_app.describer import run_describe_command
+        cluster = Cluster(address=args.address, decode_workers=args.decode_workers,
+                          model_replicas=args.model_replicas, gpus_per_replica=args.gpus_per_replica)
+        return run_on_ray(model, question, output, cluster, args.batch_size)
+    return run_describe(model, question, output, chapters, args.batch_size)
 
-    return run_describe_command(args, model_options(args), sampling_options(args), generation_options(args))
+
+def _question(args: argparse.Namespace, prompt: str | None = None, limits=None):
+    """The `service.Request` the flags ask of the source: `prompt` (default: --prompt or --template), sampling,
+    generation, media `limits` and the memory limit."""
+    from vlm_app.prompts import resolve_prompt
+    from vlm_app.service import one_turn
+
+    return one_turn(prompt or resolve_prompt(args.prompt, args.template), args.source, sampling_options(args),
+                    generation_options(args), limits, memory=memory_limit(args))
+
+
+def _describe_question(args: argparse.Namespace, chapters: bool):
+    """`_question` for describe: in chapters, the chapters prompt unless one is given; --max-duration's limits."""
+    from vlm_app.chapters import DEFAULT_PROMPT as CHAPTERS_PROMPT
+    from vlm_app.media import DEFAULT_LIMITS
+
+    prompt = CHAPTERS_PROMPT if chapters and not (args.prompt or args.template) else None
+    limits = None if args.max_duration is None else DEFAULT_LIMITS.with_overrides(
+        max_duration_seconds=args.max_duration)
+    return _question(args, prompt, limits)
+
+
+def _chapter_options(args: argparse.Namespace):
+    """--chapters, --segment-seconds and --overlap as a `chapters.ChapterOptions` (None without --chapters); the
+    exports --chapters-out names are checked here, before any model loads."""
+    from vlm_app.chapters import ChapterOptions, check_exports
+
+    given = [flag for flag, value in (("--segment-seconds", args.segment_seconds), ("--overlap", args.overlap),
+                                      ("--chapters-out", args.chapters_out)) if value]
+    if not args.chapters:
+        if given:
+            raise OptionsError(f"{given[0]} goes with --chapters")
+        return None
+    check_exports(args.chapters_out or [])
+    return ChapterOptions(args.segment_seconds, args.overlap or 0.0)
 
 
 def _add_compare(sub) -> None:
@@ -393,9 +462,9 @@ def _add_compare(sub) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from vlm_app.describer import run_compare_command
+    from vlm_app.describer import run_compare
 
-    return run_compare_command(args, model_options(args), sampling_options(args), generation_options(args))
+    return run_compare(args.models, _question(args), model_options(args), args.lora, args.json)
 
 
 def _add_tiny(sub) -> None:
@@ -481,7 +550,8 @@ def _add_bench_model(benches) -> None:
 def _run_bench_model(args: argparse.Namespace) -> int:
     from vlm_app.bench.model import run_model_benchmark
 
-    return run_model_benchmark(args)
+    return run_model_benchmark(args.family, args.size, args.device, args.dtype, args.frames, args.max_new_tokens,
+                               args.json)
 
 
 def _add_bench_batch(benches) -> None:

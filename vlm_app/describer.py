@@ -1,5 +1,5 @@
 """The CLI's describe and compare: one video (or image) -> one record; a folder of videos -> JSONL with a
-progress bar and resume; several models -> a table. `chapters` (a dict of `describe_chapters` options) describes
+progress bar and resume; several models -> a table. `chapters` (`chapters.ChapterOptions`) describes
 each video segment by segment instead (`vlm_app.chapters`), resuming inside an unfinished video.
 
 Every record comes from `vlm_app.service` (the one request layer; `service.build_record` defines its fields):
@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlm_app.chapters import ChapterOptions
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.folders import (FolderRun, check_source, collection_sources, describe_folder, describe_video,
                              segment_results)
 from vlm_app.grounding import draw_boxes, parse_grounding
-from vlm_app.prompts import resolve_prompt
 from vlm_app.results import JsonlResults, check_resumed, same_source
-from vlm_app.service import IMAGE_SUFFIXES, MemoryGuard, check_generation, compare, execute, is_image, one_turn
+from vlm_app.service import IMAGE_SUFFIXES, MemoryGuard, Request, compare, execute, is_image, one_turn
 
 def dump_features(adapter, source: Any, prompt: str, sampling: dict, path: str | Path,
                   max_new_tokens: int | None = None) -> Path:
@@ -69,11 +70,29 @@ def save_boxes_image(source: Any, answer: str, path: str | Path) -> int:
     return len(boxes)
 
 
-def memory_options(args) -> dict:
-    """--max-memory (unset: auto) and --no-fit as `service.Request` fields."""
-    from vlm_app.memory import parse_max_memory
+@dataclass(frozen=True)
+class Output:
+    """Where and how `describe` shows its records: `out` (a JSONL of records, or with --engine ray .parquet),
+    `resume` / `retry_failed` (the one resume rule of `vlm_app.results`), `json` (one JSON object per video on
+    stdout), `stream` (the answer as it is generated), `dump_features` / `boxes_out` (one request's hidden states,
+    one image's boxes) and `chapters_out` (one video's chapters: .json, .srt or .vtt files)."""
 
-    return {"max_memory": parse_max_memory(args.max_memory or "auto"), "fit": not args.no_fit}
+    out: str | None = None
+    resume: bool = False
+    retry_failed: bool = False
+    json: bool = False
+    stream: bool = False
+    dump_features: str | None = None
+    boxes_out: str | None = None
+    chapters_out: tuple[str, ...] = ()
+
+    @property
+    def resumes(self) -> bool:
+        return self.resume or self.retry_failed
+
+    def emit(self):
+        """What prints each record of a collection as it finishes (--json), or None."""
+        return (lambda record: print(json.dumps(record), flush=True)) if self.json else None
 
 
 def _print_answer_line(text: str) -> None:
@@ -81,104 +100,74 @@ def _print_answer_line(text: str) -> None:
     sys.stdout.flush()
 
 
-def run_describe_command(args, model_options: dict, sampling: dict, generation: dict) -> int:
-    from vlm_app.runtime import ModelChoice
-
-    source = args.source
-    check_generation(generation)  # before a model is loaded for nothing
+def run_describe(model, question: Request, output: Output = Output(), chapters: ChapterOptions | None = None,
+                 batch_size: int = 1) -> int:
+    """`describe SOURCE`: `question` (a request about SOURCE: prompt, sampling, generation, limits, memory limit)
+    asked of SOURCE, or of each video of a folder or list file, with the model `model` (a `runtime.ModelChoice`,
+    loaded once the request and the outputs are checked)."""
+    source = question.label()
     is_folder = collection_sources(source) is not None
-    chapters = _chapter_options(args, is_folder)
-    prompt = _chapters_prompt(args) if chapters is not None else resolve_prompt(args.prompt, args.template)
-    limits = _limits(args)
-    resume = args.resume or args.retry_failed
-    if resume and not args.out:
-        raise OptionsError("--resume and --retry-failed need --out results.jsonl (the file to resume)")
-    if args.batch_size > 1 and (chapters is not None or not is_folder):
-        raise OptionsError("--batch-size batches the videos of a folder or list file, each described in one request "
-                           "(not --chapters, not a single video)")
-    if is_folder and args.dump_features:
-        raise OptionsError("--dump-features works on one video, not a folder")
-    if args.boxes_out and (is_folder or not is_image(source)):
-        raise OptionsError(f"--boxes-out draws on an image; give an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    _check_describe(source, is_folder, output, chapters, batch_size)
     if is_folder:
-        emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
-        question = one_turn(prompt, source, sampling, generation, limits, **memory_options(args))
-        run = FolderRun(args.out, resume, args.retry_failed, emit, chapters=chapters, batch_size=args.batch_size)
-        records = describe_folder(ModelChoice(args.model, model_options), source, question, run)
+        run = FolderRun(output.out, output.resumes, output.retry_failed, output.emit(), chapters=chapters,
+                        batch_size=batch_size)
+        records = describe_folder(model, source, question, run)
         failed = [record for record in records if record["error"]]
         print(f"described {len(records) - len(failed)} video(s), {len(failed)} failed"
-              + (f"; results in {args.out}" if args.out else ""), file=sys.stderr)
+              + (f"; results in {output.out}" if output.out else ""), file=sys.stderr)
         return 0
     check_source(source)
-    results = JsonlResults(args.out, inputs=[source]) if args.out else None
-    recorded = results is not None and same_source(source) in results.start(resume, args.retry_failed)
-    model = ModelChoice(args.model, model_options)
-    if recorded:
-        check_resumed(results, [source], model, prompt, sampling, generation, chapters)
-        print(f"{source} is already in {args.out}; skipped (to describe it again delete its line there, or pass "
+    results = JsonlResults(output.out, inputs=[source]) if output.out else None
+    if results is not None and same_source(source) in results.start(output.resumes, output.retry_failed):
+        check_resumed(results, [source], model, question, chapters)
+        print(f"{source} is already in {output.out}; skipped (to describe it again delete its line there, or pass "
               "--retry-failed if it failed)", file=sys.stderr)
         return 0
     adapter = model.load()
     if chapters is not None:
-        return _describe_chapters_one(args, adapter, prompt, sampling, generation, chapters, limits, results, resume)
-    return _describe_one(args, adapter, prompt, sampling, generation, results, limits)
+        return _describe_chapters_one(adapter, question, output, chapters, results)
+    return _describe_one(adapter, question, output, results)
 
 
-def _chapter_options(args, is_folder: bool) -> dict | None:
-    """`describe_chapters` options from --chapters, --segment-seconds and --overlap (None without --chapters);
-    the flags that cannot go with it fail here, before any model loads."""
-    from vlm_app.chapters import check_exports
-
-    chapter_flags = [flag for flag, value in (("--segment-seconds", args.segment_seconds), ("--overlap", args.overlap),
-                                              ("--chapters-out", args.chapters_out)) if value]
-    if not args.chapters:
-        if chapter_flags:
-            raise OptionsError(f"{chapter_flags[0]} goes with --chapters")
-        return None
-    if args.dump_features or args.boxes_out:
+def _check_describe(source, is_folder: bool, output: Output, chapters: ChapterOptions | None,
+                    batch_size: int) -> None:
+    """The options that cannot go together, refused before any model loads."""
+    if output.resumes and not output.out:
+        raise OptionsError("--resume and --retry-failed need --out results.jsonl (the file to resume)")
+    if batch_size > 1 and (chapters is not None or not is_folder):
+        raise OptionsError("--batch-size batches the videos of a folder or list file, each described in one request "
+                           "(not --chapters, not a single video)")
+    if is_folder and output.dump_features:
+        raise OptionsError("--dump-features works on one video, not a folder")
+    if output.boxes_out and (is_folder or not is_image(source)):
+        raise OptionsError(f"--boxes-out draws on an image; give an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if chapters is not None and (output.dump_features or output.boxes_out):
         raise OptionsError("--dump-features and --boxes-out work on one request; drop them or --chapters")
-    if args.chapters_out and is_folder:
+    if output.chapters_out and is_folder:
         raise OptionsError("--chapters-out writes one video's chapters; a folder's chapters are in the --out records")
-    check_exports(args.chapters_out or [])
-    return {"seconds": args.segment_seconds, "overlap": args.overlap or 0.0}
 
 
-def _chapters_prompt(args) -> str:
-    from vlm_app.chapters import DEFAULT_PROMPT as CHAPTER_PROMPT
-
-    return resolve_prompt(args.prompt, args.template) if args.prompt or args.template else CHAPTER_PROMPT
-
-
-def _limits(args):
-    """The media limits of a describe run: the defaults, with --max-duration for plain requests."""
-    from vlm_app.media import DEFAULT_LIMITS
-
-    if args.max_duration is None:
-        return None
-    return DEFAULT_LIMITS.with_overrides(max_duration_seconds=args.max_duration)
-
-
-def _describe_chapters_one(args, adapter, prompt: str, sampling: dict, generation: dict, chapters: dict, limits,
-                           results: JsonlResults | None, resume: bool) -> int:
+def _describe_chapters_one(adapter, question: Request, output: Output, chapters: ChapterOptions,
+                           results: JsonlResults | None) -> int:
     """One video in chapters: each chapter printed as it finishes (or the record with --json), then the exports."""
     from vlm_app.chapters import segment_line, write_chapters
 
-    segments = segment_results(FolderRun(args.out, resume, args.retry_failed, chapters=chapters), [args.source])
-    show = None if args.json else (lambda segment: print(segment_line(segment), flush=True))
-    request = one_turn(prompt, args.source, sampling, generation, limits, **memory_options(args))
+    run = FolderRun(output.out, output.resumes, output.retry_failed, chapters=chapters)
+    segments = segment_results(run, [question.label()])
+    show = None if output.json else (lambda segment: print(segment_line(segment), flush=True))
     try:
-        record = describe_video(adapter, request, chapters, segments, progress=True, on_segment=show)
+        record = describe_video(adapter, question, chapters, segments, progress=True, on_segment=show)
     finally:
         if segments is not None:
             segments.close()
     if results is not None:
         with results:
             results.add(record)
-    if args.json:
+    if output.json:
         print(json.dumps(record))
     elif record["summary"] is not None:
         print(f"\nSummary: {record['summary']}")
-    for path in args.chapters_out or []:
+    for path in output.chapters_out:
         write_chapters(record, path)
         print(f"chapters: {path}", file=sys.stderr)
     if record["error"] is not None:
@@ -186,17 +175,15 @@ def _describe_chapters_one(args, adapter, prompt: str, sampling: dict, generatio
     return 0
 
 
-def _describe_one(args, adapter, prompt: str, sampling: dict, generation: dict, results: JsonlResults | None,
-                  limits=None) -> int:
+def _describe_one(adapter, question: Request, output: Output, results: JsonlResults | None) -> int:
     """One video or image: the answer (streamed to a terminal), its record in --out, then features and boxes."""
-    source = args.source
-    streaming = not args.json and (args.stream or sys.stdout.isatty())
-    record = execute(adapter, one_turn(prompt, source, sampling, generation, limits, **memory_options(args)),
-                     on_text=_print_answer_line if streaming else None)
+    source = question.label()
+    streaming = not output.json and (output.stream or sys.stdout.isatty())
+    record = execute(adapter, question, on_text=_print_answer_line if streaming else None)
     if results is not None:
         with results:
             results.add(record)
-    if args.json:
+    if output.json:
         print(json.dumps(record))
     elif streaming:
         print()
@@ -204,13 +191,31 @@ def _describe_one(args, adapter, prompt: str, sampling: dict, generation: dict, 
         print(record["answer"])
     if record["error"] is not None:
         raise VlmAppError(record["error"])
-    if args.dump_features:
-        path = dump_features(adapter, source, prompt, sampling, args.dump_features, generation.get("max_new_tokens"))
+    if output.dump_features:
+        path = dump_features(adapter, source, question.prompt(), question.media, output.dump_features,
+                             question.max_new_tokens)
         print(f"features: {path}", file=sys.stderr)
-    if args.boxes_out:
-        drawn = save_boxes_image(source, record["answer"], args.boxes_out)
+    if output.boxes_out:
+        drawn = save_boxes_image(source, record["answer"], output.boxes_out)
         hint = "" if drawn else " (the answer has no <|det|> boxes; ask e.g. '<|ref|>the dog<|/ref|>')"
-        print(f"boxes: {drawn} drawn on {args.boxes_out}{hint}", file=sys.stderr)
+        print(f"boxes: {drawn} drawn on {output.boxes_out}{hint}", file=sys.stderr)
+    return 0
+
+
+def run_on_ray(model, question: Request, output: Output, cluster, batch_size: int = 1) -> int:
+    """`describe SOURCE --engine ray --out FILE`: `question` asked of each video of SOURCE on Ray Data
+    (`distributed.describe_on_ray`); `model`: a `runtime.ModelChoice`, `cluster`: a `distributed.Cluster`."""
+    from vlm_app.distributed import Job, describe_on_ray, import_ray
+
+    import_ray()
+    if not output.out:
+        raise OptionsError("--engine ray writes its results to a file: add --out results.jsonl (or results.parquet)")
+    if output.stream or output.dump_features:
+        raise OptionsError("--stream and --dump-features work with --engine local (one video), not with --engine ray")
+    job = Job(model=model.name, question=question, model_options=model.options, batch_size=batch_size)
+    described, failed = describe_on_ray(question.label(), output.out, job, cluster, resume=output.resumes,
+                                        retry_failed=output.retry_failed, emit=output.emit())
+    print(f"described {described} video(s), {failed} failed; results in {output.out}", file=sys.stderr)
     return 0
 
 
@@ -231,28 +236,27 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in [header, *rows])
 
 
-def run_compare_command(args, model_options: dict, sampling: dict, generation: dict) -> int:
-    """Each model in turn: load, describe, unload (so only one model is in memory at a time). A LoRA adapter named
-    in --models (`--lora NAME=PATH`) answers on its base, which loads once with all its adapters."""
+def run_compare(names: list[str], question: Request, model_options: dict, loras: list[str] | None = None,
+                as_json: bool = False) -> int:
+    """`compare`: each model in turn loads, describes and unloads (so only one model is in memory at a time). A
+    LoRA adapter named in `names` (`loras`: NAME=PATH) answers on its base, which loads once with all its
+    adapters."""
     from vlm_app.lora import make_offer, parse_lora_flags
     from vlm_app.runtime import ModelCache
 
-    names = args.models
     if len(names) < 2:
         raise OptionsError("--models needs at least two models to compare (a,b or a b)")
-    adapters = dict(parse_lora_flags(args.lora))
-    offer = make_offer([name for name in names if name not in adapters], args.lora)
+    adapters = dict(parse_lora_flags(loras))
+    offer = make_offer([name for name in names if name not in adapters], loras)
     unlisted = [name for name in offer.loras if name not in names]
     if unlisted:
         raise OptionsError(f"--lora {', '.join(unlisted)}: name each adapter in --models too (where its row goes)")
-    prompt = resolve_prompt(args.prompt, args.template)
-    check_source(args.source)
-    request = one_turn(prompt, args.source, sampling, generation, **memory_options(args))
+    check_source(question.label())
     held = ModelCache(budget_bytes=1)  # one base model at a time, with its adapters
-    records = [run.execute() for _, run in compare(names, request,
+    records = [run.execute() for _, run in compare(names, question,
                                                    lambda name: offer.adapter(held, name, **model_options))]
     held.unload()
-    if args.json:
+    if as_json:
         for record in records:
             print(json.dumps(record))
         return 0

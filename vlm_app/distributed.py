@@ -28,7 +28,7 @@ from pathlib import Path
 from vlm_app.folders import collection_sources
 from vlm_app.errors import OptionsError, SourceError, VlmAppError
 from vlm_app.results import JsonlResults, check_resumed, same_source, sources_to_skip
-from vlm_app.service import MemoryGuard, Run, build_record, memory_fit, model_memory, one_turn
+from vlm_app.service import MemoryGuard, Request, Run, build_record, memory_fit, model_memory
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install -e ".[ray]"  (or: pip install "ray[data]>=2.40" pyarrow)'
 PARQUET_PART_ROWS = 64  # records per Parquet part file: a crash loses at most this many finished records
@@ -39,18 +39,10 @@ class Job:
     """What every worker needs to know, shipped to each actor once."""
 
     model: str  # as the user named it; records carry this name
+    question: Request  # asked of every video (`Request.about`): prompt, sampling, generation, limits, memory limit
     model_options: dict = field(default_factory=dict)  # load_adapter keywords: device, dtype, attn, ...
-    prompt: str = "Describe this video."
-    sampling: dict = field(default_factory=dict)
-    generation: dict = field(default_factory=dict)
-    max_memory: int | str | None = "auto"  # the model replicas' memory limit (`service.Request`), fitted when decoding
-    fit: bool = True
     batch_size: int = 1  # videos a replica takes at once, their answers generated in one batch (`vlm_app.batching`)
     model_location: str = ""  # set by the driver: a local folder as an absolute path, else the name
-
-    @property
-    def fits(self) -> bool:
-        return self.max_memory is not None and self.fit
 
     def located(self) -> Job:
         """This job with `model_location` filled in; call it on the driver, whose working directory the workers
@@ -131,9 +123,7 @@ class Decoder:
         self.job, self.board, self.replicas = job, board, None  # replicas: their `ModelMemory`, once read
 
     def __call__(self, row: dict) -> dict:
-        job = self.job
-        request = one_turn(job.prompt, row["location"], job.sampling, job.generation, max_memory=job.max_memory,
-                           fit=job.fit)
+        request = self.job.question.about(row["location"])
         if self.board is not None:
             self.replicas = self.replicas or replicas_memory(self.board)
         fit = memory_fit(self.sampler, request, self.replicas) if self.replicas is not None else None
@@ -161,7 +151,7 @@ class Describer:
         if board is not None:
             import ray
 
-            ray.get(board.post.remote(model_memory(self.adapter, job.max_memory)))
+            ray.get(board.post.remote(model_memory(self.adapter, job.question.memory.max_memory)))
         self.job, self.board, self.replicas = job, board, None
 
     def __call__(self, row: dict) -> dict:
@@ -174,13 +164,13 @@ class Describer:
             record = run.execute()
         return {"record": json.dumps(record)}
 
-    def _request(self, row: dict):
-        job = self.job
+    def _request(self, row: dict) -> Request:
+        question = self.job.question
         if self.board is not None:
             self.replicas = self.replicas or replicas_memory(self.board)
         shown = row["video"] if row["error"] is None else row["source"]
-        return one_turn(job.prompt, shown, job.sampling, job.generation, label=row["source"],
-                        max_memory=self.replicas.limit if self.replicas else job.max_memory, fit=job.fit)
+        memory = replace(question.memory, max_memory=self.replicas.limit) if self.replicas else question.memory
+        return replace(question.about(shown), source=row["source"], memory=memory)
 
 
 class BatchDescriber(Describer):
@@ -255,7 +245,7 @@ def build_dataset(ray, sources: list[str], job: Job, cluster: Cluster):
     decode_workers = cluster.decode_workers or default_decode_workers(ray, cluster)
     rows = [{"source": source, "location": _location(source)} for source in sources]
     dataset = ray.data.from_items(rows, override_num_blocks=len(sources))
-    board = ray.remote(num_cpus=0)(MemoryBoard).remote(cluster.model_replicas) if job.fits else None
+    board = ray.remote(num_cpus=0)(MemoryBoard).remote(cluster.model_replicas) if job.question.memory.fits else None
     dataset = dataset.map(Decoder, fn_constructor_args=(job, board), num_cpus=1,
                           compute=ActorPoolStrategy(size=decode_workers))
     replicas = {"fn_constructor_args": (job, board), "num_cpus": 1, "num_gpus": cluster.gpus_per_replica or None,
@@ -276,29 +266,6 @@ def default_decode_workers(ray, cluster: Cluster) -> int:
     return max(1, cpus - cluster.model_replicas)
 
 
-def run_ray_describe_command(args, model_options: dict, sampling: dict, generation: dict) -> int:
-    """`describe SOURCE --engine ray --out FILE`: the CLI front of `describe_on_ray`."""
-    from vlm_app.describer import memory_options
-    from vlm_app.prompts import resolve_prompt
-
-    import_ray()
-    if not args.out:
-        raise OptionsError("--engine ray writes its results to a file: add --out results.jsonl (or results.parquet)")
-    if args.stream or args.dump_features:
-        raise OptionsError("--stream and --dump-features work with --engine local (one video), not with --engine ray")
-    if args.chapters or args.max_duration is not None:
-        raise OptionsError("--chapters and --max-duration work with --engine local, not with --engine ray (yet)")
-    job = Job(model=args.model, model_options=model_options, prompt=resolve_prompt(args.prompt, args.template),
-              sampling=sampling, generation=generation, batch_size=args.batch_size, **memory_options(args))
-    cluster = Cluster(address=args.address, decode_workers=args.decode_workers, model_replicas=args.model_replicas,
-                      gpus_per_replica=args.gpus_per_replica)
-    emit = (lambda record: print(json.dumps(record), flush=True)) if args.json else None
-    described, failed = describe_on_ray(args.source, args.out, job, cluster, resume=args.resume or args.retry_failed,
-                                        retry_failed=args.retry_failed, emit=emit)
-    print(f"described {described} video(s), {failed} failed; results in {args.out}", file=sys.stderr)
-    return 0
-
-
 def describe_on_ray(source: str | Path, out: str | Path, job: Job, cluster: Cluster | None = None,
                     resume: bool = False, retry_failed: bool = False, progress: bool = True,
                     emit=None) -> tuple[int, int]:
@@ -317,8 +284,7 @@ def describe_on_ray(source: str | Path, out: str | Path, job: Job, cluster: Clus
     writer = ParquetParts(Path(out)) if str(out).endswith(".parquet") else JsonlResults(out, inputs=[source, *sources])
     skip = writer.start(resume, retry_failed)
     try:
-        check_resumed(writer, sources, ModelChoice(job.model, job.model_options), job.prompt, job.sampling,
-                      job.generation)
+        check_resumed(writer, sources, ModelChoice(job.model, job.model_options), job.question)
     except VlmAppError:
         writer.close()
         raise

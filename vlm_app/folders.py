@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
+from vlm_app.chapters import ChapterOptions, describe_chapters
 from vlm_app.errors import OptionsError
 from vlm_app.results import JsonlResults, check_resumed, same_source, segments_path
 from vlm_app.service import Request, execute
@@ -84,7 +85,7 @@ def collection_sources(source: Any) -> list[str] | None:
 class FolderRun:
     """How a folder run writes and paces its records: `out_path` (JSONL, one line per video as it finishes),
     `resume` / `retry_failed` (the one resume rule of `vlm_app.results`), `emit` (called with each record),
-    `progress` (a bar on stderr), `chapters` (`describe_chapters` options: each video segment by segment) or
+    `progress` (a bar on stderr), `chapters` (each video segment by segment) or
     `batch_size` (videos generating in one batch)."""
 
     out_path: str | Path | None = None
@@ -92,7 +93,7 @@ class FolderRun:
     retry_failed: bool = False
     emit: Callable[[dict], None] | None = None
     progress: bool = True
-    chapters: dict | None = None
+    chapters: ChapterOptions | None = None
     batch_size: int = 1
 
 
@@ -112,7 +113,7 @@ def describe_folder(adapter, folder: str | Path, question: Request, run: FolderR
     skip = results.start(run.resume, run.retry_failed) if results is not None else set()
     segments = segment_results(run, [folder, *videos])
     if results is not None:
-        check_resumed(results, videos, adapter, question.prompt(), question.media, question.generation, run.chapters)
+        check_resumed(results, videos, adapter, question, run.chapters)
     records = []
     todo = [video for video in videos if same_source(video) not in skip]
     adapter = _loaded(adapter) if todo else adapter  # a resumed run with nothing left to do loads no model
@@ -159,13 +160,12 @@ def segment_results(run: FolderRun, inputs: list) -> JsonlResults | None:
     return segments
 
 
-def describe_video(adapter, request: Request, chapters: dict | None = None, segments: JsonlResults | None = None,
+def describe_video(adapter, request: Request, chapters: ChapterOptions | None = None, segments: JsonlResults | None = None,
                    progress: bool = False, on_segment: Callable[[dict], None] | None = None) -> dict:
     """One video's record: one request, or with `chapters` one per segment (finished segments in `segments` are
     reused, new ones written there as they finish)."""
     if chapters is None:
         return execute(adapter, request)
-    from vlm_app.chapters import ChapterOptions, describe_chapters
 
     done = {key: {name: value for name, value in record.items() if name != "source"}
             for key, record in (segments.kept if segments is not None else {}).items()}
@@ -176,5 +176,5 @@ def describe_video(adapter, request: Request, chapters: dict | None = None, segm
         if on_segment is not None:
             on_segment(segment)
 
-    return describe_chapters(adapter, request, ChapterOptions(**chapters), done=done, on_segment=finished,
+    return describe_chapters(adapter, request, chapters, done=done, on_segment=finished,
                              progress=progress)

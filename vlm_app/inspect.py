@@ -23,15 +23,17 @@ SHEET_THUMB_WIDTH = 200
 SHEET_LABEL_HEIGHT = 16
 
 
-def run_inspect_command(args, sampling_options: dict) -> int:
-    families = [family_of(args.model)] if args.model else list(FAMILIES)
-    videos = {family: _sample(args.video, family, sampling_options, bool(args.model)) for family in families}
-    reports = {family: family_report(video, family, args.model or family) for family, video in videos.items()}
-    if args.contact_sheet:
-        write_contact_sheet(videos[families[0]], args.contact_sheet)
-    if args.json:
+def run_inspect(video: str, model: str | None = None, sampling_options: dict | None = None,
+                contact_sheet: str | None = None, as_json: bool = False) -> int:
+    """Print what `model` (default: every family) would be shown of `video`; `contact_sheet`: also a PNG grid."""
+    families = [family_of(model)] if model else list(FAMILIES)
+    videos = {family: _sample(video, family, sampling_options or {}, bool(model)) for family in families}
+    reports = {family: family_report(sampled, family, model or family) for family, sampled in videos.items()}
+    if contact_sheet:
+        write_contact_sheet(videos[families[0]], contact_sheet)
+    if as_json:
         top = reports[families[0]]
-        print(json.dumps(top if args.model else {**top, "families": reports}, indent=2))
+        print(json.dumps(top if model else {**top, "families": reports}, indent=2))
     else:
         print("\n\n".join(_format(report) for report in reports.values()))
     return 0

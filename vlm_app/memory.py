@@ -174,6 +174,28 @@ def parse_max_memory(value) -> int | str | None:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
+@dataclass(frozen=True)
+class MemoryLimit:
+    """A request's memory limit (on the server and in the web app, the operator's: no client changes it).
+
+    max_memory: the peak the request may reach on the model's device: bytes, a size ("12GB"), "auto" (free GPU
+                memory, or 80% of the available RAM) or None (no limit). Over it, videos are lowered to fit (pixels
+                per frame first, then frames) before decoding, and the record's notes say so.
+    fit:        False keeps the reference budget even over `max_memory` (the record then notes the excess).
+    """
+
+    max_memory: int | str | None = "auto"
+    fit: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "max_memory", parse_max_memory(self.max_memory))
+
+    @property
+    def fits(self) -> bool:
+        """Whether videos are lowered to a limit at all."""
+        return self.max_memory is not None and self.fit
+
+
 def _bad_memory(value):
     raise OptionsError(f"max memory {value!r} is not a size: give bytes (8000000000), a size with a unit (12GB, "
                        "512MiB) or auto")

@@ -45,12 +45,12 @@ RESUMED_SETTINGS = ("model", "prompt", "sampling", "generation", "chapter_option
 RESUMED_MODEL_INFO = ("revision", "lora_adapter", "quantization")
 
 
-def check_resumed(output, sources: Iterable, model, prompt: str, sampling: dict | None, generation: dict | None,
-                  chapters: dict | None = None) -> None:
+def check_resumed(output, sources: Iterable, model, question, chapters=None) -> None:
     """Refuse to resume an output (`JsonlResults` or a Parquet folder, once started) whose records of `sources`
     were made with another model or other options: skipping those videos would pass the records off as this
-    run's. `model`: a loaded adapter, or a `runtime.ModelChoice`, checked without loading its weights. Every
-    engine calls this before its model loads."""
+    run's. `model`: a loaded adapter, or a `runtime.ModelChoice`, checked without loading its weights; `question`:
+    the run's `service.Request` (its prompt, sampling and generation); `chapters`: its `chapters.ChapterOptions`, if
+    any. Every engine calls this before its model loads."""
     sources = {same_source(source) for source in sources}
     kept = [record for record in output.kept.values() if same_source(record["source"]) in sources]
     if not kept:
@@ -58,7 +58,7 @@ def check_resumed(output, sources: Iterable, model, prompt: str, sampling: dict 
     from vlm_app.runtime import ModelChoice
 
     adapter = model.unloaded() if isinstance(model, ModelChoice) else model
-    wanted = run_settings(adapter, prompt, sampling, generation, chapters)
+    wanted = run_settings(adapter, question, chapters)
     for record in kept:
         found = resumed_settings(record)
         name = next((name for name in wanted if found.get(name) != wanted[name]), None)
@@ -69,19 +69,17 @@ def check_resumed(output, sources: Iterable, model, prompt: str, sampling: dict 
                 "with the same --model and options, give another --out, or drop --resume to start it afresh")
 
 
-def run_settings(adapter, prompt: str, sampling: dict | None, generation: dict | None,
-                 chapters: dict | None = None) -> dict:
+def run_settings(adapter, question, chapters=None) -> dict:
     """`resumed_settings` of the records this run will write, from its adapter (loaded or without weights)."""
-    from vlm_app.service import build_record, one_turn
+    from vlm_app.service import build_record
 
-    settings = resumed_settings(json.loads(json.dumps(build_record(adapter, one_turn(prompt, "", sampling,
-                                                                                     generation)))))
+    settings = resumed_settings(json.loads(json.dumps(build_record(adapter, question.about("")))))
     if chapters is not None:
         from vlm_app.chapters import default_segment_seconds
 
-        seconds = chapters["seconds"] or default_segment_seconds(adapter, prompt, dict(sampling or {}),
-                                                                 dict(generation or {}))
-        settings["chapter_options"] = {"segment_seconds": seconds, "overlap": chapters["overlap"]}
+        seconds = chapters.seconds or default_segment_seconds(adapter, question.prompt(), dict(question.media),
+                                                              dict(question.generation))
+        settings["chapter_options"] = {"segment_seconds": seconds, "overlap": chapters.overlap}
     return settings
 
 

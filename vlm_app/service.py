@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 from vlm_app.decoding import MAX_TOP_LOGPROBS, answer_logprobs
 from vlm_app.errors import LimitError, OptionsError, OutOfMemory, VlmAppError
 from vlm_app.grounding import parse_grounding
-from vlm_app.memory import Fit, MemoryEstimate, RequestShape, format_bytes, parse_max_memory, resolve_limit
+from vlm_app.memory import Fit, MemoryEstimate, MemoryLimit, RequestShape, format_bytes, resolve_limit
 from vlm_app.messages import conversation, media_items, normalize
 
 GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "stop", "repetition_penalty",
@@ -59,10 +59,7 @@ class Request:
                 under it; {"type": "object"}: any JSON object) - see `vlm_app.decoding`
     limits:     the media pipeline's `Limits` (None: the defaults, local files and addresses allowed)
     source:     what the record names as its input (default: the first media item's source)
-    max_memory: the peak this request may reach on the model's device: bytes, a size ("12GB"), "auto" (the
-                default: free GPU memory, or 80% of the available RAM), or None (no limit). Over it, videos are
-                lowered to fit (pixels per frame first, then frames) before decoding, and the record's notes say so.
-    fit:        False keeps the reference budget even over `max_memory` (the record then notes the excess)
+    memory:     its `memory.MemoryLimit` (default: "auto", videos lowered to fit)
     """
 
     messages: list[dict]
@@ -70,13 +67,11 @@ class Request:
     generation: dict = field(default_factory=dict)
     limits: Any = None
     source: str | None = None
-    max_memory: int | str | None = "auto"
-    fit: bool = True
+    memory: MemoryLimit = field(default_factory=MemoryLimit)
 
     def __post_init__(self):
         self.messages = normalize(self.messages)
         check_generation(self.generation)
-        self.max_memory = parse_max_memory(self.max_memory)
 
     @property
     def stop(self) -> list[str]:
@@ -185,7 +180,7 @@ def is_audio(source: Any) -> bool:
 
 
 def one_turn(prompt: str, source: Any, media: dict | None = None, generation: dict | None = None,
-             limits=None, label: str | None = None, max_memory="auto", fit: bool = True) -> Request:
+             limits=None, label: str | None = None, memory: MemoryLimit = MemoryLimit()) -> Request:
     """The request asking `prompt` about one image, video or sound file (an already sampled video passes through)."""
     if is_audio(source):
         messages = normalize([{"role": "user", "content": [{"type": "audio", "audio": source},
@@ -193,7 +188,7 @@ def one_turn(prompt: str, source: Any, media: dict | None = None, generation: di
     else:
         messages = conversation(prompt, image=source) if is_image(source) else conversation(prompt, video=source)
     return Request(messages, dict(media or {}), dict(generation or {}), limits,
-                   str(label if label is not None else source), max_memory, fit)
+                   str(label if label is not None else source), memory)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -273,7 +268,7 @@ def memory_fit(adapter, request: Request, memory: ModelMemory) -> Fit | None:
     element bytes and the device of `memory`: videos are fitted as they are probed, on top of the prompt's text and
     the answer budget. None without a limit, or with `fit=False`. The request layer passes its loaded model's
     figures; the Ray decode stage, which has no model, those its replicas measured (`distributed.MemoryBoard`)."""
-    if memory.limit is None or not request.fit:
+    if memory.limit is None or not request.memory.fit:
         return None
     text = sum(len(adapter.tokenizer(item["text"]).input_ids) for message in request.messages
                for item in message["content"] if item["type"] == "text")
@@ -322,7 +317,7 @@ class Run:
         return self.prepared
 
     def _memory_fit(self) -> Fit | None:
-        memory = model_memory(self.adapter, self.request.max_memory)
+        memory = model_memory(self.adapter, self.request.memory.max_memory)
         self.limit = memory.limit
         return memory_fit(self.adapter, self.request, memory)
 

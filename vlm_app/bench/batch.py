@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vlm_app.prompts import DEFAULT_PROMPT
 from vlm_app.messages import conversation
+from vlm_app.memory import MemoryLimit
 from vlm_app.service import execute, one_turn
 from vlm_app.testing.videos import make_textured_clip
 
@@ -62,7 +63,8 @@ def run_batch_benchmark(videos: int = 12, seconds: int = 4, max_new_tokens: int 
             ray_start_s = time.perf_counter() - started
             workers = default_decode_workers(ray, Cluster())
             arrivals, records = [], []
-            job = Job(model=model, model_options={"device": "cpu"}, generation=generation)
+            job = Job(model=model, question=one_turn(DEFAULT_PROMPT, str(folder), {}, generation),
+                      model_options={"device": "cpu"})
             started = time.perf_counter()
             describe_on_ray(folder, scratch / "ray.jsonl", job, Cluster(), progress=False,
                             emit=lambda record: (arrivals.append(time.perf_counter()), records.append(record)))
@@ -113,7 +115,7 @@ def run_batching_benchmark(videos: int = 16, seconds: int = 30, max_new_tokens: 
         first = make_textured_clip(Path(scratch) / "clip00.mp4", seconds, 8, 640, 360, preset="ultrafast")
         clips = [first] + [shutil.copy(first, Path(scratch) / f"clip{number:02d}.mp4") for number in range(1, videos)]
         generation = {"max_new_tokens": max_new_tokens, "temperature": 0.0}
-        requests = lambda: [one_turn(DEFAULT_PROMPT, str(clip), {}, generation, max_memory=None)  # noqa: E731
+        requests = lambda: [one_turn(DEFAULT_PROMPT, str(clip), {}, generation, memory=MemoryLimit(None))  # noqa: E731
                             for clip in clips]
         execute_batch(adapter, requests()[:1], max_batch=1)  # warm-up (first-call costs)
         one = prepared_run(adapter, requests()[0])  # every clip is the same: one shape stands for each row

@@ -44,23 +44,26 @@ def _count_parameters(model_class, config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def run_model_benchmark(args) -> int:
+def run_model_benchmark(family: str, size: str, device: str = "auto", dtype: str = "auto", frames: int = 8,
+                        max_new_tokens: int = 32, as_json: bool = False) -> int:
+    """Real-size random-weight `family`-`size`: prefill and decode speed on a `frames`-second synthetic video and
+    the peak memory against the pre-flight's estimate, printed (or one JSON object)."""
     from vlm_app.runtime import ModelInfo
     from vlm_app.messages import conversation
     from vlm_app.runtime import pick_device, pick_dtype
 
-    sizes = published_sizes().get(args.family, ())
-    size = args.size.lower()
-    if size not in sizes:
-        raise OptionsError(f"unknown size {args.size!r} for {args.family}; known: {', '.join(sizes)}")
-    device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
-    model_class, config, processor, family_adapter = real_model(args.family, size)
+    sizes = published_sizes().get(family, ())
+    if size.lower() not in sizes:
+        raise OptionsError(f"unknown size {size!r} for {family}; known: {', '.join(sizes)}")
+    size = size.lower()
+    device = pick_device(device)
+    dtype = pick_dtype(dtype, device)
+    model_class, config, processor, family_adapter = real_model(family, size)
     parameters = _count_parameters(model_class, config)
     needed = parameters * torch.tensor([], dtype=dtype).element_size()
     available = _available_bytes(device)
     if needed * 1.2 > available:
-        raise OptionsError(f"{args.family}-{size} needs about {needed / 2**30:.1f} GiB for weights in {dtype} but "
+        raise OptionsError(f"{family}-{size} needs about {needed / 2**30:.1f} GiB for weights in {dtype} but "
                            f"only {available / 2**30:.1f} GiB is free on {device}; use a smaller --size, "
                            "--dtype bf16, or a machine with more (GPU) memory")
     started = time.perf_counter()
@@ -68,16 +71,16 @@ def run_model_benchmark(args) -> int:
     with torch.device(device):
         model = model_class._from_config(config, dtype=dtype).eval()
     build_s = time.perf_counter() - started
-    info = ModelInfo(model_id=f"{args.family}-{size} (random weights)", path="", family=args.family,
+    info = ModelInfo(model_id=f"{family}-{size} (random weights)", path="", family=family,
                      device=str(device), dtype=str(dtype).removeprefix("torch."))
     adapter = family_adapter(model, processor, info)
-    video = _synthetic_video(args.frames)
-    prepared = adapter.prepare(conversation("Describe this video.", video=video), max_new_tokens=args.max_new_tokens,
+    video = _synthetic_video(frames)
+    prepared = adapter.prepare(conversation("Describe this video.", video=video), max_new_tokens=max_new_tokens,
                                fps=1.0)
     adapter.generate(prepared, max_new_tokens=2, min_new_tokens=2)  # warmup
-    generation = adapter.generate(prepared, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
+    generation = adapter.generate(prepared, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
     timings = generation.timings
-    estimate = adapter.memory_estimate(adapter.prepared_shape(prepared, args.max_new_tokens))
+    estimate = adapter.memory_estimate(adapter.prepared_shape(prepared, max_new_tokens))
     result = {"model": info.model_id, "parameters": parameters, "device": str(device), "dtype": info.dtype,
               "build_s": build_s, "frames": len(prepared.media[0].frames_indices),
               "prompt_tokens": prepared.num_tokens.total, "visual_tokens": prepared.num_tokens.visual,
@@ -87,7 +90,7 @@ def run_model_benchmark(args) -> int:
               "peak_memory_bytes": timings.peak_memory_bytes,
               "memory_estimate_bytes": estimate.total,
               "estimate_over_peak": estimate.total / timings.peak_memory_bytes if timings.peak_memory_bytes else None}
-    if args.json:
+    if as_json:
         print(json.dumps(result))
     else:
         width = max(len(key) for key in result)

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 
 from vlm_app.errors import (DecodeError, DurationLimitError, LimitError, MemoryLimitError, ModelLoadError,
                             NotOfferedError, OptionsError, OutOfMemory, SourceError, VlmAppError)
+from vlm_app.memory import MemoryLimit
 from vlm_app.security import offered_model
 from vlm_app.server.protocol import (ApiError, chunk, completion, completion_id, extension, finish_reason, parse_chat,
                                      usage)
@@ -51,8 +52,7 @@ class ServerConfig:
     max_queue: int = 8                 # jobs that may wait while one runs
     load_options: dict = field(default_factory=dict)  # device, dtype
     memory_budget_bytes: int | None = None
-    max_memory: int | str | None = None  # every request's memory limit (`service.Request`); clients cannot change it
-    fit: bool = True
+    memory: MemoryLimit = MemoryLimit(None)  # every request's memory limit; clients cannot change it
     keepalive_seconds: float = 15.0    # a quiet stream sends an SSE comment this often
     max_batch: int = 1                 # answers generated together (`vlm_app.batching.Gatherer`); 1: one job at a time
     batch_wait_ms: float = 0.0         # how long a batch's first request waits for others to arrive
@@ -198,8 +198,7 @@ class Server:
 
     async def chat(self, request: Request):
         self.check_key(request)
-        call = parse_chat(await self.read_json(request), self.config.limits,
-                          {"max_memory": self.config.max_memory, "fit": self.config.fit})
+        call = parse_chat(await self.read_json(request), self.config.limits, self.config.memory)
         self.check_model(call.model)
         cancel, events = threading.Event(), asyncio.Queue()
         # a client that leaves while its request waits, loads or reads its media cancels it; once a stream has
@@ -285,9 +284,9 @@ def _answer(adapter, call, cancel: threading.Event, put, gatherer=None) -> dict:
 def _chapters(adapter, call, cancel: threading.Event, put) -> dict:
     """The request's video in chapters: "ready" once the probe has read it (an unreadable video is the request's
     error), each chapter's line as its segment finishes, then the summary."""
-    from vlm_app.chapters import ChapterOptions, describe_chapters, segment_line
+    from vlm_app.chapters import describe_chapters, segment_line
 
-    record = describe_chapters(adapter, call.request, ChapterOptions(**call.chapters), cancel=cancel,
+    record = describe_chapters(adapter, call.request, call.chapters, cancel=cancel,
                                on_plan=lambda duration, segments: put("ready"),
                                on_segment=lambda segment: put("text", (segment_line(segment) + "\n", None)),
                                raise_unreadable=True)

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
+from vlm_app.chapters import ChapterOptions
 from vlm_app.decoding import JSON_OBJECT_SCHEMA, MAX_TOP_LOGPROBS, SchemaError, check_json_schema
 from vlm_app.errors import VlmAppError
 from vlm_app.media.limits import DEFAULT_LIMITS
+from vlm_app.memory import MemoryLimit
 from vlm_app.service import Request
 
 MAX_MESSAGES = 64
@@ -102,7 +104,7 @@ class ChatCall:
     request: Request
     stream: bool
     include_usage: bool
-    chapters: dict | None = None  # describe_chapters' seconds and overlap: the request's video in chapters
+    chapters: ChapterOptions | None = None  # the request's video in chapters
 
 
 def _number(body: dict, name: str, low: float, high: float, integer: bool = False, within: str = "") -> Any:
@@ -305,8 +307,8 @@ def _unknown(given: dict, known, where: str) -> None:
         raise bad(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(known)}", f"{where}.{unknown[0]}")
 
 
-def _chapter_options(body: dict, limits) -> dict | None:
-    """describe_chapters' options from `vlm_app.chapters` (None: a plain request). A segment is one request, so
+def _chapter_options(body: dict, limits) -> ChapterOptions | None:
+    """The request's `ChapterOptions` (None: a plain request). A segment is one request, so
     it and its overlap stay within one request's duration cap."""
     extension = body.get("vlm_app")
     if extension is None:
@@ -324,7 +326,7 @@ def _chapter_options(body: dict, limits) -> dict | None:
     cap = (limits or DEFAULT_LIMITS).max_duration_seconds
     seconds = _number(options, "segment_seconds", 1, cap, within="vlm_app.chapters.")
     overlap = _number(options, "overlap", 0, cap, within="vlm_app.chapters.")
-    return {"seconds": seconds, "overlap": overlap or 0.0}
+    return ChapterOptions(seconds, overlap or 0.0)
 
 
 def _check_chapters(messages: list[dict], video_options: dict) -> None:
@@ -358,10 +360,10 @@ def _check_chapter_generation(body: dict) -> None:
                       "a summary); ask for the chapters without it", name, "unsupported_field")
 
 
-def parse_chat(body: Any, limits, memory: dict | None = None) -> ChatCall:
+def parse_chat(body: Any, limits, memory: MemoryLimit = MemoryLimit()) -> ChatCall:
     """The checked call of a /v1/chat/completions body; ApiError (400) on any mistake. The model name is
-    returned as given: the caller refuses names not on offer. `memory`: the operator's max_memory and fit
-    (`service.Request` fields); no field of the body reaches them."""
+    returned as given: the caller refuses names not on offer. `memory`: the operator's `MemoryLimit`; no field of
+    the body reaches it."""
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object", None, "invalid_type")
     model = body.get("model")
@@ -378,7 +380,7 @@ def parse_chat(body: Any, limits, memory: dict | None = None) -> ChatCall:
         _check_chapters(messages, video_options)
         _check_chapter_generation(body)
     try:
-        request = Request(messages, video_options, generation, limits, **(memory or {}))
+        request = Request(messages, video_options, generation, limits, memory=memory)
     except VlmAppError as error:  # the message schema's own checks (roles, order)
         raise bad(str(error), "messages") from None
     return ChatCall(model, request, body.get("stream", False), include_usage, chapters)

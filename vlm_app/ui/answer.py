@@ -228,7 +228,7 @@ def ui_request(history: list[dict], settings: Settings, backend) -> Request:
     for path in (path for message in history if message["role"] == "user" for path in history_files(message)):
         policy.check_file(path, media_kind(path))  # every turn's: the client sends the whole history
     return Request(to_messages(history, settings), generation=settings.generate_options(), limits=policy.limits,
-                   **backend.memory)
+                   memory=backend.memory)
 
 
 def answer_stream(backend, history: list[dict], model: str, settings: Settings, cancel: threading.Event,

@@ -17,7 +17,7 @@ from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 
-from vlm_app.describer import memory_options
+from vlm_app.memory import MemoryLimit
 from vlm_app.prompts import prompt_templates
 from vlm_app.errors import OptionsError, VlmAppError
 from vlm_app.security import check_exposure
@@ -244,10 +244,10 @@ def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: fl
                max_chapters_duration_s: float = 4 * 3600, allow_dirs: tuple[str, ...] = (),
                allow_hosts: tuple[str, ...] = (),
                votes_path: str = "vlm_app_votes.jsonl", device: str = "auto", dtype: str = "auto",
-               memory_budget_gb: float | None = None, max_memory: int | str | None = None,
-               fit: bool = True, loras: list[str] | None = None) -> tuple[gr.Blocks, Backend]:
-    """The app and its backend, queued (one model job at a time), not yet launched. `max_memory` and `fit`: every
-    request's memory limit (`service.Request`); `loras`: `--lora NAME=PATH` values, adapters on offer as models."""
+               memory_budget_gb: float | None = None, memory: MemoryLimit = MemoryLimit(None),
+               loras: list[str] | None = None) -> tuple[gr.Blocks, Backend]:
+    """The app and its backend, queued (one model job at a time), not yet launched. `memory`: every request's
+    memory limit (`service.Request`); `loras`: `--lora NAME=PATH` values, adapters on offer as models."""
     from vlm_app.adapters.registry import resolve
     from vlm_app.served import served_models
 
@@ -257,7 +257,7 @@ def create_app(models: list[str], max_upload_mb: float = 200, max_duration_s: fl
                           max_chapters_duration_s=max_chapters_duration_s, upload_dir=get_upload_folder(),
                           allowed_dirs=tuple(allow_dirs), allowed_hosts=tuple(allow_hosts))
     backend = Backend(models, policy, votes_path, device=device, dtype=dtype, memory_budget_gb=memory_budget_gb,
-                      max_memory=max_memory, fit=fit, loras=loras)
+                      memory=memory, loras=loras)
     demo = build_app(backend)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return demo, backend
@@ -326,22 +326,15 @@ def auth_pairs(auth: str | None, auth_file: str | None) -> list[tuple[str, str]]
     return pairs
 
 
-def serve(args) -> int:
-    """`python -m vlm_app ui`: refuse an unauthenticated exposed bind, build, launch and block until
-    interrupted; scratch files go with the app."""
-    from vlm_app.adapters.registry import DEFAULT_MODEL
-
-    auth = auth_pairs(args.auth, args.auth_file)
-    check_exposure(args.host, authenticated=bool(auth), insecure=args.insecure_no_auth, share=args.share,
+def serve(models: list[str], host: str = "127.0.0.1", port: int | None = None, *, share: bool = False,
+          auth: list[tuple[str, str]] | None = None, insecure_no_auth: bool = False, **options) -> int:
+    """`python -m vlm_app ui`: refuse an unauthenticated exposed bind (`auth`: `auth_pairs`), build the app
+    (`options`: `create_app`'s), launch it and block until interrupted; scratch files go with the app."""
+    check_exposure(host, authenticated=bool(auth), insecure=insecure_no_auth, share=share,
                    auth_option="--auth USER:PASSWORD (or --auth-file FILE)")
-    demo, backend = create_app(args.models or [DEFAULT_MODEL], max_upload_mb=args.max_upload_mb,
-                               max_duration_s=args.max_duration,
-                               max_chapters_duration_s=args.max_chapters_duration, allow_dirs=tuple(args.allow_dir),
-                               allow_hosts=tuple(args.allow_host), votes_path=args.votes, device=args.device,
-                               dtype=args.dtype, memory_budget_gb=args.memory_budget_gb, loras=args.lora,
-                               **memory_options(args))
+    demo, backend = create_app(models, **options)
     try:
-        demo.launch(**launch_options(backend, args.host, args.port, args.share, auth))
+        demo.launch(**launch_options(backend, host, port, share, auth))
     finally:
         backend.close()
     return 0

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from vlm_app.memory import MemoryLimit
 from vlm_app.security import offered_model
 from vlm_app.served import served_models
 from vlm_app.ui.limits import UploadPolicy
@@ -27,10 +28,9 @@ MIB = 2**20
 
 class Backend:
     def __init__(self, models: list[str], policy: UploadPolicy, votes_path: str, device: str = "auto",
-                 dtype: str = "auto", memory_budget_gb: float | None = None, max_memory: int | str | None = None,
-                 fit: bool = True, loras: list[str] | None = None):
+                 dtype: str = "auto", memory_budget_gb: float | None = None, memory: MemoryLimit = MemoryLimit(None),
+                 loras: list[str] | None = None):
         from vlm_app.lora import make_offer
-        from vlm_app.memory import parse_max_memory
         from vlm_app.runtime import ModelCache
 
         served = served_models(list(models))  # `--models NAME=PATH`: the picker shows NAME, as `serve` serves it
@@ -42,7 +42,7 @@ class Backend:
         self.policy = replace(policy, allowed_dirs=(*policy.allowed_dirs, str(self.workdir)))
         self.votes_path = Path(votes_path)
         self.load_options = {"device": device, "dtype": dtype}
-        self.memory = {"max_memory": parse_max_memory(max_memory), "fit": fit}  # `service.Request` fields
+        self.memory = memory  # every request's (`service.Request`)
         self.cache = ModelCache(budget_bytes=None if memory_budget_gb is None else int(memory_budget_gb * 2**30))
         self._cancels: dict[str, threading.Event] = {}
         self._folders: dict[str, Path] = {}

@@ -84,7 +84,7 @@ def chapter_stream(backend, video: str | None, model: str, prompt: str, settings
         try:
             messages = conversation(prompt, video=video, system=settings.system_prompt.strip() or None)
             request = Request(messages, settings.media_options("video"), settings.generate_options(),
-                              backend.policy.limits, **backend.memory)
+                              backend.policy.limits, memory=backend.memory)
             record = describe_chapters(backend.adapter(model), request, ChapterOptions(seconds, overlap),
                                        on_segment=lambda segment: updates.put(("segment", segment)), cancel=cancel)
             updates.put(("record", record))
