@@ -76,6 +76,27 @@ def test_unwanted_frames_are_skipped_and_the_wanted_ones_are_exact(media_videos,
     assert decoded_frames[0] < video.frames_indices[-1] * 0.8  # the B-frames nobody asked for were not decoded
 
 
+@pytest.mark.parametrize("kernel", ["exact", "fast"])
+def test_decoding_leaves_the_models_torch_threads_alone(media_videos, frame_cache, kernel):
+    """`torch.set_num_threads` is process-wide: a decoder that set it for its resize workers would leave every
+    thread started after it (the model's generating thread) with their count. Resized frames are the same."""
+    import threading
+
+    import torch
+
+    wanted, seen = torch.get_num_threads(), []
+    torch.set_num_threads(3)
+    try:
+        video = load_video(str(media_videos["h264_2997fps_bframes"]), "qwen2_5_vl", nframes=6, max_pixels=128 * 28 * 28,
+                           resize=kernel)
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+    finally:
+        torch.set_num_threads(wanted)
+    assert seen == [3] and video.frames.shape[0] == 6 and video.frames.float().std() > 0
+
+
 @pytest.mark.parametrize("threads", [1, 4])
 def test_skipping_is_exact_with_any_number_of_decoder_threads(media_videos, frame_cache, monkeypatch, threads):
     """FFmpeg's frame threads take skip_frame from each packet's submit: a wanted B-frame is never skipped."""

@@ -428,10 +428,12 @@ def _decode_resized(path, metadata, indices, places, backend, limits, deadline, 
                     kernel) -> Iterator[tuple[int, float]]:
     """Decode the sorted `indices`, resizing each frame into every (frames, positions) that `places(index)` names;
     yields (index, seconds) in order, each once its frame is in place."""
-    # Worker threads (one torch thread each) convert each wanted frame to RGB and resize it while the decoder goes
-    # on: cheap codecs leave the cores to the resize, costly ones to FFmpeg's threads; torch's own OpenMP pool
-    # spinning against FFmpeg's threads would cost more. A short queue bounds the decoded frames held.
-    with ThreadPoolExecutor(RESIZE_WORKERS, initializer=torch.set_num_threads, initargs=(1,)) as resizer:
+    # Worker threads convert each wanted frame to RGB and resize it while the decoder goes on: cheap codecs leave
+    # the cores to the resize, costly ones to FFmpeg's threads. The exact resize and the copy into place use no
+    # torch op (an OpenMP pool spinning against FFmpeg's threads), and the workers leave torch's thread count
+    # alone: `torch.set_num_threads` is process-wide, so every thread started later (the model's) would inherit
+    # it. A short queue bounds the decoded frames held.
+    with ThreadPoolExecutor(RESIZE_WORKERS) as resizer:
         pending = deque()
         for index, seconds, picture in decode_frames(path, metadata, indices, backend, limits, deadline, notes):
             pending.append((index, seconds, resizer.submit(_resize_into, places(index), picture, kernel)))
@@ -567,7 +569,7 @@ def _resize_into(places: list[tuple[torch.Tensor, list[int]]], picture, kernel: 
     """Convert one decoded frame once and resize it into each of its places (overlapping segments share frames)."""
     image = picture()
     for frames, positions in places:
-        frames[positions] = resize_frame(image, tuple(frames.shape[2:]), kernel)
+        frames.numpy()[positions] = resize_frame(image, tuple(frames.shape[2:]), kernel).numpy()
 
 
 def resize_frame(image: torch.Tensor, size: tuple[int, int], kernel: str = "exact") -> torch.Tensor:
